@@ -1,0 +1,60 @@
+# pykata: the two commands are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PREFIX_VENV ?= /opt/pykata/venv
+PY := $(PREFIX_VENV)/bin/python
+BIN_DIR ?= /usr/local/bin
+HOST_PACKAGES := containerd runc golang-go golang-github-containerd-ttrpc-dev
+
+.PHONY: setup host-packages venv dev test unit integration lint protos demo bench clean
+
+## setup: install host packages and pykata (containerd-shim-pykata-v2 on PATH)
+setup: host-packages venv
+	$(PY) -m pip install -q --upgrade .
+	ln -sf $(PREFIX_VENV)/bin/containerd-shim-pykata-v2 $(BIN_DIR)/containerd-shim-pykata-v2
+	ln -sf $(PREFIX_VENV)/bin/pykata-image $(BIN_DIR)/pykata-image
+
+host-packages:
+	@missing=""; for p in $(HOST_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing host packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+venv:
+	@test -x $(PY) || python3 -m venv $(PREFIX_VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+## dev: like setup, but editable and with the test tools
+dev: host-packages venv
+	$(PY) -m pip install -q -e '.[dev]'
+	ln -sf $(PREFIX_VENV)/bin/containerd-shim-pykata-v2 $(BIN_DIR)/containerd-shim-pykata-v2
+	ln -sf $(PREFIX_VENV)/bin/pykata-image $(BIN_DIR)/pykata-image
+
+## test: install what the tests need, then run every test
+test: dev
+	$(PY) -m ruff check .
+	$(PY) -m pytest -p no:cacheprovider -ra
+
+unit: dev
+	$(PY) -m pytest -p no:cacheprovider -ra tests
+
+integration: dev
+	$(PY) -m pytest -p no:cacheprovider -ra integration
+
+lint: dev
+	$(PY) -m ruff check .
+
+## protos: regenerate the *_pb2 modules from the .proto sources
+protos: dev
+	$(PY) protos/generate.py
+
+## demo: set everything up and run a container inside a VM
+demo: setup
+	@echo "make demo: the shim is not built yet (see the open issues)." >&2
+	@exit 1
+
+## bench: print the benchmark figures quoted in README.md
+bench: dev
+	$(PY) bench/ttrpc_bench.py
