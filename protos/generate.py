@@ -81,9 +81,16 @@ def main() -> int:
     if options.check:
         return check()
     generate(ROOT)
+    # Regular packages from below the tree's top (whose own __init__.py is
+    # its owner's) down to every module: setuptools' find_packages skips a
+    # folder without __init__.py, and everything below it.
     for tree in PROTO_TREES:
-        for folder in {p.parent for p in (ROOT / tree).rglob("*_pb2.py")}:
-            (folder / "__init__.py").touch()
+        top = ROOT / tree
+        for module in top.rglob("*_pb2.py"):
+            folder = module.parent
+            while folder != top:
+                (folder / "__init__.py").touch()
+                folder = folder.parent
     return 0
 
 
