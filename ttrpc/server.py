@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Callable
 
@@ -24,7 +25,7 @@ from ttrpc.framing import (
 from ttrpc.pb.request_pb2 import Request, Response
 from ttrpc.pb.status_pb2 import Status
 from ttrpc.service import CallContext, Method, methods_of
-from ttrpc.transport import listen_unix, listener_from_fd, open_pipe_pair, open_socket
+from ttrpc.transport import listen_unix, listener_from_fd, open_pipe_pair, open_socket, unix_path
 
 log = logging.getLogger("ttrpc")
 
@@ -51,6 +52,7 @@ class Server:
         self._authorize = authorize
         self._listeners: list[asyncio.AbstractServer] = []
         self._connections: set[ServerConnection] = set()
+        self._socket_paths: list[str] = []
         self._shutting_down = False
 
     # -- services -----------------------------------------------------------
@@ -72,8 +74,14 @@ class Server:
 
     # -- listening ----------------------------------------------------------
     async def serve_unix(self, address: str, mode: int = 0o600) -> None:
-        """Listen on a Unix socket (path or unix:// URI), file mode 0600 by default."""
+        """Listen on a Unix socket (path or unix:// URI), file mode 0600 by default.
+
+        The socket file is removed at shutdown.
+        """
         await self.serve_listener(listen_unix(address, mode))
+        path = unix_path(address)
+        if not path.startswith("\0"):
+            self._socket_paths.append(path)
 
     async def serve_fd(self, fd: int) -> None:
         """Listen on an inherited listening socket fd (containerd passes 3)."""
@@ -123,6 +131,10 @@ class Server:
         for listener in self._listeners:
             await listener.wait_closed()
         self._listeners.clear()
+        for path in self._socket_paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._socket_paths.clear()
 
 
 class ServerConnection:
