@@ -12,8 +12,8 @@
 // Subcommands:
 //
 //	gottrpc serve  -socket PATH
-//	gottrpc call   -socket PATH -service S -method M [-payload-hex HEX] [-timeout-ms N] [-md k=v]...
-//	gottrpc bench  -socket PATH -service S -method M [-size N | -payload-hex HEX] [-concurrency C] [-duration-ms D]
+//	gottrpc call   -socket PATH -service S -method M [-payload-hex HEX | -payload-file F] [-timeout-ms N] [-md k=v]...
+//	gottrpc bench  -socket PATH -service S -method M [-size N | -payload-hex HEX | -payload-file F] [-concurrency C] [-duration-ms D]
 //	gottrpc rawreq -service S -method M [-payload-hex HEX] [-timeout-nano N] [-md k=v]...
 //	gottrpc rawresp [-code N] [-message S] [-payload-hex HEX]
 package main
@@ -81,6 +81,18 @@ func printJSON(v interface{}) {
 		die("json: %v", err)
 	}
 	os.Stdout.Write(append(b, '\n'))
+}
+
+// loadPayload returns the payload from -payload-file if set, else from -payload-hex.
+func loadPayload(hexStr, file string) []byte {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			die("payload file: %v", err)
+		}
+		return b
+	}
+	return decodeHex(hexStr)
 }
 
 func decodeHex(s string) []byte {
@@ -221,6 +233,7 @@ func cmdCall(args []string) {
 	service := fs.String("service", EchoService, "service name")
 	method := fs.String("method", "Echo", "method name")
 	payloadHex := fs.String("payload-hex", "", "request payload, hex")
+	payloadFile := fs.String("payload-file", "", "request payload, read from a file (overrides -payload-hex)")
 	timeoutMs := fs.Int64("timeout-ms", 0, "deadline in ms (0: none)")
 	fs.Var(&md, "md", "metadata key=value (repeatable)")
 	_ = fs.Parse(args)
@@ -242,7 +255,7 @@ func cmdCall(args []string) {
 		defer cancel()
 	}
 	var resp rawMsg
-	err := client.Call(ctx, *service, *method, &rawMsg{b: decodeHex(*payloadHex)}, &resp)
+	err := client.Call(ctx, *service, *method, &rawMsg{b: loadPayload(*payloadHex, *payloadFile)}, &resp)
 	st := errStatus(err)
 	printJSON(map[string]interface{}{
 		"code":        int(st.Code()),
@@ -268,6 +281,7 @@ func cmdBench(args []string) {
 	method := fs.String("method", "Echo", "method name")
 	size := fs.Int("size", 0, "payload size in bytes (zeros)")
 	payloadHex := fs.String("payload-hex", "", "payload, hex (overrides -size)")
+	payloadFile := fs.String("payload-file", "", "payload, read from a file (overrides -size)")
 	conc := fs.Int("concurrency", 1, "concurrent callers on one connection")
 	durMs := fs.Int("duration-ms", 1000, "measured duration in ms")
 	warmMs := fs.Int("warmup-ms", 100, "unmeasured warm-up in ms")
@@ -278,8 +292,8 @@ func cmdBench(args []string) {
 	}
 
 	payload := make([]byte, *size)
-	if *payloadHex != "" {
-		payload = decodeHex(*payloadHex)
+	if *payloadHex != "" || *payloadFile != "" {
+		payload = loadPayload(*payloadHex, *payloadFile)
 	}
 	client := dial(*socket)
 	defer client.Close()

@@ -1,0 +1,1 @@
+"""Integration tests: real containerd, runc, the Go ttrpc peer (and later QEMU)."""
