@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from ttrpc.errors import ProtocolError
@@ -38,6 +39,9 @@ class Channel(asyncio.Protocol):
         self._extra_transports: list[asyncio.BaseTransport] = []
         self._writable = asyncio.Event()
         self._writable.set()
+        # Frames wait here while the transport is paused, so its own buffer (which
+        # asyncio grows by copying) stays near the high-water mark.
+        self._backlog: deque[bytes] = deque()
         self._closed = False
         self.made = asyncio.get_running_loop().create_future()
 
@@ -75,7 +79,17 @@ class Channel(asyncio.Protocol):
         self._writable.clear()
 
     def resume_writing(self) -> None:
+        transport = self.write_transport
+        backlog = self._backlog
+        while backlog and transport is not None and not transport.is_closing():
+            transport.write(backlog.popleft())
+            if self._paused(transport):
+                return
         self._writable.set()
+
+    @staticmethod
+    def _paused(transport: asyncio.WriteTransport) -> bool:
+        return transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
 
     # -- ours ------------------------------------------------------------------
     @property
@@ -88,7 +102,12 @@ class Channel(asyncio.Protocol):
         if self._closed or transport is None or transport.is_closing():
             raise ConnectionResetError("ttrpc: connection closed")
         header = HEADER.pack(len(data), stream_id, msg_type, flags)
-        if len(data) <= _JOIN_LIMIT:
+        if not self._writable.is_set():
+            if len(data) <= _JOIN_LIMIT:
+                self._backlog.append(header + data)
+            else:
+                self._backlog.extend((header, data))
+        elif len(data) <= _JOIN_LIMIT:
             transport.write(header + data)
         else:
             transport.write(header)
@@ -112,6 +131,7 @@ class Channel(asyncio.Protocol):
         if self._closed:
             return
         self._closed = True
+        self._backlog.clear()
         self._writable.set()
         for transport in (self.transport, *self._extra_transports):
             if transport is not None and not transport.is_closing():

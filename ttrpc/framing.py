@@ -24,6 +24,7 @@ FLAG_REMOTE_OPEN = 0x2
 FLAG_NO_DATA = 0x4
 
 MAX_STREAM_ID = (1 << 32) - 1
+_VIEW_THRESHOLD = 16 * 1024
 
 
 def oversized_message(length: int) -> str:
@@ -98,6 +99,11 @@ class FrameDecoder:
             if end - start < length:
                 break
             pos = start + length
-            self._on_frame(stream_id, msg_type, flags, bytes(buffer[start:pos]))
+            if length < _VIEW_THRESHOLD:
+                data = bytes(buffer[start:pos])
+            else:  # one copy instead of two for large frames
+                with memoryview(buffer) as view:
+                    data = bytes(view[start:pos])
+            self._on_frame(stream_id, msg_type, flags, data)
         if pos:
             del buffer[:pos]
