@@ -3,9 +3,9 @@ SHELL := /bin/bash
 PREFIX_VENV ?= /opt/pykata/venv
 PY := $(PREFIX_VENV)/bin/python
 BIN_DIR ?= /usr/local/bin
-HOST_PACKAGES := containerd runc golang-go golang-github-containerd-ttrpc-dev
+HOST_PACKAGES := containerd runc busybox-static golang-go golang-github-containerd-ttrpc-dev golang-github-gogo-protobuf-dev
 
-.PHONY: setup host-packages venv dev test unit integration lint protos demo bench clean
+.PHONY: setup host-packages venv dev test unit integration lint protos demo bench gottrpc
 
 ## setup: install host packages and pykata (containerd-shim-pykata-v2 on PATH)
 setup: host-packages venv
@@ -57,4 +57,9 @@ demo: setup
 
 ## bench: print the benchmark figures quoted in README.md
 bench: dev
+	$(PY) bench/import_cost.py
 	$(PY) bench/ttrpc_bench.py
+
+## gottrpc: build the Go ttrpc peer (offline, from Debian's sources) and print its path
+gottrpc: host-packages
+	$(PY) bench/gottrpc/build.py

@@ -29,9 +29,9 @@ from integration.containerd_env import (  # noqa: E402
 def _require(*binaries: str) -> None:
     missing = [b for b in binaries if shutil.which(b) is None]
     if missing:
-        pytest.skip(f"missing host binaries: {', '.join(missing)} (see `make host-packages`)")
+        pytest.fail(f"missing host binaries: {', '.join(missing)} (see `make host-packages`)")
     if os.geteuid() != 0:
-        pytest.skip("needs root (containerd, mounts)")
+        pytest.fail("needs root (containerd, mounts)")
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +64,7 @@ def busybox_image(containerd: PrivateContainerd) -> str:
 def gottrpc() -> Path:
     """Path of the built Go ttrpc peer (bench/gottrpc)."""
     if shutil.which("go") is None:
-        pytest.skip("go not installed (golang-go)")
+        pytest.fail("go not installed (golang-go): run `make host-packages`")
     return build_gottrpc()
 
 
