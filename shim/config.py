@@ -1,0 +1,133 @@
+"""The runtime configuration: Kata's key names, read from TOML in a fixed search order."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_CONFIG = "PYKATA_CONF_FILE"
+SEARCH_PATHS = (
+    Path("/etc/pykata/configuration.toml"),
+    Path("/usr/share/pykata/defaults/configuration.toml"),
+)
+SHARED_FS = ("virtio-fs", "none")
+ACCELS = ("auto", "kvm", "tcg")
+NETWORK_MODELS = ("tcfilter", "macvtap", "none")
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or holds a bad value."""
+
+
+@dataclass
+class HypervisorConfig:
+    """[hypervisor.qemu]"""
+
+    path: str = "/usr/bin/qemu-system-x86_64"
+    kernel: str = "/usr/share/pykata/vmlinuz"
+    initrd: str = "/usr/share/pykata/pykata-initrd.img"
+    machine_type: str = "q35"
+    kernel_params: str = ""
+    default_vcpus: int = 1
+    default_memory: int = 512
+    shared_fs: str = "virtio-fs"
+    virtio_fs_daemon: str = "/usr/share/pykata/virtiofsd/virtiofsd"
+    virtio_fs_cache: str = "auto"
+    accel: str = "auto"
+    enable_debug: bool = False
+
+
+@dataclass
+class AgentConfig:
+    """[agent.kata]"""
+
+    dial_timeout: float = 60.0
+    enable_debug: bool = False
+
+
+@dataclass
+class RuntimeConfig:
+    """[runtime]"""
+
+    enable_debug: bool = False
+    internetworking_model: str = "tcfilter"
+
+
+@dataclass
+class Config:
+    """The whole configuration, with where it came from."""
+
+    hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    source: str = "built-in defaults"
+
+
+def find_config_file(config_path: str = "") -> Path | None:
+    """The file to read: ConfigPath option, then $PYKATA_CONF_FILE, then the defaults."""
+    for explicit in (config_path, os.environ.get(ENV_CONFIG, "")):
+        if explicit:
+            path = Path(explicit)
+            if not path.is_file():
+                raise ConfigError(f"configuration file {path} does not exist")
+            return path
+    for path in SEARCH_PATHS:
+        if path.is_file():
+            return path
+    return None
+
+
+def _fill(section: Any, table: dict[str, Any], where: str) -> None:
+    known = {f.name: f for f in fields(section)}
+    for key, value in table.items():
+        if key not in known:
+            continue  # Kata has many keys we do not use; ignore them quietly
+        default = getattr(section, key)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.{key} must be true or false, not {value!r}")
+        elif isinstance(default, int | float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{where}.{key} must be a number, not {value!r}")
+            value = type(default)(value)
+        elif not isinstance(value, str):
+            raise ConfigError(f"{where}.{key} must be a string, not {value!r}")
+        setattr(section, key, value)
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Parse TOML text into a Config, checking the values we act on."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    config = Config(source=source)
+    _fill(config.hypervisor, data.get("hypervisor", {}).get("qemu", {}), "hypervisor.qemu")
+    _fill(config.agent, data.get("agent", {}).get("kata", {}), "agent.kata")
+    _fill(config.runtime, data.get("runtime", {}), "runtime")
+    checks = (
+        ("hypervisor.qemu.shared_fs", config.hypervisor.shared_fs, SHARED_FS),
+        ("hypervisor.qemu.accel", config.hypervisor.accel, ACCELS),
+        ("runtime.internetworking_model", config.runtime.internetworking_model, NETWORK_MODELS),
+    )
+    for key, value, allowed in checks:
+        if value not in allowed:
+            raise ConfigError(f"{source}: {key} = {value!r}; expected one of {', '.join(allowed)}")
+    if config.hypervisor.default_vcpus < 1 or config.hypervisor.default_memory < 64:
+        raise ConfigError(f"{source}: default_vcpus must be >= 1 and default_memory >= 64 (MiB)")
+    return config
+
+
+def load_config(config_path: str = "") -> Config:
+    """Read the configuration the search order selects (defaults when there is none)."""
+    path = find_config_file(config_path)
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc}") from None
+    return parse_config(text, str(path))

@@ -1,0 +1,63 @@
+"""Names and places: shim socket addresses, state directories, identifier rules.
+
+Imported by the `start` and `delete` actions: standard library only, nothing heavy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+# containerd's own shims put their sockets here (defaults.DefaultStateDir + "/s").
+SHIM_SOCKET_DIR = "/run/containerd/s"
+STATE_ROOT = Path(os.environ.get("PYKATA_STATE_ROOT", "/run/pykata"))
+
+# Annotations that put several containers in one sandbox (= one shim, one VM).
+GROUP_ANNOTATIONS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
+CONTAINER_TYPE_ANNOTATION = "io.kubernetes.cri.container-type"
+
+# containerd's identifier rule: alphanumerics, separated by single . _ or -.
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")
+MAX_IDENTIFIER = 76
+
+
+class InvalidIdentifier(ValueError):
+    """An id or namespace that could escape its directory or is not containerd's form."""
+
+
+def check_identifier(kind: str, value: str) -> str:
+    """Return value if it is a valid containerd identifier, else raise InvalidIdentifier."""
+    if not value:
+        raise InvalidIdentifier(f"{kind} must not be empty")
+    if len(value) > MAX_IDENTIFIER:
+        raise InvalidIdentifier(f"{kind} {value[:20]!r}... is longer than {MAX_IDENTIFIER}")
+    if not _IDENTIFIER.match(value):
+        raise InvalidIdentifier(
+            f"{kind} {value!r} is invalid: use letters, digits and single . _ - between them"
+        )
+    return value
+
+
+def socket_address(containerd_address: str, namespace: str, group: str) -> str:
+    """The shim's ttrpc address, derived as containerd's shims derive theirs."""
+    digest = hashlib.sha256(os.path.join(containerd_address, namespace, group).encode()).hexdigest()
+    return f"unix://{SHIM_SOCKET_DIR}/{digest}"
+
+
+def sandbox_dir(namespace: str, sandbox_id: str) -> Path:
+    """Per-sandbox state: /run/pykata/<namespace>/<sandbox-id>/."""
+    check_identifier("namespace", namespace)
+    check_identifier("sandbox id", sandbox_id)
+    return STATE_ROOT / namespace / sandbox_id
+
+
+def group_of(spec: dict, container_id: str) -> str:
+    """The sandbox a container belongs to: its group annotation, else itself."""
+    annotations = spec.get("annotations") or {}
+    for key in GROUP_ANNOTATIONS:
+        value = annotations.get(key)
+        if value:
+            return value
+    return container_id
