@@ -1,0 +1,1 @@
+"""The guest image builder (pykata's osbuilder): ``pykata-image build``."""

@@ -1,0 +1,168 @@
+"""``pykata-image build``: kernel + initrd + manifest.json from Debian packages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from guest import initrd, kernel, manifest, python_runtime, rootfs, spec, ui
+from guest.debs import Apt
+from guest.tools import ensure_tools, tool
+from guest.ui import BuildError
+
+DEFAULT_OUT = Path("/usr/share/pykata")
+INITRD_NAME = "pykata-initrd.img"
+KERNEL_LINK = "vmlinuz"
+#: Kernel command line knobs /init understands (documented in guest/init/init.sh).
+INIT_KNOBS = {
+    "pykata.selftest=1": "run the self-test, print PYKATA-SELFTEST-OK/FAIL, power off",
+    "pykata.debug=1": "trace /init, kernel messages on, PYKATA_DEBUG=1 for the agent",
+    "pykata.shell=1": "a root shell on the console next to the agent",
+    "pykata.cgroup=v2": "mount only cgroup2 at /sys/fs/cgroup (default: v1 + unified)",
+}
+
+
+def _inputs(debs: dict[str, Any], compression: str) -> tuple[dict[str, Any], list[Path]]:
+    google = python_runtime.protobuf_source()
+    repo = python_runtime.repo_root()
+    trees = [Path(__file__).resolve().parent]
+    trees += [repo / n for n in spec.REPO_PACKAGES if (repo / n).is_dir()]
+    trees += [google / "protobuf", google / "_upb"]
+    inputs = {
+        "format": manifest.FORMAT,
+        "compression": compression,
+        "debs": {n: [d.version, d.sha256] for n, d in sorted(debs.items())},
+    }
+    return inputs, trees
+
+
+def _install_kernel(src: Path, out: Path, release: str) -> Path:
+    """vmlinuz-<release> (copied only if different) and the vmlinuz symlink."""
+    dest = out / f"vmlinuz-{release}"
+    manifest.write_if_changed(dest, src.read_bytes())
+    link = out / KERNEL_LINK
+    if not (link.is_symlink() and os.readlink(link) == dest.name):
+        tmp = out / f".{KERNEL_LINK}.tmp"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(dest.name)
+        os.replace(tmp, link)
+    for old in out.glob("vmlinuz-*"):
+        if old != dest:
+            old.unlink()
+    return dest
+
+
+def _verify_cpio(raw: bytes) -> int:
+    """List the archive with cpio(1) as an independent check; returns its entry count."""
+    r = subprocess.run([tool("cpio"), "-it", "--quiet"], input=raw, capture_output=True,
+                       check=False)
+    names = r.stdout.decode().split()
+    if r.returncode != 0 or "init" not in names:
+        raise BuildError(f"cpio -t rejects the initrd: {r.stderr.decode().strip()}")
+    return len(names)
+
+
+def _summary(out: Path, m: dict[str, Any]) -> None:
+    ui.info(f"kernel  {out / m['kernel']['file']}  {ui.size(m['kernel']['size'])}")
+    ui.info(f"initrd  {out / m['initrd']['file']}  {ui.size(m['initrd']['size'])} "
+            f"({ui.size(m['initrd']['uncompressed_size'])} unpacked)")
+    ui.info(f"modules {' '.join(m['modules'])}")
+
+
+def build(out: Path = DEFAULT_OUT, cache: Path | None = None, force: bool = False,
+          compression: str = "gzip") -> dict[str, Any]:
+    """Build (or confirm up to date) the guest assets in ``out``; returns the manifest."""
+    from guest.debs import DEFAULT_CACHE
+
+    ensure_tools()
+    apt = Apt(cache or DEFAULT_CACHE)
+    ui.step("resolving Debian packages")
+    kpkg = kernel.kernel_package(apt, spec.KERNEL_META_PACKAGE)
+    names = [kpkg, *spec.PROGRAM_PACKAGES, *spec.PYTHON_PACKAGES, *spec.LIBRARY_PACKAGES]
+    debs = apt.resolve(names)
+    inputs, trees = _inputs(debs, compression)
+    fp = manifest.fingerprint(inputs, trees)
+    old = manifest.load(out)
+    if not force and old and old.get("fingerprint") == fp and manifest.outputs_intact(out, old):
+        ui.step(f"up to date in {out} (nothing changed since {old.get('built_at')})")
+        _summary(out, old)
+        return old
+
+    ui.step("fetching packages")
+    roots = apt.get(list(debs.values()))
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="pykata-guest-") as tmp:
+        root = Path(tmp) / "root"
+        root.mkdir()
+        rootfs.base_layout(root)
+
+        ui.step(f"kernel {kpkg}: modules")
+        modules = kernel.stage_modules(roots[kpkg], root, list(spec.GUEST_MODULES),
+                                       spec.GUEST_MODULE_LIST)
+        release = kernel.kernel_release(roots[kpkg])
+        ui.info(f"{len(modules)} modules, load order: {' '.join(modules)}")
+
+        ui.step("busybox and runc")
+        elfs: list[Path] = []
+        for pkg, files in spec.PROGRAM_PACKAGES.items():
+            if pkg == "python3.11-minimal":
+                continue
+            for rel in files:
+                elfs.append(rootfs.install(roots[pkg] / rel, root, rel, 0o755))
+        if not (root / "usr/bin/runc").exists():
+            (root / "usr/bin/runc").symlink_to("../sbin/runc")
+        applets = rootfs.busybox_applets(root, root / "usr/bin/busybox")
+        ui.info(f"busybox: {applets} applet links")
+
+        ui.step("python runtime")
+        elfs += python_runtime.stage_stdlib(root, roots)
+        pb_version, pb_elfs = python_runtime.stage_protobuf(root)
+        elfs += pb_elfs
+        present = python_runtime.stage_repo_packages(root)
+        python_runtime.stage_guest_scripts(root)
+        ui.info(f"protobuf {pb_version}; our packages: {', '.join(present) or 'none'}")
+
+        ui.step("shared libraries (DT_NEEDED closure)")
+        index = rootfs.LibraryIndex({p: roots[p] for p in spec.LIBRARY_PACKAGES})
+        elfs = [e for e in elfs if rootfs.is_elf(e)]
+        libs = rootfs.copy_libraries(root, index, elfs, spec.DLOPEN_LIBRARIES)
+        ui.info(f"{len(libs)} libraries: {' '.join(sorted(libs))}")
+
+        ui.step("compiling .pyc with the guest interpreter, checking imports")
+        python_runtime.compile_all(root)
+        check = python_runtime.check_python(root, present)
+
+        ui.step(f"initrd ({compression} cpio)")
+        raw = initrd.pack(initrd.tree_entries(root))
+        entries, raw_size = _verify_cpio(raw), len(raw)
+        data = initrd.compress(raw, compression)
+        changed = manifest.write_if_changed(out / INITRD_NAME, data)
+        ui.info(f"{entries} entries, {ui.size(raw_size)} -> {ui.size(len(data))}"
+                + ("" if changed else " (unchanged)"))
+        kfile = _install_kernel(kernel.vmlinuz(roots[kpkg]), out, release)
+
+    m: dict[str, Any] = {
+        "format": manifest.FORMAT,
+        "fingerprint": fp,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kernel": {**manifest.file_record(kfile), "release": release, "package": kpkg},
+        "initrd": {**manifest.file_record(out / INITRD_NAME), "compression": compression,
+                   "uncompressed_size": raw_size, "entries": entries},
+        "packages": {n: d.version for n, d in sorted(debs.items())},
+        "modules": modules,
+        "libraries": dict(sorted(libs.items())),
+        "python": {"version": check.version, "pyc_magic": check.magic,
+                   "stdlib_sourceless": spec.STDLIB_SOURCELESS,
+                   "pythonpath": "/" + spec.GUEST_PYLIB, "protobuf": pb_version,
+                   "protobuf_impl": check.protobuf_impl},
+        "repo_packages": present,
+        "init_knobs": INIT_KNOBS,
+    }
+    manifest.write(out, m)
+    ui.step(f"done: {out}")
+    _summary(out, m)
+    return m

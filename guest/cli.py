@@ -1,0 +1,69 @@
+"""``pykata-image``: build the guest image, install the host's virtiofsd."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from guest import ui
+from guest.ui import BuildError
+
+
+def _parser() -> argparse.ArgumentParser:
+    from guest.builder import DEFAULT_OUT
+    from guest.debs import DEFAULT_CACHE
+    from guest.virtiofsd import DEFAULT_DIR
+
+    p = argparse.ArgumentParser(prog="pykata-image", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="print every command")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="kernel + initrd + manifest.json from Debian packages")
+    b.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
+    b.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                   help=f"downloaded .deb files (default {DEFAULT_CACHE})")
+    b.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    b.add_argument("--compression", choices=("gzip", "none"), default="gzip")
+
+    v = sub.add_parser("host-virtiofsd",
+                       help="trixie's virtiofsd with its own glibc, and a wrapper script")
+    v.add_argument("--out", type=Path, default=DEFAULT_DIR, help=f"default {DEFAULT_DIR}")
+    v.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+
+    s = sub.add_parser("selftest", help="boot the image under QEMU with pykata.selftest=1")
+    s.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the image is")
+    s.add_argument("--virtiofsd", type=Path, default=DEFAULT_DIR / "virtiofsd",
+                   help="virtiofsd wrapper (the share is skipped if it is missing)")
+    s.add_argument("--timeout", type=float, default=120.0)
+    s.add_argument("--console", action="store_true", help="print the whole console")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script and of ``python3 -m guest``."""
+    args = _parser().parse_args(argv)
+    ui.set_verbose(args.verbose)
+    try:
+        if args.command == "build":
+            from guest.builder import build
+
+            build(args.out, args.cache, force=args.force, compression=args.compression)
+        elif args.command == "host-virtiofsd":
+            from guest.virtiofsd import install
+
+            install(args.out, args.cache)
+        else:
+            from guest.boot import boot_selftest
+
+            vfsd = args.virtiofsd if args.virtiofsd.exists() else None
+            result = boot_selftest(args.out, virtiofsd=vfsd, timeout=args.timeout)
+            if args.console:
+                print(result.console)
+            print(result.line or "no PYKATA-SELFTEST line on the console")
+            print(f"wall: {result.wall:.2f}s to the result line")
+            return 0 if result.ok else 1
+    except BuildError as e:
+        print(f"pykata-image: error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,100 @@
+#!/bin/sh
+# pykata guest /init (busybox sh): mounts, cgroups, kernel modules, loopback,
+# then exec the agent so that it is PID 1 (it must reap zombies: orphans of the
+# containers are re-parented to it).
+#
+# Kernel command line knobs:
+#   pykata.selftest=1  run the self-test (python3 -m pykata_selftest): prints
+#                      "PYKATA-SELFTEST-OK key=value ..." (or -FAIL) on the
+#                      console, then powers off
+#   pykata.debug=1     trace this script, kernel messages to the console,
+#                      PYKATA_DEBUG=1 and import timings for Python
+#   pykata.shell=1     a root shell on the console, next to the agent
+#   pykata.cgroup=v2   only cgroup2 at /sys/fs/cgroup (default: one v1 hierarchy
+#                      per controller plus cgroup2 at /sys/fs/cgroup/unified)
+export PATH=/usr/sbin:/usr/bin HOME=/root TERM=linux
+export PYTHONPATH=/usr/lib/pykata PYTHONUTF8=1 PYTHONDONTWRITEBYTECODE=1
+PYTHON="/usr/bin/python3.11 -S"
+
+mount -t proc -o nosuid,nodev,noexec proc /proc
+read -r PYKATA_T_INIT _ < /proc/uptime
+read -r cmdline < /proc/cmdline
+SELFTEST=0 DEBUG=0 SHELL_ON_CONSOLE=0 CGROUP=hybrid
+for arg in $cmdline; do
+    case "$arg" in
+        pykata.selftest=1) SELFTEST=1 ;;
+        pykata.debug=1) DEBUG=1 ;;
+        pykata.shell=1) SHELL_ON_CONSOLE=1 ;;
+        pykata.cgroup=v2) CGROUP=v2 ;;
+    esac
+done
+if [ "$DEBUG" = 1 ]; then
+    set -x
+    echo 7 > /proc/sys/kernel/printk
+    export PYKATA_DEBUG=1 PYTHONPROFILEIMPORTTIME=1
+fi
+say() { echo "pykata-init: $*"; }
+
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+mount -t tmpfs -o nosuid,nodev,mode=1777 shm /dev/shm
+mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run
+mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp
+ln -sf /proc/self/fd /dev/fd
+ln -sf /proc/self/fd/0 /dev/stdin
+ln -sf /proc/self/fd/1 /dev/stdout
+ln -sf /proc/self/fd/2 /dev/stderr
+
+# cgroups (runc needs them)
+if [ "$CGROUP" = v2 ]; then
+    mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
+else
+    mount -t tmpfs -o nosuid,nodev,noexec,mode=0755 cgroup /sys/fs/cgroup
+    while read -r name _ _ enabled; do
+        case "$name" in "#"*) continue ;; esac
+        [ "$enabled" = 1 ] || continue
+        mkdir /sys/fs/cgroup/"$name"
+        mount -t cgroup -o nosuid,nodev,noexec,"$name" cgroup /sys/fs/cgroup/"$name"
+    done < /proc/cgroups
+    mkdir /sys/fs/cgroup/unified
+    mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup/unified
+fi
+read -r PYKATA_T_MOUNTS _ < /proc/uptime
+
+# kernel modules, dependencies first (the list is computed at build time)
+while read -r ko; do
+    insmod "$ko" || say "insmod $ko failed"
+done < /etc/pykata/modules
+read -r PYKATA_T_MODULES _ < /proc/uptime
+
+ip link set lo up
+hostname pykata
+export PYKATA_T_INIT PYKATA_T_MOUNTS PYKATA_T_MODULES
+
+if [ "$SHELL_ON_CONSOLE" = 1 ]; then
+    say "root shell on the console"
+    setsid cttyhack sh -l &
+fi
+
+if [ "$SELFTEST" = 1 ]; then
+    read -r PYKATA_T_PYEXEC _ < /proc/uptime
+    export PYKATA_T_PYEXEC
+    $PYTHON -m pykata_selftest
+    say "selftest exited with status $?"
+    if [ "$SHELL_ON_CONSOLE" = 1 ]; then wait; fi
+    sync
+    poweroff -f
+fi
+
+if [ -e /usr/lib/pykata/agent/__main__.py ]; then
+    read -r PYKATA_T_PYEXEC _ < /proc/uptime
+    export PYKATA_T_PYEXEC
+    exec $PYTHON -m agent
+fi
+
+say "no agent in this image (agent/__main__.py missing)"
+if [ "$SHELL_ON_CONSOLE" = 1 ]; then wait; fi
+sync
+poweroff -f

@@ -1,0 +1,205 @@
+"""Guest self-test, run by /init for ``pykata.selftest=1`` (``python3 -S -m pykata_selftest``).
+
+Prints one line on the console and returns; /init then powers off:
+
+    PYKATA-SELFTEST-OK key=value key=value ...      (or PYKATA-SELFTEST-FAIL ...)
+
+Keys: python, protobuf (version/implementation), t_init t_mounts t_modules t_pyexec
+t_pystart t_imports t_checks t_ok (/proc/uptime at each step, seconds since the
+kernel started), py_start (interpreter start-up), imp_<what> (import seconds),
+modules (loaded/expected), ports (virtio-serial port names), net (interfaces),
+virtiofs (the first line of ``pykata-selftest.txt`` on the ``kataShared`` tag, or
+none), vsock, cgroups, runc (version), mem_used_kb (MemTotal - MemAvailable).
+Runs on the guest's Python 3.11 with the stdlib only at start-up.
+"""
+
+import os
+import sys
+import time
+
+_SHARE_TAG = "kataShared"
+_SHARE_FILE = "pykata-selftest.txt"
+
+
+def uptime() -> float:
+    """Seconds since the kernel started."""
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+
+T_START = uptime()
+fields: dict[str, str] = {}
+failures: list[str] = []
+
+
+def debug(msg: str) -> None:
+    """A progress line for pykata.debug=1."""
+    if os.environ.get("PYKATA_DEBUG"):
+        print(f"pykata-selftest: {msg}", flush=True)
+
+
+def timed_import(key: str, names: list[str]) -> None:
+    """Import ``names``, record the seconds as imp_<key>; record a failure on error."""
+    t = time.perf_counter()
+    try:
+        for name in names:
+            __import__(name)
+    except Exception as e:
+        failures.append(f"import_{key}:{type(e).__name__}:{e}")
+    fields[f"imp_{key}"] = f"{time.perf_counter() - t:.3f}"
+    debug(f"imported {key} in {fields[f'imp_{key}']}s")
+
+
+def pb2_modules(package: str) -> list[str]:
+    """Dotted names of the *_pb2 modules shipped inside a package directory."""
+    base = os.path.join(os.environ.get("PYTHONPATH", "/usr/lib/pykata"), package)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        rel = os.path.relpath(dirpath, os.path.dirname(base)).replace(os.sep, ".")
+        for f in sorted(filenames):
+            if f.endswith("_pb2.py"):
+                found.append(f"{rel}.{f[:-3]}")
+    return found
+
+
+def check_imports() -> None:
+    """Time the imports the agent pays for at boot."""
+    fields["python"] = sys.version.split()[0]
+    # What every generated *_pb2 module pulls in, so imp_ttrpc/imp_protos are their own cost.
+    pb = "google.protobuf"
+    timed_import("protobuf", [pb, "google._upb._message", f"{pb}.descriptor_pool",
+                              f"{pb}.runtime_version", f"{pb}.symbol_database",
+                              f"{pb}.internal.builder"])
+    try:
+        from google.protobuf import __version__
+        from google.protobuf.internal import api_implementation
+
+        fields["protobuf"] = f"{__version__}/{api_implementation.Type()}"
+    except Exception as e:
+        failures.append(f"protobuf:{e}")
+    timed_import("ttrpc", ["ttrpc", *pb2_modules("ttrpc")])
+    timed_import("protos", ["protos", *pb2_modules("protos")])
+    timed_import("stdlib", ["asyncio", "json", "logging", "socket", "subprocess"])
+    if os.path.isdir(os.path.join(os.environ.get("PYTHONPATH", ""), "agent")):
+        timed_import("agent", ["agent"])
+
+
+def read(path: str) -> str:
+    """File contents, or '' if unreadable."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def check_modules() -> None:
+    """Every module of /etc/pykata/modules is loaded."""
+    wanted = [os.path.basename(p).removesuffix(".ko").replace("-", "_")
+              for p in read("/etc/pykata/modules").split()]
+    loaded = {line.split()[0] for line in read("/proc/modules").splitlines()}
+    missing = [m for m in wanted if m not in loaded]
+    fields["modules"] = f"{len(wanted) - len(missing)}/{len(wanted)}"
+    if missing:
+        failures.append("modules_missing:" + ",".join(missing))
+
+
+def check_ports(wait: float = 3.0) -> None:
+    """Names of virtio-serial ports (they appear shortly after virtio_console loads)."""
+    base = "/sys/class/virtio-ports"
+    has_serial = any(read(f"/sys/bus/virtio/devices/{d}/device").strip() == "0x0003"
+                     for d in os.listdir("/sys/bus/virtio/devices"))
+    deadline = time.monotonic() + (wait if has_serial else 0)
+    names: list[str] = []
+    while True:
+        names = sorted(filter(None, (read(f"{base}/{p}/name").strip()
+                                     for p in (os.listdir(base) if os.path.isdir(base) else []))))
+        if names or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    fields["ports"] = ",".join(names) or "none"
+
+
+def check_virtiofs() -> None:
+    """Mount the kataShared virtiofs tag and read pykata-selftest.txt from it."""
+    import subprocess
+
+    has_fs = any(read(f"/sys/bus/virtio/devices/{d}/device").strip() == "0x001a"
+                 for d in os.listdir("/sys/bus/virtio/devices"))
+    if not has_fs:
+        fields["virtiofs"] = "none"
+        return
+    os.makedirs("/mnt", exist_ok=True)
+    r = subprocess.run(["mount", "-t", "virtiofs", _SHARE_TAG, "/mnt"],
+                       capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        failures.append("virtiofs_mount:" + r.stderr.strip().replace(" ", "_"))
+        fields["virtiofs"] = "mount-failed"
+        return
+    text = read(f"/mnt/{_SHARE_FILE}").strip().splitlines()
+    fields["virtiofs"] = "".join(text[:1]).replace(" ", "_") or "mounted-no-file"
+    subprocess.run(["umount", "/mnt"], check=False)
+
+
+def check_system() -> None:
+    """Network interfaces, vsock, cgroups, runc, memory."""
+    import subprocess
+
+    fields["net"] = ",".join(sorted(n for n in os.listdir("/sys/class/net") if n != "lo"))
+    fields["net"] = fields["net"] or "none"
+    fields["vsock"] = "yes" if os.path.exists("/dev/vsock") else "no"
+    cg = []
+    if os.path.isdir("/sys/fs/cgroup/memory"):
+        cg.append("v1")
+    if os.path.exists("/sys/fs/cgroup/unified/cgroup.controllers") or os.path.exists(
+        "/sys/fs/cgroup/cgroup.controllers"
+    ):
+        cg.append("v2")
+    fields["cgroups"] = "+".join(cg) or "none"
+    t = time.perf_counter()
+    try:
+        r = subprocess.run(["runc", "--version"], capture_output=True, text=True, check=False)
+        fields["runc"] = r.stdout.split()[2] if r.returncode == 0 else "broken"
+    except OSError as e:
+        fields["runc"] = f"missing:{e.errno}"
+    fields["t_runc"] = f"{time.perf_counter() - t:.3f}"
+    if fields["runc"] in ("broken",) or fields["runc"].startswith("missing"):
+        failures.append("runc")
+    mem = {}
+    for line in read("/proc/meminfo").splitlines():
+        key, _, value = line.partition(":")
+        mem[key] = int(value.split()[0]) if value.split() else 0
+    fields["mem_used_kb"] = str(mem.get("MemTotal", 0) - mem.get("MemAvailable", 0))
+
+
+def main() -> int:
+    """Run every check, print the result line."""
+    for key in ("t_init", "t_mounts", "t_modules", "t_pyexec"):
+        fields[key] = os.environ.get("PYKATA_" + key.upper(), "?")
+    fields["t_pystart"] = f"{T_START:.2f}"
+    try:
+        fields["py_start"] = f"{T_START - float(fields['t_pyexec']):.3f}"
+    except ValueError:
+        fields["py_start"] = "?"
+    t = time.perf_counter()
+    check_imports()
+    fields["t_imports"] = f"{uptime():.2f}"
+    fields["imports_total"] = f"{time.perf_counter() - t:.3f}"
+    for check in (check_modules, check_ports, check_virtiofs, check_system):
+        try:
+            check()
+        except Exception as e:
+            failures.append(f"{check.__name__}:{type(e).__name__}:{e}".replace(" ", "_"))
+    fields["t_checks"] = f"{uptime():.2f}"
+    fields["t_ok"] = f"{uptime():.2f}"
+    status = "FAIL" if failures else "OK"
+    if failures:
+        fields["failures"] = ";".join(f.replace(" ", "_") for f in failures)
+    line = " ".join(f"{k}={v}" for k, v in fields.items())
+    print(f"PYKATA-SELFTEST-{status} {line}", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
