@@ -72,7 +72,7 @@ def _drain_stdin() -> None:
         pass
 
 
-def _spawn_daemon(args: ShimArgs, listener: socket.socket, bundle: str) -> int:
+def _spawn_daemon(args: ShimArgs, listener: socket.socket, bundle: str, address: str) -> int:
     argv = [
         sys.executable,
         os.path.abspath(sys.argv[0]),
@@ -115,7 +115,7 @@ def start(args: ShimArgs) -> int:
         listener = _listen(path)
         if listener is not None:
             try:
-                _spawn_daemon(args, listener, bundle)
+                _spawn_daemon(args, listener, bundle, address)
             except BaseException:
                 listener.close()
                 os.unlink(path)

@@ -1,0 +1,143 @@
+"""`containerd-shim-pykata-v2 ... delete`: clean up a container from on-disk state.
+
+containerd runs this when the shim daemon is gone (crashed, killed) or a start
+failed. It must be idempotent and print a serialized DeleteResponse. When the
+daemon that owned the sandbox is dead, the whole sandbox goes: its VM cannot
+serve the remaining containers without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from shim.cli import ShimArgs
+from shim.paths import STATE_ROOT, InvalidIdentifier, check_identifier, group_of
+
+SIGKILL_EXIT = 128 + 9
+
+
+def _find_sandbox(namespace: str, container_id: str, bundle: str) -> Path | None:
+    """The state dir of the sandbox holding container_id, if any."""
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            group = group_of(json.load(f), container_id)
+        candidate = STATE_ROOT / namespace / group
+        if candidate.is_dir():
+            return candidate
+    except (OSError, ValueError):
+        pass
+    namespace_dir = STATE_ROOT / namespace
+    if not namespace_dir.is_dir():
+        return None
+    for state_dir in namespace_dir.iterdir():
+        try:
+            data = json.loads((state_dir / "sandbox.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if container_id in data.get("containers", {}) or state_dir.name == container_id:
+            return state_dir
+    return None
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"containerd-shim-pykata-v2" in f.read()
+    except OSError:
+        return False
+
+
+def _unmount_rootfs(bundle: str) -> None:
+    from shim.sandbox.mounts import unmount_all_under
+
+    rootfs = os.path.join(bundle, "rootfs")
+    if os.path.isdir(rootfs):
+        unmount_all_under(rootfs)
+
+
+def cleanup(namespace: str, container_id: str, bundle: str) -> int:
+    """Remove what pykata set up for container_id; returns the QEMU pid it found (or 0)."""
+    state_dir = _find_sandbox(namespace, container_id, bundle)
+    qemu_pid = 0
+    if state_dir is not None:
+        from shim.sandbox.state import SandboxRecord
+
+        record = SandboxRecord.load(state_dir)
+        with contextlib.suppress(OSError, ValueError):
+            qemu_pid = int((state_dir / "qemu.pid").read_text().strip() or 0)
+        if record is None or not _alive(record.shim_pid):
+            _teardown_sandbox(state_dir, record)
+        else:
+            _forget_container(state_dir, record, container_id)
+    if bundle:
+        _unmount_rootfs(bundle)
+    return qemu_pid
+
+
+def _teardown_sandbox(state_dir: Path, record) -> None:
+    from shim.sandbox.mounts import unmount_all_under
+    from shim.vmm import kill_from_state
+
+    kill_from_state(state_dir)
+    if record is not None:
+        for container in record.containers.values():
+            _unmount_rootfs(container.bundle)
+    unmount_all_under(str(state_dir))
+    shutil.rmtree(state_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        state_dir.parent.rmdir()
+
+
+def _forget_container(state_dir: Path, record, container_id: str) -> None:
+    from shim.sandbox.mounts import unmount_all_under
+
+    unmount_all_under(str(state_dir / "mounts" / container_id))
+    shutil.rmtree(state_dir / "mounts" / container_id, ignore_errors=True)
+    container = record.containers.pop(container_id, None)
+    if container is not None:
+        _unmount_rootfs(container.bundle)
+        record.save(state_dir)
+
+
+def _delete_response(pid: int) -> bytes:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from protos.containerd.task.v2 import shim_pb2
+
+    exited_at = Timestamp()
+    exited_at.FromNanoseconds(time.time_ns())
+    return shim_pb2.DeleteResponse(
+        pid=pid, exit_status=SIGKILL_EXIT, exited_at=exited_at
+    ).SerializeToString()
+
+
+def delete(args: ShimArgs) -> int:
+    """Run the delete action; returns the process exit code."""
+    bundle = os.path.abspath(args.bundle or os.getcwd())
+    try:
+        check_identifier("namespace", args.namespace)
+        check_identifier("container id", args.id)
+        pid = cleanup(args.namespace, args.id, bundle)
+    except InvalidIdentifier as exc:
+        sys.stderr.write(f"containerd-shim-pykata-v2 delete: {exc}\n")
+        return 1
+    except Exception as exc:
+        sys.stderr.write(f"containerd-shim-pykata-v2 delete: cleanup failed: {exc}\n")
+        return 1
+    sys.stdout.buffer.write(_delete_response(pid))
+    sys.stdout.flush()
+    return 0

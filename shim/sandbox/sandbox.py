@@ -1,0 +1,177 @@
+"""One pod = one VM: state directory, shared folder, the VM, and the agent's sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from typing import Any
+
+import structlog
+
+import ttrpc
+from protos.kata import agent_pb2
+from shim.config import Config
+from shim.paths import sandbox_dir
+from shim.sandbox.mounts import MountSpec, mount_all, unmount_all_under
+from shim.sandbox.shared_fs import GUEST_SHARED_DIR, VIRTIOFS_TAG, SharedDir
+from shim.sandbox.state import ContainerRecord, SandboxRecord
+
+log = structlog.get_logger(__name__)
+AGENT_CALL_TIMEOUT = 60.0
+DESTROY_TIMEOUT = 5.0
+
+
+class SandboxError(Exception):
+    """Starting or changing the sandbox failed; the message names the cause."""
+
+
+def vm_config(config: Config, netns: str | None) -> Any:
+    """The vmm layer's VMConfig from our configuration."""
+    from shim.vmm import VMConfig
+
+    hv = config.hypervisor
+    return VMConfig(
+        qemu_path=hv.path,
+        kernel=hv.kernel,
+        initrd=hv.initrd,
+        machine_type=hv.machine_type,
+        vcpus=hv.default_vcpus,
+        memory_mib=hv.default_memory,
+        kernel_params=hv.kernel_params,
+        debug=hv.enable_debug or config.agent.enable_debug,
+        shared_fs=hv.shared_fs,
+        virtiofsd_path=hv.virtio_fs_daemon,
+        virtiofs_cache=hv.virtio_fs_cache,
+        accel=hv.accel,
+        netns=netns,
+        agent_timeout=config.agent.dial_timeout,
+    )
+
+
+class Sandbox:
+    """The VM of one pod and what the host set up for it."""
+
+    def __init__(self, namespace: str, sandbox_id: str, config: Config) -> None:
+        self.namespace = namespace
+        self.id = sandbox_id
+        self.config = config
+        self.state_dir = sandbox_dir(namespace, sandbox_id)
+        self.shared = SharedDir(self.state_dir)
+        self.record = SandboxRecord(namespace, sandbox_id, os.getpid())
+        self.vm: Any = None
+        self.agent: Any = None  # ttrpc.Stub for grpc.AgentService
+        self._stopped = False
+
+    @property
+    def pid(self) -> int:
+        """QEMU's pid: what the Task API reports for every process of the pod."""
+        return self.vm.pid if self.vm is not None else 0
+
+    async def start(self, spec: dict[str, Any]) -> None:
+        """Boot the VM and create the agent's sandbox; on failure undo everything."""
+        if self.state_dir.exists() and any(self.state_dir.iterdir()):
+            raise SandboxError(f"sandbox state {self.state_dir} already exists")
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.record.save(self.state_dir)
+        try:
+            if self.config.hypervisor.shared_fs == "virtio-fs":
+                self.shared.setup()
+            from shim.vmm import start_vm
+
+            self.vm = await start_vm(
+                vm_config(self.config, network_namespace(spec)), self.state_dir, self.shared.shared
+            )
+            self.agent = self.vm.agent.agent
+            await self._create_agent_sandbox(spec)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _create_agent_sandbox(self, spec: dict[str, Any]) -> None:
+        storages = []
+        if self.config.hypervisor.shared_fs == "virtio-fs":
+            storages.append(
+                agent_pb2.Storage(
+                    driver="virtio-fs",
+                    source=VIRTIOFS_TAG,
+                    fstype="virtiofs",
+                    mount_point=GUEST_SHARED_DIR,
+                    options=[],
+                )
+            )
+        request = agent_pb2.CreateSandboxRequest(
+            hostname=spec.get("hostname", "") or "",
+            storages=storages,
+            sandbox_id=self.id,
+        )
+        try:
+            await self.agent.CreateSandbox(request, timeout=AGENT_CALL_TIMEOUT)
+        except ttrpc.TTRPCError as exc:
+            raise SandboxError(f"agent CreateSandbox failed: {exc}") from exc
+
+    def add_container(self, container_id: str, bundle: str, rootfs: list[MountSpec]) -> str:
+        """Mount a container's rootfs and share it; returns its root path in the guest."""
+        record = ContainerRecord(bundle=bundle)
+        self.record.containers[container_id] = record
+        self.record.save(self.state_dir)
+        rootfs_path = os.path.join(bundle, "rootfs")
+        if rootfs:
+            os.makedirs(rootfs_path, exist_ok=True)
+            mount_all(rootfs, rootfs_path)
+            record.rootfs_mounted = True
+            self.record.save(self.state_dir)
+        if self.config.hypervisor.shared_fs != "virtio-fs":
+            raise SandboxError("shared_fs = none cannot carry a container rootfs yet")
+        return self.shared.share_dir(container_id, "rootfs", rootfs_path)
+
+    def share_mount(self, container_id: str, index: int, source: str) -> str:
+        """Share a bind mount's host source with the guest; its guest path."""
+        name = f"mount-{index}-{os.path.basename(source.rstrip('/')) or 'root'}"
+        return self.shared.share_dir(container_id, name, source)
+
+    def remove_container(self, container_id: str) -> None:
+        """Unshare and unmount a container's rootfs; forget it."""
+        self.shared.unshare_container(container_id)
+        record = self.record.containers.pop(container_id, None)
+        if record is not None and record.rootfs_mounted:
+            unmount_all_under(os.path.join(record.bundle, "rootfs"))
+        if self.state_dir.exists():
+            self.record.save(self.state_dir)
+
+    async def stop(self) -> None:
+        """Destroy the agent's sandbox, stop the VM, unmount, remove state. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.agent is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self.agent.DestroySandbox(agent_pb2.DestroySandboxRequest()), DESTROY_TIMEOUT
+                )
+        if self.vm is not None:
+            try:
+                await self.vm.stop()
+            except Exception as exc:  # keep cleaning up whatever happens
+                log.error("stopping the VM failed", error=str(exc))
+        else:
+            from shim.vmm import kill_from_state
+
+            with contextlib.suppress(Exception):
+                kill_from_state(self.state_dir)
+        for container_id in list(self.record.containers):
+            self.remove_container(container_id)
+        self.shared.teardown()
+        unmount_all_under(str(self.state_dir))
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.state_dir.parent.rmdir()  # the namespace folder, when empty
+
+
+def network_namespace(spec: dict[str, Any]) -> str | None:
+    """The pod netns path from the OCI spec (None: no network namespace given)."""
+    for namespace in (spec.get("linux") or {}).get("namespaces") or []:
+        if namespace.get("type") == "network" and namespace.get("path"):
+            return namespace["path"]
+    return None

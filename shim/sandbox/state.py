@@ -1,0 +1,50 @@
+"""On-disk record of a sandbox, so a separate `delete` process can clean up after a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+STATE_FILE = "sandbox.json"
+
+
+@dataclass
+class ContainerRecord:
+    """What was set up on the host for one container."""
+
+    bundle: str
+    rootfs_mounted: bool = False
+
+
+@dataclass
+class SandboxRecord:
+    """What was set up on the host for one sandbox (its VM and its containers)."""
+
+    namespace: str
+    sandbox_id: str
+    shim_pid: int
+    containers: dict[str, ContainerRecord] = field(default_factory=dict)
+
+    def save(self, state_dir: Path) -> None:
+        """Write atomically (a crash never leaves half a file)."""
+        tmp = state_dir / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, state_dir / STATE_FILE)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> SandboxRecord | None:
+        try:
+            data = json.loads((state_dir / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        containers = {
+            cid: ContainerRecord(**record) for cid, record in data.get("containers", {}).items()
+        }
+        return cls(
+            namespace=data["namespace"],
+            sandbox_id=data["sandbox_id"],
+            shim_pid=int(data.get("shim_pid", 0)),
+            containers=containers,
+        )

@@ -1,0 +1,561 @@
+"""containerd.task.v2.Task: the Task API a pykata shim daemon serves.
+
+One daemon serves one sandbox (pod): its first container boots the VM, the
+others join it. Every call validates ids first; errors carry the gRPC code
+containerd expects (NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from google.protobuf import empty_pb2
+
+import ttrpc
+from protos.containerd.events import task_pb2 as events
+from protos.containerd.runtimeoptions.v1 import api_pb2 as runtimeoptions
+from protos.containerd.task.v2 import shim_pb2 as api
+from protos.containerd.types import mount_pb2
+from protos.containerd.types.task import task_pb2 as task_types
+from protos.kata import agent_pb2
+from shim.config import Config, ConfigError, load_config
+from shim.oci import SpecError, process_to_kata, resources_to_kata, spec_to_kata
+from shim.paths import CONTAINER_TYPE_ANNOTATION, InvalidIdentifier, check_identifier, group_of
+from shim.sandbox.mounts import MountError, MountSpec
+from shim.sandbox.sandbox import Sandbox, SandboxError
+from shim.task_service.events import EventPublisher
+from shim.task_service.process import Process, State, Stdio
+from shim.task_service.stdio import CHUNK, InputCopier, OutputCopier
+
+log = structlog.get_logger(__name__)
+Code = ttrpc.Code
+TTRPCError = ttrpc.TTRPCError
+EMPTY = empty_pb2.Empty()
+IO_DRAIN_TIMEOUT = 10.0  # after an exit, how long output may still arrive
+AGENT_TIMEOUT = 60.0
+SHIM_VERSION = "pykata 0.1.0"
+
+
+@dataclass
+class Container:
+    """A container of the sandbox, with its init process and its execs."""
+
+    id: str
+    bundle: str
+    spec: dict[str, Any]
+    init: Process
+    execs: dict[str, Process] = field(default_factory=dict)
+    rootfs: list[mount_pb2.Mount] = field(default_factory=list)
+
+    def process(self, exec_id: str) -> Process:
+        if not exec_id:
+            return self.init
+        found = self.execs.get(exec_id)
+        if found is None:
+            raise TTRPCError(Code.NOT_FOUND, f"exec {exec_id} of container {self.id} not found")
+        return found
+
+
+def _invalid(exc: Exception) -> TTRPCError:
+    return TTRPCError(Code.INVALID_ARGUMENT, str(exc))
+
+
+def _read_spec(bundle: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise TTRPCError(Code.INVALID_ARGUMENT, f"no config.json in bundle {bundle}") from None
+    except ValueError as exc:
+        raise TTRPCError(
+            Code.INVALID_ARGUMENT, f"bundle {bundle}: bad config.json: {exc}"
+        ) from None
+
+
+def _config_path(options: Any) -> str:
+    """runtimeoptions.v1.Options{config_path} from Create's options Any (CRI sends it)."""
+    if options is None or not options.value:
+        return ""
+    if not options.type_url.endswith("runtimeoptions.v1.Options"):
+        return ""
+    return runtimeoptions.Options.FromString(options.value).config_path
+
+
+class TaskService:
+    """The Task API, bound to one sandbox."""
+
+    def __init__(self, namespace: str, publisher: EventPublisher, shutdown: asyncio.Event) -> None:
+        self.namespace = namespace
+        self.publisher = publisher
+        self._shutdown = shutdown
+        self.sandbox: Sandbox | None = None
+        self.containers: dict[str, Container] = {}
+        self._lock = asyncio.Lock()  # Create/Delete change the sandbox one at a time
+
+    # -- helpers ---------------------------------------------------------------
+    def _container(self, container_id: str) -> Container:
+        try:
+            check_identifier("container id", container_id)
+        except InvalidIdentifier as exc:
+            raise _invalid(exc) from None
+        found = self.containers.get(container_id)
+        if found is None:
+            raise TTRPCError(Code.NOT_FOUND, f"container {container_id} not found")
+        return found
+
+    def _agent(self) -> Any:
+        if self.sandbox is None or self.sandbox.agent is None:
+            raise TTRPCError(Code.FAILED_PRECONDITION, "the sandbox VM is not running")
+        return self.sandbox.agent
+
+    def _pid(self) -> int:
+        return self.sandbox.pid if self.sandbox is not None else 0
+
+    # -- Create ------------------------------------------------------------------
+    async def Create(self, request: api.CreateTaskRequest, context) -> api.CreateTaskResponse:
+        try:
+            check_identifier("container id", request.id)
+        except InvalidIdentifier as exc:
+            raise _invalid(exc) from None
+        if request.checkpoint or request.parent_checkpoint:
+            raise TTRPCError(Code.UNIMPLEMENTED, "pykata cannot restore from a checkpoint")
+        async with self._lock:
+            if request.id in self.containers:
+                raise TTRPCError(Code.ALREADY_EXISTS, f"container {request.id} already exists")
+            spec = _read_spec(request.bundle)
+            stdio = Stdio(request.stdin, request.stdout, request.stderr, request.terminal)
+            first = self.sandbox is None
+            if first:
+                await self._start_sandbox(request, spec)
+            elif (spec.get("annotations") or {}).get(CONTAINER_TYPE_ANNOTATION) == "sandbox":
+                raise TTRPCError(Code.ALREADY_EXISTS, f"sandbox {self.sandbox.id} already runs")
+            container = Container(
+                id=request.id,
+                bundle=request.bundle,
+                spec=spec,
+                init=Process(request.id, "", self._pid(), stdio),
+                rootfs=list(request.rootfs),
+            )
+            try:
+                await self._create_in_guest(container, request)
+            except BaseException:
+                if first:
+                    await self._stop_sandbox()
+                raise
+            self.containers[request.id] = container
+        self.publisher.publish(
+            "/tasks/create",
+            events.TaskCreate(
+                container_id=request.id,
+                bundle=request.bundle,
+                rootfs=request.rootfs,
+                io=events.TaskIO(
+                    stdin=request.stdin,
+                    stdout=request.stdout,
+                    stderr=request.stderr,
+                    terminal=request.terminal,
+                ),
+                pid=self._pid(),
+            ),
+        )
+        log.info("container created", container=request.id, pid=self._pid())
+        return api.CreateTaskResponse(pid=self._pid())
+
+    async def _start_sandbox(self, request: api.CreateTaskRequest, spec: dict[str, Any]) -> None:
+        try:
+            config: Config = load_config(_config_path(request.options))
+        except ConfigError as exc:
+            raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
+        sandbox_id = group_of(spec, request.id)
+        try:
+            sandbox = Sandbox(self.namespace, sandbox_id, config)
+        except InvalidIdentifier as exc:
+            raise _invalid(exc) from None
+        log.info("starting sandbox VM", sandbox=sandbox_id, config=config.source)
+        try:
+            await sandbox.start(spec)
+        except (SandboxError, MountError, OSError) as exc:
+            raise TTRPCError(Code.UNAVAILABLE, f"cannot start the sandbox VM: {exc}") from exc
+        except Exception as exc:
+            # the vmm layer's own errors (QEMU died, agent silent) name their cause
+            raise TTRPCError(Code.UNAVAILABLE, f"cannot start the sandbox VM: {exc}") from exc
+        self.sandbox = sandbox
+
+    async def _stop_sandbox(self) -> None:
+        if self.sandbox is not None:
+            await self.sandbox.stop()
+            self.sandbox = None
+
+    async def _create_in_guest(self, container: Container, request: api.CreateTaskRequest) -> None:
+        sandbox = self.sandbox
+        assert sandbox is not None
+        rootfs = [MountSpec(m.type, m.source, tuple(m.options)) for m in request.rootfs]
+        try:
+            guest_root = sandbox.add_container(container.id, container.bundle, rootfs)
+            guest_spec = self._guest_spec(container, guest_root)
+        except (MountError, OSError, SandboxError) as exc:
+            sandbox.remove_container(container.id)
+            raise TTRPCError(Code.INTERNAL, f"cannot prepare container rootfs: {exc}") from exc
+        except SpecError as exc:
+            sandbox.remove_container(container.id)
+            raise _invalid(exc) from None
+        try:
+            await sandbox.agent.CreateContainer(
+                agent_pb2.CreateContainerRequest(
+                    container_id=container.id,
+                    exec_id=container.id,
+                    OCI=guest_spec,
+                ),
+                timeout=AGENT_TIMEOUT,
+            )
+        except BaseException:
+            sandbox.remove_container(container.id)
+            raise
+        self._attach_io(container.init)
+
+    def _guest_spec(self, container: Container, guest_root: str) -> Any:
+        """The container's OCI spec as the guest must see it."""
+        spec = json.loads(json.dumps(container.spec))  # deep copy
+        spec.setdefault("root", {})["path"] = guest_root
+        spec.pop("hooks", None)  # host hooks cannot run in the guest
+        linux = spec.setdefault("linux", {})
+        # the VM is the pod: its network is the VM's, not a host netns path
+        linux["namespaces"] = [
+            ns for ns in linux.get("namespaces") or [] if ns.get("type") != "network"
+        ]
+        mounts = []
+        for index, entry in enumerate(spec.get("mounts") or []):
+            options = entry.get("options") or []
+            is_bind = entry.get("type") == "bind" or "bind" in options or "rbind" in options
+            source = entry.get("source", "")
+            if is_bind and source.startswith("/"):
+                if not os.path.exists(source):
+                    raise SpecError(f"bind mount source {source} does not exist")
+                entry = dict(entry, source=self.sandbox.share_mount(container.id, index, source))
+            mounts.append(entry)
+        spec["mounts"] = mounts
+        return spec_to_kata(spec)
+
+    # -- stdio -------------------------------------------------------------------
+    def _attach_io(self, process: Process) -> None:
+        agent = self._agent()
+        cid, eid = process.container_id, process.agent_exec_id
+
+        def reader(method: str):
+            call = getattr(agent, method)
+
+            async def read() -> bytes:
+                answer = await call(
+                    agent_pb2.ReadStreamRequest(container_id=cid, exec_id=eid, len=CHUNK)
+                )
+                return answer.data
+
+            return read
+
+        copiers = []
+        if process.stdio.stdout:
+            copiers.append(OutputCopier("stdout", process.stdio.stdout, reader("ReadStdout")))
+        if process.stdio.stderr and not process.stdio.terminal:
+            copiers.append(OutputCopier("stderr", process.stdio.stderr, reader("ReadStderr")))
+        process.output_copiers = copiers
+        if process.stdio.stdin:
+
+            async def write(data: bytes) -> None:
+                view = memoryview(data)
+                while view:
+                    answer = await agent.WriteStdin(
+                        agent_pb2.WriteStreamRequest(
+                            container_id=cid, exec_id=eid, data=bytes(view[:CHUNK])
+                        )
+                    )
+                    view = view[max(1, answer.len) :]
+
+            async def close() -> None:
+                await agent.CloseStdin(agent_pb2.CloseStdinRequest(container_id=cid, exec_id=eid))
+
+            process.stdin_copier = InputCopier(process.stdio.stdin, write, close)
+
+    def _start_io(self, process: Process) -> None:
+        for copier in process.output_copiers:
+            copier.start()
+        if process.stdin_copier is not None:
+            process.stdin_copier.start()
+
+    async def _wait_for_exit(self, process: Process) -> None:
+        """Ask the agent for the exit, let output drain, then publish /tasks/exit."""
+        status = 255
+        try:
+            answer = await self._agent().WaitProcess(
+                agent_pb2.WaitProcessRequest(
+                    container_id=process.container_id, exec_id=process.agent_exec_id
+                )
+            )
+            status = answer.status
+        except ttrpc.TTRPCError as exc:
+            log.warning(
+                "lost the process: the agent did not report its exit",
+                container=process.container_id,
+                exec_id=process.exec_id,
+                error=str(exc),
+            )
+        for copier in process.output_copiers:
+            if not await copier.wait(IO_DRAIN_TIMEOUT):
+                log.warning("output did not end after the exit", stream=copier.name)
+        if process.stdin_copier is not None:
+            process.stdin_copier.stop()
+        process.set_exited(status)
+        self.publisher.publish(
+            "/tasks/exit",
+            events.TaskExit(
+                container_id=process.container_id,
+                id=process.exec_id or process.container_id,
+                pid=process.pid,
+                exit_status=process.exit_status,
+                exited_at=process.exited_at(),
+            ),
+        )
+
+    # -- Start / Wait / State ------------------------------------------------------
+    async def Start(self, request: api.StartRequest, context) -> api.StartResponse:
+        container = self._container(request.id)
+        process = container.process(request.exec_id)
+        if process.state != State.CREATED:
+            raise TTRPCError(
+                Code.FAILED_PRECONDITION,
+                f"process {process.exec_id or container.id} is {process.state.name.lower()}",
+            )
+        agent = self._agent()
+        self._start_io(process)
+        if process.exec_id:
+            await agent.ExecProcess(
+                agent_pb2.ExecProcessRequest(
+                    container_id=container.id, exec_id=process.exec_id, process=process.spec
+                ),
+                timeout=AGENT_TIMEOUT,
+            )
+        else:
+            await agent.StartContainer(
+                agent_pb2.StartContainerRequest(container_id=container.id), timeout=AGENT_TIMEOUT
+            )
+        process.state = State.RUNNING
+        process.waiter = asyncio.get_running_loop().create_task(self._wait_for_exit(process))
+        if process.exec_id:
+            self.publisher.publish(
+                "/tasks/exec-started",
+                events.TaskExecStarted(
+                    container_id=container.id, exec_id=process.exec_id, pid=process.pid
+                ),
+            )
+        else:
+            self.publisher.publish(
+                "/tasks/start", events.TaskStart(container_id=container.id, pid=process.pid)
+            )
+        return api.StartResponse(pid=process.pid)
+
+    async def Wait(self, request: api.WaitRequest, context) -> api.WaitResponse:
+        process = self._container(request.id).process(request.exec_id)
+        await process.exited.wait()
+        return api.WaitResponse(exit_status=process.exit_status, exited_at=process.exited_at())
+
+    async def State(self, request: api.StateRequest, context) -> api.StateResponse:
+        container = self._container(request.id)
+        process = container.process(request.exec_id)
+        return api.StateResponse(
+            id=container.id,
+            bundle=container.bundle,
+            pid=process.pid,
+            status=process.state.value,
+            stdin=process.stdio.stdin,
+            stdout=process.stdio.stdout,
+            stderr=process.stdio.stderr,
+            terminal=process.stdio.terminal,
+            exit_status=process.exit_status,
+            exited_at=process.exited_at(),
+            exec_id=process.exec_id,
+        )
+
+    # -- Kill / Exec / IO ----------------------------------------------------------
+    async def Kill(self, request: api.KillRequest, context) -> empty_pb2.Empty:
+        container = self._container(request.id)
+        process = container.process(request.exec_id)
+        if process.state == State.STOPPED:
+            raise TTRPCError(Code.NOT_FOUND, f"process {process.agent_exec_id} already finished")
+        if process.state == State.CREATED and not process.exec_id:
+            # never started: nothing runs in the guest yet; mark it gone
+            process.set_exited(128 + (request.signal or 9))
+            return EMPTY
+        await self._agent().SignalProcess(
+            agent_pb2.SignalProcessRequest(
+                container_id=container.id,
+                exec_id="" if (request.all and not process.exec_id) else process.agent_exec_id,
+                signal=request.signal,
+            ),
+            timeout=AGENT_TIMEOUT,
+        )
+        return EMPTY
+
+    async def Exec(self, request: api.ExecProcessRequest, context) -> empty_pb2.Empty:
+        container = self._container(request.id)
+        try:
+            check_identifier("exec id", request.exec_id)
+        except InvalidIdentifier as exc:
+            raise _invalid(exc) from None
+        if request.exec_id in container.execs:
+            raise TTRPCError(Code.ALREADY_EXISTS, f"exec {request.exec_id} already exists")
+        if container.init.state == State.STOPPED:
+            raise TTRPCError(Code.FAILED_PRECONDITION, f"container {container.id} is stopped")
+        try:
+            spec = json.loads(request.spec.value or b"{}")
+            process_spec = process_to_kata(spec)
+        except (ValueError, SpecError) as exc:
+            raise TTRPCError(Code.INVALID_ARGUMENT, f"exec spec: {exc}") from None
+        stdio = Stdio(request.stdin, request.stdout, request.stderr, request.terminal)
+        process = Process(container.id, request.exec_id, self._pid(), stdio, spec=process_spec)
+        self._attach_io(process)
+        container.execs[request.exec_id] = process
+        self.publisher.publish(
+            "/tasks/exec-added",
+            events.TaskExecAdded(container_id=container.id, exec_id=request.exec_id),
+        )
+        return EMPTY
+
+    async def ResizePty(self, request: api.ResizePtyRequest, context) -> empty_pb2.Empty:
+        process = self._container(request.id).process(request.exec_id)
+        if not process.stdio.terminal:
+            raise TTRPCError(Code.FAILED_PRECONDITION, "the process has no terminal")
+        await self._agent().TtyWinResize(
+            agent_pb2.TtyWinResizeRequest(
+                container_id=request.id,
+                exec_id=process.agent_exec_id,
+                row=request.height,
+                column=request.width,
+            ),
+            timeout=AGENT_TIMEOUT,
+        )
+        return EMPTY
+
+    async def CloseIO(self, request: api.CloseIORequest, context) -> empty_pb2.Empty:
+        process = self._container(request.id).process(request.exec_id)
+        if request.stdin and process.stdin_copier is not None:
+            process.stdin_copier.close_input()
+        return EMPTY
+
+    # -- Delete / Pids / Connect / Shutdown ----------------------------------------
+    async def Delete(self, request: api.DeleteRequest, context) -> api.DeleteResponse:
+        container = self._container(request.id)
+        process = container.process(request.exec_id)
+        if process.state not in (State.STOPPED, State.CREATED):
+            raise TTRPCError(
+                Code.FAILED_PRECONDITION,
+                f"process {process.agent_exec_id} is {process.state.name.lower()}: kill it first",
+            )
+        if process.state == State.CREATED:
+            process.set_exited(0 if process.exec_id else 137)
+        process.close_io()
+        if request.exec_id:
+            del container.execs[request.exec_id]
+        else:
+            await self._delete_container(container)
+        self.publisher.publish(
+            "/tasks/delete",
+            events.TaskDelete(
+                container_id=container.id,
+                id=request.exec_id or container.id,
+                pid=process.pid,
+                exit_status=process.exit_status,
+                exited_at=process.exited_at(),
+            ),
+        )
+        return api.DeleteResponse(
+            pid=process.pid, exit_status=process.exit_status, exited_at=process.exited_at()
+        )
+
+    async def _delete_container(self, container: Container) -> None:
+        async with self._lock:
+            for exec_process in container.execs.values():
+                exec_process.close_io()
+            if self.sandbox is not None and self.sandbox.agent is not None:
+                try:
+                    await self.sandbox.agent.RemoveContainer(
+                        agent_pb2.RemoveContainerRequest(container_id=container.id, timeout=10),
+                        timeout=30,
+                    )
+                except ttrpc.TTRPCError as exc:
+                    log.warning(
+                        "agent RemoveContainer failed", container=container.id, error=str(exc)
+                    )
+            if self.sandbox is not None:
+                self.sandbox.remove_container(container.id)
+            del self.containers[container.id]
+            if not self.containers:
+                await self._stop_sandbox()
+
+    async def Pids(self, request: api.PidsRequest, context) -> api.PidsResponse:
+        container = self._container(request.id)
+        processes = [task_types.ProcessInfo(pid=container.init.pid)]
+        return api.PidsResponse(processes=processes)
+
+    async def Connect(self, request: api.ConnectRequest, context) -> api.ConnectResponse:
+        return api.ConnectResponse(shim_pid=os.getpid(), task_pid=self._pid(), version=SHIM_VERSION)
+
+    async def Shutdown(self, request: api.ShutdownRequest, context) -> empty_pb2.Empty:
+        if self.containers and not request.now:
+            return EMPTY
+        if request.now:
+            for container in list(self.containers.values()):
+                with contextlib.suppress(Exception):
+                    await self._delete_container(container)
+        self._shutdown.set()
+        return EMPTY
+
+    # -- Pause / Resume / Stats / Update ---------------------------------------------
+    async def Pause(self, request: api.PauseRequest, context) -> empty_pb2.Empty:
+        container = self._container(request.id)
+        if container.init.state != State.RUNNING:
+            raise TTRPCError(Code.FAILED_PRECONDITION, f"container {container.id} is not running")
+        await self._agent().PauseContainer(
+            agent_pb2.PauseContainerRequest(container_id=container.id), timeout=AGENT_TIMEOUT
+        )
+        container.init.state = State.PAUSED
+        self.publisher.publish("/tasks/paused", events.TaskPaused(container_id=container.id))
+        return EMPTY
+
+    async def Resume(self, request: api.ResumeRequest, context) -> empty_pb2.Empty:
+        container = self._container(request.id)
+        if container.init.state != State.PAUSED:
+            raise TTRPCError(Code.FAILED_PRECONDITION, f"container {container.id} is not paused")
+        await self._agent().ResumeContainer(
+            agent_pb2.ResumeContainerRequest(container_id=container.id), timeout=AGENT_TIMEOUT
+        )
+        container.init.state = State.RUNNING
+        self.publisher.publish("/tasks/resumed", events.TaskResumed(container_id=container.id))
+        return EMPTY
+
+    async def Stats(self, request: api.StatsRequest, context) -> api.StatsResponse:
+        container = self._container(request.id)
+        from shim.task_service.metrics import metrics_from_agent, pack_metrics
+
+        answer = await self._agent().StatsContainer(
+            agent_pb2.StatsContainerRequest(container_id=container.id), timeout=AGENT_TIMEOUT
+        )
+        return api.StatsResponse(stats=pack_metrics(metrics_from_agent(answer)))
+
+    async def Update(self, request: api.UpdateTaskRequest, context) -> empty_pb2.Empty:
+        container = self._container(request.id)
+        try:
+            resources = resources_to_kata(json.loads(request.resources.value or b"{}"))
+        except (ValueError, SpecError) as exc:
+            raise TTRPCError(Code.INVALID_ARGUMENT, f"resources: {exc}") from None
+        await self._agent().UpdateContainer(
+            agent_pb2.UpdateContainerRequest(container_id=container.id, resources=resources),
+            timeout=AGENT_TIMEOUT,
+        )
+        return EMPTY
+
+    # Checkpoint is left out on purpose: the ttrpc server answers UNIMPLEMENTED.
