@@ -1,0 +1,203 @@
+"""The product, end to end: containerd runs containers inside pykata VMs via `ctr`.
+
+A private containerd 1.6, the real shim on PATH, real QEMU (TCG here), the real
+guest kernel + initrd and agent. After every test nothing of pykata is left.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from integration.pykata_env import RUNTIME, ensure_guest_assets, ensure_shim_on_path, leftovers
+
+pytestmark = pytest.mark.integration
+RUN_TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def pykata(containerd, busybox_image):
+    ensure_shim_on_path()
+    ensure_guest_assets()
+    return containerd, busybox_image
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(request):
+    yield
+    if "pykata" not in request.fixturenames:
+        return
+    deadline = time.monotonic() + 20
+    left = leftovers()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = leftovers()
+    assert not left, f"pykata left things behind: {left}"
+
+
+def name() -> str:
+    return f"pk-{uuid.uuid4().hex[:8]}"
+
+
+def ctr_run(cd, image, cid, *command, extra=(), input=None, timeout=RUN_TIMEOUT):
+    return cd.ctr(
+        "run",
+        "--runtime",
+        RUNTIME,
+        "--rm",
+        *extra,
+        image,
+        cid,
+        *command,
+        input=input,
+        timeout=timeout,
+    )
+
+
+def test_output_and_exit_code_come_from_the_vm(pykata):
+    cd, image = pykata
+    result = ctr_run(cd, image, name(), "sh", "-c", "uname -r; echo to-stderr >&2; exit 3")
+    assert result.returncode == 3, result.stderr + cd.log_tail()
+    guest_kernel = result.stdout.strip().splitlines()[0]
+    assert guest_kernel != platform.release(), "uname -r printed the host kernel"
+    assert re.match(r"^\d+\.\d+\.\d+-", guest_kernel)
+    assert "to-stderr" in result.stderr
+
+
+def test_stdin_is_piped_into_the_container(pykata):
+    cd, image = pykata
+    result = ctr_run(
+        cd,
+        image,
+        name(),
+        "sh",
+        "-c",
+        "tr a-z A-Z; echo done",
+        extra=("-i",),
+        input="hello from the host\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["HELLO FROM THE HOST", "done"]
+
+
+def test_kill_gives_137_and_exec_ps_pause_metrics(pykata):
+    cd, image = pykata
+    cid = name()
+    run = subprocess.Popen(
+        cd.ctr_argv("run", "--runtime", RUNTIME, "--rm", image, cid, "sleep", "600"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(RUN_TIMEOUT * 2):
+            state = cd.ctr("task", "ls")
+            if re.search(rf"^{cid}\s+\d+\s+RUNNING", state.stdout, re.M):
+                break
+            assert run.poll() is None, run.stderr.read()
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"task never ran: {state.stdout}")
+
+        exec_result = cd.ctr(
+            "task", "exec", "--exec-id", "e1", cid, "sh", "-c", "echo exec-out; exit 7", timeout=120
+        )
+        assert exec_result.returncode == 7, exec_result.stderr
+        assert exec_result.stdout.strip() == "exec-out"
+
+        ps = cd.ctr("task", "ps", cid)
+        assert ps.returncode == 0, ps.stderr
+        assert re.search(r"^\d+", ps.stdout.splitlines()[-1])
+
+        assert cd.ctr("task", "pause", cid).returncode == 0
+        assert re.search(rf"^{cid}\s+\d+\s+PAUSED", cd.ctr("task", "ls").stdout, re.M)
+        assert cd.ctr("task", "resume", cid).returncode == 0
+        assert re.search(rf"^{cid}\s+\d+\s+RUNNING", cd.ctr("task", "ls").stdout, re.M)
+
+        metrics = cd.ctr("task", "metrics", cid)
+        assert metrics.returncode == 0, metrics.stderr
+        assert "memory.usage_in_bytes" in metrics.stdout
+
+        assert cd.ctr("task", "kill", "-s", "KILL", cid).returncode == 0
+        run.wait(timeout=120)
+        assert run.returncode == 137
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+
+
+def test_five_runs_in_a_row(pykata):
+    cd, image = pykata
+    for i in range(5):
+        result = ctr_run(cd, image, name(), "sh", "-c", f"echo run-{i}")
+        assert (result.returncode, result.stdout.strip()) == (0, f"run-{i}"), result.stderr
+
+
+def test_two_containers_run_in_two_vms(pykata):
+    cd, image = pykata
+    ids = [name(), name()]
+    runs = [
+        subprocess.Popen(
+            cd.ctr_argv(
+                "run",
+                "--runtime",
+                RUNTIME,
+                "--rm",
+                image,
+                cid,
+                "sh",
+                "-c",
+                "cat /proc/sys/kernel/random/boot_id; sleep 2",
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for cid in ids
+    ]
+    outputs = [run.communicate(timeout=RUN_TIMEOUT) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    boot_ids = {out.strip() for out, _ in outputs}
+    assert len(boot_ids) == 2, "both containers ran in the same kernel"
+
+
+def test_shim_killed_mid_run_is_cleaned_up_by_containerd(pykata):
+    cd, image = pykata
+    cid = name()
+    run = subprocess.Popen(
+        cd.ctr_argv("run", "--runtime", RUNTIME, image, cid, "sleep", "600"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(RUN_TIMEOUT * 2):
+            if re.search(rf"^{cid}\s+\d+\s+RUNNING", cd.ctr("task", "ls").stdout, re.M):
+                break
+            time.sleep(0.5)
+        shim_pids = [
+            int(p)
+            for p in subprocess.run(
+                ["pgrep", "-f", f"containerd-shim-pykata-v2 .*-id {cid}"],
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+        ]
+        assert shim_pids, "no shim process found"
+        for pid in shim_pids:
+            os.kill(pid, signal.SIGKILL)
+        run.wait(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    cd.ctr("task", "delete", "--force", cid)
+    cd.ctr("container", "delete", cid)
