@@ -2,7 +2,8 @@
 """Guest boot phases: boots the self-test image N times under QEMU (TCG), prints medians.
 
     python3 bench/guest_boot_bench.py [--runs 3] [--out DIR] [--compression gzip|none]
-                                      [--no-virtiofs] [--qemu-arg ARG ...] [--json]
+                                      [--no-virtiofs] [--qemu-arg ARG ...]
+                                      [--append-extra "kernel args"] [--json]
 
 Figures (medians): initrd size; kernel start -> /init; /init -> modules loaded;
 Python start-up; imports (protobuf, ttrpc, protos, stdlib); guest uptime at the
@@ -45,6 +46,7 @@ def main() -> int:
     p.add_argument("--compression", choices=("gzip", "none"), default="gzip")
     p.add_argument("--no-virtiofs", action="store_true")
     p.add_argument("--qemu-arg", action="append", default=[], help="extra QEMU argument")
+    p.add_argument("--append-extra", default="", help="more kernel command line")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -55,7 +57,8 @@ def main() -> int:
         vfsd = virtiofsd.install(Path("/var/cache/pykata/test-virtiofsd"), DEFAULT_CACHE)
     runs = []
     for i in range(args.runs):
-        r = boot.boot_selftest(out, virtiofsd=vfsd, extra_args=tuple(args.qemu_arg))
+        r = boot.boot_selftest(out, virtiofsd=vfsd, extra_args=tuple(args.qemu_arg),
+                               append=f"{boot.APPEND} {args.append_extra}".strip())
         if not r.ok:
             print(f"run {i + 1}: self-test failed: {r.line or r.console[-3000:]}",
                   file=sys.stderr)

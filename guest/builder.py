@@ -122,7 +122,7 @@ def build(out: Path = DEFAULT_OUT, cache: Path | None = None, force: bool = Fals
         elfs += python_runtime.stage_stdlib(root, roots)
         pb_version, pb_elfs = python_runtime.stage_protobuf(root)
         elfs += pb_elfs
-        present = python_runtime.stage_repo_packages(root)
+        present, our_modules = python_runtime.stage_repo_packages(root)
         python_runtime.stage_guest_scripts(root)
         ui.info(f"protobuf {pb_version}; our packages: {', '.join(present) or 'none'}")
 
@@ -134,7 +134,7 @@ def build(out: Path = DEFAULT_OUT, cache: Path | None = None, force: bool = Fals
 
         ui.step("compiling .pyc with the guest interpreter, checking imports")
         python_runtime.compile_all(root)
-        check = python_runtime.check_python(root, present)
+        check = python_runtime.check_python(root, our_modules)
 
         ui.step(f"initrd ({compression} cpio)")
         raw = initrd.pack(initrd.tree_entries(root))

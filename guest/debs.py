@@ -7,6 +7,7 @@ into a cache; nothing is installed on the host.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import time
@@ -189,7 +190,7 @@ class Apt:
         dest = self.unpacked / deb.filename.removesuffix(".deb")
         if (dest / _UNPACKED_MARK).exists():
             return dest
-        tmp = dest.with_name(dest.name + ".tmp")
+        tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(dest, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -197,7 +198,10 @@ class Apt:
         if r.returncode != 0:
             raise BuildError(f"dpkg-deb -x {deb.filename} failed: {r.stderr.strip()}")
         (tmp / _UNPACKED_MARK).write_text(f"{deb.name} {deb.version}\n")
-        tmp.rename(dest)
+        try:
+            tmp.rename(dest)
+        except OSError:  # another build unpacked it first
+            shutil.rmtree(tmp, ignore_errors=True)
         return dest
 
     def get(self, debs: list[Deb]) -> dict[str, Path]:

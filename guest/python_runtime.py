@@ -106,15 +106,28 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def stage_repo_packages(root: Path) -> list[str]:
-    """Copy ttrpc/, protos/, agent/ (those that exist) as sources."""
-    present = []
+def stage_repo_packages(root: Path) -> tuple[list[str], list[str]]:
+    """Copy ttrpc/, protos/, agent/ (those that exist) as sources.
+
+    Returns (packages copied, dotted names of their modules except ``__main__``).
+    """
+    present: list[str] = []
+    modules: list[str] = []
     for name in spec.REPO_PACKAGES:
         src = repo_root() / name
-        if (src / "__init__.py").exists():
-            copy_tree(src, root / spec.GUEST_PYLIB / name, keep_package_file)
-            present.append(name)
-    return present
+        if not (src / "__init__.py").exists():
+            continue
+
+        def keep(rel: str, name: str = name) -> bool:
+            return keep_package_file(rel) and f"{name}/{rel}" not in spec.REPO_HOST_ONLY
+
+        for f in copy_tree(src, root / spec.GUEST_PYLIB / name, keep):
+            rel = f.relative_to(root / spec.GUEST_PYLIB).with_suffix("")
+            dotted = ".".join(rel.parts).removesuffix(".__init__")
+            if f.suffix == ".py" and rel.name != "__main__":
+                modules.append(dotted)
+        present.append(name)
+    return present, modules
 
 
 def stage_guest_scripts(root: Path) -> None:

@@ -105,6 +105,8 @@ MUST_IMPORT: tuple[str, ...] = (
 # --- Python packages copied from the host -----------------------------------
 #: Top-level packages of this repository copied into the guest (if present).
 REPO_PACKAGES: tuple[str, ...] = ("ttrpc", "protos", "agent")
+#: Host-only files of those packages, left out of the guest.
+REPO_HOST_ONLY: frozenset[str] = frozenset({"protos/generate.py"})
 #: Sub-trees of google.protobuf left out.
 PROTOBUF_EXCLUDE: frozenset[str] = frozenset({"testdata", "__pycache__"})
 PROTOBUF_EXCLUDE_SUFFIXES: tuple[str, ...] = ("_benchmark.py", ".pyi")

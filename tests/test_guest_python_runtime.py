@@ -40,3 +40,16 @@ def test_package_files() -> None:
                                  suffixes=("_benchmark.py",))
     assert not keep_package_file("pb/request.proto")
     assert not keep_package_file("tests/test_x.py")
+
+
+def test_repo_packages_are_copied_as_sources(tmp_path) -> None:
+    from guest.python_runtime import stage_repo_packages
+
+    present, modules = stage_repo_packages(tmp_path)
+    pylib = tmp_path / spec.GUEST_PYLIB
+    assert "ttrpc" in present and "protos" in present
+    assert (pylib / "ttrpc/__init__.py").is_file()
+    assert not (pylib / "protos/generate.py").exists()
+    assert "ttrpc" in modules and "protos.generate" not in modules
+    assert not any(m.endswith("__main__") for m in modules)
+    assert not list(pylib.rglob("*.proto"))
