@@ -139,7 +139,8 @@ def stage_guest_scripts(root: Path) -> None:
 
 def staged_python(root: Path, *args: str, pythonpath: bool = False) -> subprocess.CompletedProcess:
     """Run the staged interpreter on this host through the staged loader and libraries."""
-    env = {"PYTHONHOME": str(root / "usr"), "PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"}
+    env = {"PYTHONHOME": str(root / "usr"), "PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8",
+           "PYTHONHASHSEED": "0"}  # reproducible .pyc (set and frozenset constants)
     if pythonpath:
         env["PYTHONPATH"] = str(root / spec.GUEST_PYLIB)
     cmd = [str(root / LIBDIR / "ld-linux-x86-64.so.2"), "--inhibit-cache",
