@@ -48,3 +48,30 @@ def test_madison_picks_the_suite() -> None:
                                              "virtiofsd": "1.13.2-1+deb13u1"}
     assert parse_madison(text, "bookworm") == {"libc6": "2.36-9+deb12u14"}
     assert parse_madison(text, "sid") == {}
+
+
+def test_missing_package_updates_once_then_names_it(monkeypatch, tmp_path) -> None:
+    import subprocess
+
+    import pytest
+
+    from guest import debs
+    from guest.ui import BuildError
+
+    calls: list[list[str]] = []
+
+    def fake_run(cmd, cwd=None):
+        calls.append(cmd)
+        out = SHOW if cmd[:2] == ["apt-cache", "show"] else ""
+        return subprocess.CompletedProcess(cmd, 0, out, "")
+
+    monkeypatch.setattr(debs, "_run", fake_run)
+    apt = debs.Apt(tmp_path)
+    assert apt.resolve(["busybox-static"])["busybox-static"].version == "1:1.35.0-4+deb12u1+b1"
+    assert not any(c[:2] == ["apt-get", "update"] for c in calls)
+    with pytest.raises(BuildError, match="no-such-package"):
+        apt.resolve(["busybox-static", "no-such-package"])
+    assert sum(c[:2] == ["apt-get", "update"] for c in calls) == 1
+    with pytest.raises(BuildError, match="no-such-package"):
+        apt.resolve(["no-such-package"])
+    assert sum(c[:2] == ["apt-get", "update"] for c in calls) == 1
