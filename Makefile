@@ -3,15 +3,24 @@ SHELL := /bin/bash
 PREFIX_VENV ?= /opt/pykata/venv
 PY := $(PREFIX_VENV)/bin/python
 BIN_DIR ?= /usr/local/bin
-HOST_PACKAGES := containerd runc busybox-static golang-go golang-github-containerd-ttrpc-dev golang-github-gogo-protobuf-dev
+HOST_PACKAGES := containerd runc busybox-static qemu-system-x86 cpio kmod \
+	golang-go golang-github-containerd-ttrpc-dev golang-github-gogo-protobuf-dev
 
-.PHONY: setup host-packages venv dev test unit integration lint protos demo bench gottrpc
+.PHONY: setup host-packages venv dev test unit integration lint protos demo bench gottrpc \
+	image guest-selftest config
 
-## setup: install host packages and pykata (containerd-shim-pykata-v2 on PATH)
+## setup: host packages, pykata (containerd-shim-pykata-v2 on PATH), guest image, config
 setup: host-packages venv
 	$(PY) -m pip install -q --upgrade .
 	ln -sf $(PREFIX_VENV)/bin/containerd-shim-pykata-v2 $(BIN_DIR)/containerd-shim-pykata-v2
 	ln -sf $(PREFIX_VENV)/bin/pykata-image $(BIN_DIR)/pykata-image
+	$(PREFIX_VENV)/bin/pykata-image build
+	$(PREFIX_VENV)/bin/pykata-image host-virtiofsd
+	$(MAKE) --no-print-directory config
+
+## config: install the commented default configuration
+config:
+	install -D -m 0644 shim/defaults/configuration.toml /usr/share/pykata/defaults/configuration.toml
 
 host-packages:
 	@missing=""; for p in $(HOST_PACKAGES); do \
@@ -31,9 +40,18 @@ dev: host-packages venv
 	$(PY) -m pip install -q -e '.[dev]'
 	ln -sf $(PREFIX_VENV)/bin/containerd-shim-pykata-v2 $(BIN_DIR)/containerd-shim-pykata-v2
 	ln -sf $(PREFIX_VENV)/bin/pykata-image $(BIN_DIR)/pykata-image
+	$(MAKE) --no-print-directory config
+
+## image: (re)build the guest image and the host virtiofsd (a no-op when nothing changed)
+image: dev
+	$(PY) -m guest build
+	$(PY) -m guest host-virtiofsd
+
+guest-selftest: image
+	$(PY) -m guest selftest
 
 ## test: install what the tests need, then run every test
-test: dev
+test: dev image
 	$(PY) -m ruff check .
 	$(PY) -m pytest -p no:cacheprovider -ra
 
@@ -59,6 +77,7 @@ demo: setup
 bench: dev
 	$(PY) bench/import_cost.py
 	$(PY) bench/ttrpc_bench.py
+	$(PY) bench/guest_boot_bench.py --runs 3
 
 ## gottrpc: build the Go ttrpc peer (offline, from Debian's sources) and print its path
 gottrpc: host-packages
