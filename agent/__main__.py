@@ -1,0 +1,132 @@
+"""`python3 -m agent`: the guest agent's entry point.
+
+Start-up imports only what serving the first Check needs; everything that some
+methods need (json, ctypes, netlink, runc handling) loads on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+_STARTED = time.monotonic()
+
+
+def since_process_start() -> float:
+    """Seconds since this process started (per /proc/self/stat), for start-up timings."""
+    try:
+        with open("/proc/self/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22, starttime
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _STARTED
+
+
+def _stdio_open() -> None:
+    """fds 0-2 must be taken, or pipes for containers could land on them."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+async def serve(config: object) -> int:
+    """Run the agent until SIGTERM/SIGINT (or forever, as PID 1)."""
+    import asyncio
+    import logging
+    import signal
+
+    from agent import channel
+    from agent.children import Reaper, which
+    from agent.config import Config
+    from agent.health import HealthService
+    from agent.runtime import Runc
+    from agent.sandbox import Sandbox
+    from agent.service import AgentService
+    from protos.kata import agent_pb2, health_pb2
+    from ttrpc.server import Server
+
+    assert isinstance(config, Config)
+    log = logging.getLogger("agent")
+    log.debug("start-up: modules loaded at %.3fs", since_process_start())
+    loop = asyncio.get_running_loop()
+    reaper = Reaper()
+    reaper.install()
+    if os.getpid() != 1:
+        from agent import libc
+
+        try:
+            libc.set_child_subreaper()
+        except OSError as exc:
+            log.warning("not a child subreaper (%s): container exit codes may be lost", exc)
+
+    runc_path = which(config.runc)
+    if runc_path is None:
+        log.error("%s not found: containers cannot be created", config.runc)
+        runc_path = config.runc
+    sandbox = Sandbox(config, reaper, Runc(reaper, runc_path, config.runc_root))
+    server = Server()
+    server.register(health_pb2.DESCRIPTOR.services_by_name["Health"], HealthService())
+    server.register(
+        agent_pb2.DESCRIPTOR.services_by_name["AgentService"], AgentService(sandbox, config)
+    )
+
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    serving = asyncio.create_task(channel.serve(server, config.listen))
+    stopping = asyncio.create_task(stop.wait())
+    loop.call_soon(lambda: log.debug("start-up: serving at %.3fs", since_process_start()))
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    if serving.done() and serving.exception() is not None:
+        error = serving.exception()
+        log.error("agent channel failed: %s", error)
+        status = 1
+    log.info("stopping: removing %d containers", len(sandbox.containers))
+    serving.cancel()
+    stopping.cancel()
+    await sandbox.destroy()
+    await server.shutdown(grace=1.0)
+    reaper.uninstall()
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    _stdio_open()
+    from agent.config import parse
+
+    config = parse(argv)
+    import logging
+
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, config.log_level.upper(), logging.INFO),
+        format="%(asctime)s.%(msecs)03d agent[%(process)d] %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    log = logging.getLogger("agent")
+    log.debug("start-up: arguments parsed at %.3fs", since_process_start())
+    import asyncio
+
+    try:
+        status = asyncio.run(serve(config))
+    except Exception:
+        log.exception("agent failed")
+        status = 1
+    if os.getpid() == 1:  # PID 1 must not exit (kernel panic): stop the VM instead
+        log.error("agent (PID 1) is exiting with status %d: powering off", status)
+        from agent import libc
+
+        libc.power_off()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

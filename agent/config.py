@@ -1,0 +1,88 @@
+"""The agent's settings: command-line flags, and `agent.log=` on the kernel command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+KATA_RUN_DIR = "/run/kata-containers"
+VSOCK_PORT = 1024
+SERIAL_PORT_NAME = "agent.channel.0"
+
+
+@dataclass
+class Config:
+    listen: str | None = None  # unix:///path, vsock://PORT, serial:///dev/vportNpM; None: detect
+    run_dir: str = KATA_RUN_DIR  # bundles: <run_dir>/<container id>
+    shared_dir: str = KATA_RUN_DIR + "/shared/containers"  # the host's shared directory
+    runc: str = "runc"
+    runc_root: str = "/run/runc"
+    cgroup_parent: str = "/pykata"  # container cgroups: <cgroup_parent>/<container id>
+    cgroup_root: str = "/sys/fs/cgroup"
+    resolv_conf: str = "/etc/resolv.conf"
+    poweroff: bool = False  # power the VM off after DestroySandbox
+    output_limit: int = 1 << 20  # bytes buffered per stdout/stderr before back-pressure
+    log_level: str = "info"
+
+
+def kernel_log_level(cmdline: str = "/proc/cmdline") -> str | None:
+    """`agent.log=LEVEL` from the kernel command line, as Kata's agent reads it."""
+    try:
+        with open(cmdline) as text:
+            words = text.read().split()
+    except OSError:
+        return None
+    for word in words:
+        if word.startswith("agent.log="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def parse(argv: list[str] | None = None) -> Config:
+    """Flags to a Config. Defaults are those of the agent inside the VM."""
+    defaults = Config()
+    parser = argparse.ArgumentParser(
+        prog="python3 -m agent",
+        description="pykata guest agent: Kata's agent API over ttrpc, containers run with runc.",
+    )
+    parser.add_argument(
+        "--listen",
+        help="unix:///path, vsock://PORT or serial:///dev/vportNpM (default: vsock port "
+        f"{VSOCK_PORT} if the VM has vsock, else the virtio-serial port {SERIAL_PORT_NAME})",
+    )
+    parser.add_argument("--run-dir", default=defaults.run_dir, help="container bundles")
+    parser.add_argument(
+        "--shared-dir",
+        help="container root filesystems shared by the host (default: RUN_DIR/shared/containers)",
+    )
+    parser.add_argument("--runc", default=defaults.runc, help="runc binary")
+    parser.add_argument("--runc-root", default=defaults.runc_root, help="runc's state directory")
+    parser.add_argument("--cgroup-parent", default=defaults.cgroup_parent)
+    parser.add_argument("--cgroup-root", default=defaults.cgroup_root)
+    parser.add_argument("--resolv-conf", default=defaults.resolv_conf)
+    parser.add_argument(
+        "--poweroff",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="power the VM off after DestroySandbox (default: only when PID 1)",
+    )
+    parser.add_argument("--output-limit", type=int, default=defaults.output_limit)
+    parser.add_argument(
+        "--log-level", help="debug, info, warning, error (default: agent.log= or info)"
+    )
+    args = parser.parse_args(argv)
+    run_dir = os.path.abspath(args.run_dir)
+    return Config(
+        listen=args.listen,
+        run_dir=run_dir,
+        shared_dir=os.path.abspath(args.shared_dir or os.path.join(run_dir, "shared/containers")),
+        runc=args.runc,
+        runc_root=os.path.abspath(args.runc_root),
+        cgroup_parent="/" + args.cgroup_parent.strip("/"),
+        cgroup_root=args.cgroup_root,
+        resolv_conf=args.resolv_conf,
+        poweroff=os.getpid() == 1 if args.poweroff is None else args.poweroff,
+        output_limit=args.output_limit,
+        log_level=(args.log_level or kernel_log_level() or "info").lower(),
+    )

@@ -1,0 +1,173 @@
+"""Kata's protobuf OCI spec (grpc.Spec, grpc.Process, grpc.LinuxResources) to runc's JSON.
+
+Kata's field names are the Go struct names (`UIDMappings`, `OOMScoreAdj`); the
+OCI JSON keys are their lower camel case (`uidMappings`, `oomScoreAdj`), with a
+few exceptions listed in _SPECIAL. proto3 cannot tell "0" from "unset", so zero
+scalars, empty lists and empty maps are left out, which is what the OCI's
+`omitempty` fields mean anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from google.protobuf.message import Message
+
+from ttrpc.codes import Code
+from ttrpc.errors import TTRPCError
+
+_SPECIAL = {"Version": "ociVersion", "Pagesize": "pageSize", "errnoret": "errnoRet"}
+_NAMES: dict[str, str] = {}
+
+# Not meaningful inside the VM: host hooks, host security labels, other OSes.
+_DROP = frozenset({"Hooks", "Solaris", "Windows", "MountLabel", "SelinuxLabel", "ApparmorProfile"})
+NAMESPACE_TYPES = frozenset({"pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time"})
+RLIMITS = frozenset(
+    "RLIMIT_" + name
+    for name in (
+        "AS",
+        "CORE",
+        "CPU",
+        "DATA",
+        "FSIZE",
+        "LOCKS",
+        "MEMLOCK",
+        "MSGQUEUE",
+        "NICE",
+        "NOFILE",
+        "NPROC",
+        "RSS",
+        "RTPRIO",
+        "RTTIME",
+        "SIGPENDING",
+        "STACK",
+    )
+)
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]+\Z")
+DEFAULT_OCI_VERSION = "1.0.2"
+
+
+def invalid(message: str) -> TTRPCError:
+    return TTRPCError(Code.INVALID_ARGUMENT, message)
+
+
+def json_name(name: str) -> str:
+    """`UIDMappings` -> `uidMappings`, `HostID` -> `hostID`, `UID` -> `uid`."""
+    known = _NAMES.get(name)
+    if known is not None:
+        return known
+    if name in _SPECIAL:
+        result = _SPECIAL[name]
+    else:
+        upper = 0
+        while upper < len(name) and name[upper].isupper():
+            upper += 1
+        if upper > 1 and upper < len(name) and name[upper].islower():
+            upper -= 1  # keep the capital that starts the next word
+        result = name[:upper].lower() + name[upper:]
+    _NAMES[name] = result
+    return result
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    """A protobuf message as an OCI JSON object (fields left at zero are omitted)."""
+    out: dict[str, Any] = {}
+    for field, value in message.ListFields():
+        if field.name in _DROP:
+            continue
+        key = json_name(field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            out[key] = {k: _value(v) for k, v in value.items()}
+        elif field.is_repeated:
+            out[key] = [_value(item) for item in value]
+        else:
+            out[key] = _value(value)
+    return out
+
+
+def _value(value: Any) -> Any:
+    return to_json(value) if isinstance(value, Message) else value
+
+
+def check_id(kind: str, value: str) -> str:
+    """Container ids name directories: allow what Kata allows, nothing else."""
+    if not _ID.match(value) or len(value) > 256:
+        raise invalid(
+            f"invalid {kind} {value!r}: want 2-256 of [A-Za-z0-9_.-], starting alphanumeric"
+        )
+    return value
+
+
+def process_json(process: Message, *, what: str = "process") -> dict[str, Any]:
+    """The OCI `process` object from a grpc.Process, checked."""
+    out = to_json(process)
+    if not out.get("args"):
+        raise invalid(f"{what}: Args is empty (nothing to run)")
+    cwd = out.get("cwd") or "/"
+    if not cwd.startswith("/"):
+        raise invalid(f"{what}: Cwd {cwd!r} is not an absolute path")
+    out["cwd"] = cwd
+    out.setdefault("user", {"uid": 0, "gid": 0})
+    for rlimit in out.get("rlimits", ()):
+        if rlimit.get("type") not in RLIMITS:
+            raise invalid(f"{what}: unknown rlimit type {rlimit.get('type')!r}")
+    return out
+
+
+def container_config(
+    spec: Message,
+    *,
+    default_root: str,
+    cgroups_path: str,
+    pid_namespace: str | None = None,
+) -> dict[str, Any]:
+    """config.json for runc from a CreateContainerRequest's OCI spec.
+
+    - root: the spec's path when absolute, else default_root (the shared dir);
+      it must be a directory;
+    - network namespaces are dropped: every container of the pod shares the
+      VM's network (a path in the spec names a host namespace);
+    - the cgroup is ours (cgroups_path), not the host's;
+    - hooks, SELinux/AppArmor labels are dropped (host paths, no LSM here);
+    - pid_namespace: join that pid namespace (the sandbox's) instead of a new one.
+    """
+    if not spec.HasField("Process"):
+        raise invalid("OCI spec has no Process")
+    config = to_json(spec)
+    config["ociVersion"] = config.get("ociVersion") or DEFAULT_OCI_VERSION
+    config["process"] = process_json(spec.Process)
+
+    root = config.setdefault("root", {})
+    path = root.get("path", "")
+    if not path.startswith("/"):
+        path = default_root
+    if not os.path.isdir(path):
+        raise invalid(f"container root {path!r} is not a directory")
+    root["path"] = path
+
+    linux = config.setdefault("linux", {})
+    namespaces = []
+    for namespace in linux.get("namespaces", ()):
+        kind = namespace.get("type", "")
+        if kind not in NAMESPACE_TYPES:
+            raise invalid(f"unknown namespace type {kind!r}")
+        if kind == "network":
+            continue
+        if kind == "pid" and pid_namespace:
+            namespace = {"type": "pid", "path": pid_namespace}
+        namespaces.append(namespace)
+    if pid_namespace and not any(ns["type"] == "pid" for ns in namespaces):
+        namespaces.append({"type": "pid", "path": pid_namespace})
+    linux["namespaces"] = namespaces
+    linux["cgroupsPath"] = cgroups_path
+    for mount in config.get("mounts", ()):
+        if not mount.get("destination", "").startswith("/"):
+            raise invalid(f"mount destination {mount.get('destination')!r} is not absolute")
+    return config
+
+
+def resources_json(resources: Message) -> dict[str, Any]:
+    """The OCI `linux.resources` object for `runc update -r -`."""
+    return to_json(resources)

@@ -1,0 +1,217 @@
+"""The pod inside the VM: hostname, DNS, shared filesystem, the containers' table.
+
+The shared filesystem (virtiofs tag kataShared) comes as a storage of
+CreateSandbox, mounted at /run/kata-containers/shared/containers; a container's
+root filesystem is <shared_dir>/<container id>/rootfs unless its spec names an
+absolute root path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+from typing import Any
+
+from agent import oci
+from agent.children import Reaper
+from agent.config import Config
+from agent.container import Container
+from agent.oom import OomWatcher
+from agent.runtime import Runc, RuncError
+from agent.storage import Storages
+from ttrpc.codes import Code
+from ttrpc.errors import TTRPCError
+
+log = logging.getLogger("agent.sandbox")
+
+
+def resolv_conf_lines(entries: list[str]) -> str:
+    """resolv.conf text from Kata's `dns` list (whole lines; a bare address is a nameserver)."""
+    lines = []
+    for entry in entries:
+        entry = entry.strip()
+        if not entry:
+            continue
+        if " " not in entry and (":" in entry or entry.replace(".", "").isdigit()):
+            entry = f"nameserver {entry}"
+        lines.append(entry)
+    return "\n".join(lines) + "\n"
+
+
+class Sandbox:
+    """Everything the agent knows about its pod."""
+
+    def __init__(self, config: Config, reaper: Reaper, runc: Runc | None = None) -> None:
+        self.config = config
+        self.reaper = reaper
+        self.runc = runc or Runc(reaper, config.runc, config.runc_root)
+        self.id = ""
+        self.hostname = ""
+        self.created = False
+        self.sandbox_pidns = False
+        self.containers: dict[str, Container] = {}
+        self._reserved: set[str] = set()
+        self.storages = Storages()
+        self._sandbox_mounts: list[str] = []
+        self._pidns_holder: str | None = None
+        self._oom: OomWatcher | None = None
+        self._consoles = os.path.join(config.run_dir, ".consoles")  # console sockets
+
+    @property
+    def oom(self) -> OomWatcher:
+        if self._oom is None:
+            self._oom = OomWatcher(self.config.cgroup_root)
+        return self._oom
+
+    # -- sandbox -------------------------------------------------------------------
+    def create(self, request: Any) -> None:
+        """CreateSandbox: hostname, DNS, storages (the shared fs), the sandbox dirs."""
+        if self.created:
+            raise TTRPCError(Code.ALREADY_EXISTS, f"sandbox {self.id!r} already exists")
+        for folder in (self.config.run_dir, self.config.shared_dir):
+            os.makedirs(folder, mode=0o755, exist_ok=True)
+        self.id = request.sandbox_id
+        self.sandbox_pidns = request.sandbox_pidns
+        if request.hostname:
+            try:
+                socket.sethostname(request.hostname)
+            except OSError as exc:
+                raise TTRPCError(
+                    Code.INTERNAL, f"set hostname {request.hostname!r}: {exc.strerror}"
+                ) from None
+            self.hostname = request.hostname
+        if request.dns:
+            # In place (no rename): /etc/resolv.conf may be a bind mount.
+            with open(self.config.resolv_conf, "w") as out:
+                out.write(resolv_conf_lines(list(request.dns)))
+        for storage in request.storages:
+            point = self._add_storage(storage)
+            if point:
+                self._sandbox_mounts.append(point)
+        self.created = True
+
+    def _add_storage(self, storage: Any) -> str | None:
+        try:
+            return self.storages.add(storage)
+        except OSError as exc:
+            raise TTRPCError(
+                Code.INTERNAL, f"storage {storage.source!r} on {storage.mount_point!r}: {exc}"
+            ) from None
+
+    async def destroy(self) -> None:
+        """DestroySandbox: every container goes, then the sandbox's mounts."""
+        await asyncio.gather(
+            *(self.remove(cid) for cid in list(self.containers)), return_exceptions=True
+        )
+        for point in reversed(self._sandbox_mounts):
+            self.storages.release(point)
+        self._sandbox_mounts.clear()
+        if self._oom is not None:
+            self._oom.close()
+            self._oom = None
+        self._remove_cgroup_parent()
+        with contextlib.suppress(OSError):
+            os.rmdir(self._consoles)
+        self.created = False
+
+    def _remove_cgroup_parent(self) -> None:
+        """rmdir the (now empty) parent cgroup of the containers, in every hierarchy."""
+        root, parent = self.config.cgroup_root, self.config.cgroup_parent.strip("/")
+        if not parent:
+            return
+        try:
+            hierarchies = [os.path.join(root, name) for name in os.listdir(root)]
+        except OSError:
+            return
+        for folder in (root, *hierarchies):
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(folder, parent))
+
+    # -- containers ----------------------------------------------------------------
+    def get(self, cid: str) -> Container:
+        container = self.containers.get(cid)
+        if container is None:
+            raise TTRPCError(Code.NOT_FOUND, f"no container {cid!r}")
+        return container
+
+    async def create_container(self, request: Any) -> Container:
+        """CreateContainer: storages, config.json, `runc create`."""
+        cid = oci.check_id("container id", request.container_id)
+        if cid in self.containers or cid in self._reserved:
+            raise TTRPCError(Code.ALREADY_EXISTS, f"container {cid!r} already exists")
+        if not request.HasField("OCI"):
+            raise oci.invalid("CreateContainer without an OCI spec")
+        self._reserved.add(cid)
+        mounts: list[str] = []
+        container: Container | None = None
+        try:
+            for storage in request.storages:
+                point = self._add_storage(storage)
+                if point:
+                    mounts.append(point)
+            config = oci.container_config(
+                request.OCI,
+                default_root=os.path.join(self.config.shared_dir, cid, "rootfs"),
+                cgroups_path=f"{self.config.cgroup_parent}/{cid}",
+                pid_namespace=self._pid_namespace(request.sandbox_pidns),
+            )
+            container = Container(
+                cid,
+                os.path.join(self.config.run_dir, cid),
+                config,
+                runc=self.runc,
+                reaper=self.reaper,
+                output_limit=self.config.output_limit,
+                consoles=self._consoles,
+            )
+            if os.path.exists(container.bundle):  # left by an agent that crashed
+                with contextlib.suppress(RuncError):
+                    await self.runc.delete(cid, force=True)
+                shutil.rmtree(container.bundle, ignore_errors=True)
+            await container.create(request.exec_id or cid)
+        except BaseException:
+            for point in reversed(mounts):
+                self.storages.release(point)
+            if container is not None:
+                shutil.rmtree(container.bundle, ignore_errors=True)
+            raise
+        finally:
+            self._reserved.discard(cid)
+        container.mounts = mounts
+        # Watched from now on (its cgroup exists): a process may be OOM-killed
+        # before StartContainer even returns.
+        self.oom.watch(cid, container.cgroups_path)
+        if (self.sandbox_pidns or request.sandbox_pidns) and self._pidns_holder is None:
+            self._pidns_holder = cid
+        self.containers[cid] = container
+        return container
+
+    def _pid_namespace(self, requested: bool) -> str | None:
+        """The sandbox pid namespace (the first container's) when containers share one."""
+        if not (requested or self.sandbox_pidns) or self._pidns_holder is None:
+            return None
+        holder = self.containers.get(self._pidns_holder)
+        if holder is None or holder.init.has_exited:
+            raise TTRPCError(
+                Code.FAILED_PRECONDITION, "the sandbox pid namespace is gone (its holder exited)"
+            )
+        return f"/proc/{holder.init.pid}/ns/pid"
+
+    async def start_container(self, cid: str) -> None:
+        await self.get(cid).start()
+
+    async def remove(self, cid: str, timeout: float | None = None) -> None:
+        """RemoveContainer: kill, delete, unmount its storages, forget it."""
+        container = self.get(cid)
+        if self._oom is not None:
+            self._oom.unwatch(cid)
+        await container.destroy(timeout)
+        self.containers.pop(cid, None)
+        if self._pidns_holder == cid:
+            self._pidns_holder = None
+        for point in reversed(container.mounts):
+            self.storages.release(point)

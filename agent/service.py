@@ -1,0 +1,264 @@
+"""grpc.AgentService: Kata's agent API, one handler per method, errors as gRPC codes.
+
+Methods of the service not defined here answer UNIMPLEMENTED (the ttrpc server
+does that for names the implementation lacks). Codes: unknown container or
+process NOT_FOUND, a second create ALREADY_EXISTS, an operation the state does
+not allow FAILED_PRECONDITION, a bad request INVALID_ARGUMENT.
+
+ReadStdout/ReadStderr wait for data; at end of stream they fail with
+OUT_OF_RANGE "eof" (Kata's agent fails with INTERNAL "read meet eof"; a shim
+made for Kata treats any error there as the end, ours looks for OUT_OF_RANGE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from google.protobuf.empty_pb2 import Empty
+
+from agent import __version__, oci
+from agent.config import Config
+from agent.process import Process
+from agent.sandbox import Sandbox
+from protos.kata import agent_pb2
+from ttrpc.codes import Code
+from ttrpc.errors import TTRPCError
+
+log = logging.getLogger("agent.service")
+
+READ_DEFAULT = 64 * 1024
+READ_MAX = 1 << 20
+POWER_OFF_DELAY = 0.2  # s between answering DestroySandbox and powering off
+
+
+def _error(code: Code, message: str) -> TTRPCError:
+    return TTRPCError(code, message)
+
+
+class AgentService:
+    """The handlers; the state lives in the Sandbox."""
+
+    def __init__(self, sandbox: Sandbox, config: Config) -> None:
+        self.sandbox = sandbox
+        self.config = config
+        self._seccomp: bool | None = None
+
+    def _process(self, cid: str, exec_id: str) -> Process:
+        return self.sandbox.get(cid).process(exec_id)
+
+    # -- sandbox ---------------------------------------------------------------------
+    async def CreateSandbox(self, request: Any, context: Any) -> Empty:
+        self.sandbox.create(request)
+        log.info("sandbox %s created (hostname %r)", request.sandbox_id, request.hostname)
+        return Empty()
+
+    async def DestroySandbox(self, request: Any, context: Any) -> Empty:
+        await self.sandbox.destroy()
+        log.info("sandbox destroyed")
+        if self.config.poweroff:
+            from agent import libc
+
+            log.info("powering off in %.1fs", POWER_OFF_DELAY)
+            asyncio.get_running_loop().call_later(POWER_OFF_DELAY, libc.power_off)
+        return Empty()
+
+    async def GetGuestDetails(self, request: Any, context: Any) -> Any:
+        from agent.storage import STORAGE_HANDLERS
+
+        answer = agent_pb2.GuestDetailsResponse(
+            agent_details=agent_pb2.AgentDetails(
+                version=__version__,
+                init_daemon=os.getpid() == 1,
+                storage_handlers=STORAGE_HANDLERS,
+                supports_seccomp=await self._supports_seccomp(),
+            )
+        )
+        if request.mem_block_size:
+            try:
+                with open("/sys/devices/system/memory/block_size_bytes") as text:
+                    answer.mem_block_size_bytes = int(text.read().strip(), 16)
+            except (OSError, ValueError):
+                pass
+        if request.mem_hotplug_probe:
+            answer.support_mem_hotplug_probe = os.path.exists("/sys/devices/system/memory/probe")
+        return answer
+
+    async def _supports_seccomp(self) -> bool:
+        if self._seccomp is None:
+            from agent.children import run
+
+            try:
+                done = await run(self.sandbox.reaper, [self.sandbox.runc.binary, "--version"])
+                self._seccomp = b"libseccomp" in done.stdout
+            except OSError:
+                self._seccomp = False
+        return self._seccomp
+
+    async def SetGuestDateTime(self, request: Any, context: Any) -> Empty:
+        import time
+
+        if request.Sec < 0 or not 0 <= request.Usec < 1_000_000:
+            raise _error(Code.INVALID_ARGUMENT, f"bad time: Sec={request.Sec} Usec={request.Usec}")
+        try:
+            time.clock_settime_ns(
+                time.CLOCK_REALTIME, request.Sec * 1_000_000_000 + request.Usec * 1000
+            )
+        except OSError as exc:
+            raise _error(Code.INTERNAL, f"clock_settime: {exc.strerror}") from None
+        return Empty()
+
+    async def CopyFile(self, request: Any, context: Any) -> Empty:
+        from agent.copyfile import copy_file
+
+        copy_file(request, self.config.run_dir)
+        return Empty()
+
+    # -- containers ------------------------------------------------------------------
+    async def CreateContainer(self, request: Any, context: Any) -> Empty:
+        await self.sandbox.create_container(request)
+        log.info("container %s created", request.container_id)
+        return Empty()
+
+    async def StartContainer(self, request: Any, context: Any) -> Empty:
+        await self.sandbox.start_container(request.container_id)
+        log.info("container %s started", request.container_id)
+        return Empty()
+
+    async def RemoveContainer(self, request: Any, context: Any) -> Empty:
+        await self.sandbox.remove(request.container_id, request.timeout or None)
+        log.info("container %s removed", request.container_id)
+        return Empty()
+
+    async def PauseContainer(self, request: Any, context: Any) -> Empty:
+        await self.sandbox.get(request.container_id).pause()
+        return Empty()
+
+    async def ResumeContainer(self, request: Any, context: Any) -> Empty:
+        await self.sandbox.get(request.container_id).resume()
+        return Empty()
+
+    async def UpdateContainer(self, request: Any, context: Any) -> Empty:
+        container = self.sandbox.get(request.container_id)
+        await container.update(oci.resources_json(request.resources))
+        return Empty()
+
+    async def StatsContainer(self, request: Any, context: Any) -> Any:
+        from agent import stats
+
+        data = await self.sandbox.get(request.container_id).stats()
+        return agent_pb2.StatsContainerResponse(
+            cgroup_stats=stats.cgroup_stats(data), network_stats=stats.network_stats()
+        )
+
+    async def GetOOMEvent(self, request: Any, context: Any) -> Any:
+        return agent_pb2.OOMEvent(container_id=await self.sandbox.oom.next())
+
+    # -- processes -------------------------------------------------------------------
+    async def ExecProcess(self, request: Any, context: Any) -> Empty:
+        container = self.sandbox.get(request.container_id)
+        if not request.exec_id:
+            raise _error(Code.INVALID_ARGUMENT, "ExecProcess without an exec id")
+        if not request.HasField("process"):
+            raise _error(Code.INVALID_ARGUMENT, f"exec {request.exec_id}: no process")
+        process = oci.process_json(request.process, what=f"exec {request.exec_id}")
+        await container.exec(request.exec_id, process)
+        return Empty()
+
+    async def SignalProcess(self, request: Any, context: Any) -> Empty:
+        if not 0 <= request.signal <= 64:
+            raise _error(Code.INVALID_ARGUMENT, f"bad signal number {request.signal}")
+        await self.sandbox.get(request.container_id).signal(request.exec_id, request.signal)
+        return Empty()
+
+    async def WaitProcess(self, request: Any, context: Any) -> Any:
+        status = await self._process(request.container_id, request.exec_id).wait()
+        return agent_pb2.WaitProcessResponse(status=status)
+
+    # -- stdio -----------------------------------------------------------------------
+    async def WriteStdin(self, request: Any, context: Any) -> Any:
+        process = self._process(request.container_id, request.exec_id)
+        if process.stdin is None or process.stdin.closed:
+            raise _error(Code.FAILED_PRECONDITION, "stdin is closed")
+        try:
+            written = await process.stdin.write(request.data)
+        except OSError as exc:
+            raise _error(Code.FAILED_PRECONDITION, f"stdin: {exc.strerror or exc}") from None
+        return agent_pb2.WriteStreamResponse(len=written)
+
+    async def ReadStdout(self, request: Any, context: Any) -> Any:
+        return await self._read(request, stdout=True)
+
+    async def ReadStderr(self, request: Any, context: Any) -> Any:
+        return await self._read(request, stdout=False)
+
+    async def _read(self, request: Any, *, stdout: bool) -> Any:
+        process = self._process(request.container_id, request.exec_id)
+        stream = process.stdout if stdout else process.stderr
+        data = b""
+        if stream is not None:
+            data = await stream.read(min(request.len or READ_DEFAULT, READ_MAX))
+        if not data:
+            raise _error(Code.OUT_OF_RANGE, "eof")
+        return agent_pb2.ReadStreamResponse(data=data)
+
+    async def CloseStdin(self, request: Any, context: Any) -> Empty:
+        process = self._process(request.container_id, request.exec_id)
+        if process.stdin is not None:
+            await process.stdin.close()
+        return Empty()
+
+    async def TtyWinResize(self, request: Any, context: Any) -> Empty:
+        process = self._process(request.container_id, request.exec_id)
+        try:
+            resized = process.resize(request.row, request.column)
+        except OSError as exc:
+            raise _error(Code.INTERNAL, f"resize: {exc.strerror}") from None
+        if not resized:
+            raise _error(Code.FAILED_PRECONDITION, "the process has no terminal")
+        return Empty()
+
+    # -- network ---------------------------------------------------------------------
+    async def UpdateInterface(self, request: Any, context: Any) -> Any:
+        from agent import network
+
+        return _net(network.update_interface, request.interface)
+
+    async def UpdateRoutes(self, request: Any, context: Any) -> Any:
+        from agent import network
+
+        routes = _net(network.update_routes, list(request.routes.Routes))
+        return agent_pb2.Routes(Routes=routes)
+
+    async def ListInterfaces(self, request: Any, context: Any) -> Any:
+        from agent import network
+
+        return agent_pb2.Interfaces(Interfaces=_net(network.list_interfaces))
+
+    async def ListRoutes(self, request: Any, context: Any) -> Any:
+        from agent import network
+
+        return agent_pb2.Routes(Routes=_net(network.list_routes))
+
+    async def AddARPNeighbors(self, request: Any, context: Any) -> Empty:
+        from agent import network
+
+        _net(network.add_neighbors, list(request.neighbors.ARPNeighbors))
+        return Empty()
+
+
+def _net(call: Any, *args: Any) -> Any:
+    """Run a network call; unknown links NOT_FOUND, bad requests INVALID_ARGUMENT,
+    kernel refusals INTERNAL."""
+    from agent.network import NetworkError, NoSuchLink
+
+    try:
+        return call(*args)
+    except NoSuchLink as exc:
+        raise _error(Code.NOT_FOUND, str(exc)) from None
+    except NetworkError as exc:
+        raise _error(Code.INVALID_ARGUMENT, str(exc)) from None
+    except OSError as exc:
+        raise _error(Code.INTERNAL, f"netlink: {exc.strerror or exc}") from None
