@@ -1,0 +1,139 @@
+"""The QEMU command line of a sandbox VM: a pure function of the config and state paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from shim.vmm.config import AGENT_PORT_NAME, SHARED_FS_TAG, NicSpec, VMConfig
+from shim.vmm.layout import VMPaths
+
+AGENT_PORT_ID = "channel0"  # QMP VSERPORT_CHANGE names the port by this id
+# Legacy devices a sandbox never uses; leaving them out saves probing time in the guest.
+MACHINE_TRIMS = ("sata=off", "smbus=off", "vmport=off")
+# Kata's kernel_params minus what our guest does not have; each saves boot time.
+FAST_BOOT_PARAMS = (
+    "tsc=reliable", "no_timer_check", "rcupdate.rcu_expedited=1", "i8042.direct=1",
+    "i8042.dumbkbd=1", "i8042.nopnp=1", "i8042.noaux=1", "noreplace-smp", "reboot=k",
+    "cryptomgr.notests", "net.ifnames=0", "pci=lastbus=0",
+)
+SECCOMP = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+
+@dataclass(frozen=True)
+class SerialChannel:
+    """Agent over a virtio-serial port; QEMU serves its host end on a Unix socket."""
+
+    socket: Path
+
+
+@dataclass(frozen=True)
+class VsockChannel:
+    """Agent over vsock; `vhostfd` is an open /dev/vhost-vsock that already owns `cid`."""
+
+    cid: int
+    vhostfd: int | None = None
+
+
+AgentChannel = SerialChannel | VsockChannel
+
+
+def q(value: object) -> str:
+    """Escape a value for a QEMU option list (a comma is written as two)."""
+    return str(value).replace(",", ",,")
+
+
+def kernel_cmdline(config: VMConfig) -> str:
+    """The guest kernel command line: console, panic behaviour, speed-ups, knobs."""
+    params = ["console=ttyS0", "panic=-1", *FAST_BOOT_PARAMS]
+    params.append("pykata.debug=1" if config.debug else "quiet")
+    params += config.kernel_params
+    return " ".join(params)
+
+
+def _nic_args(index: int, nic: NicSpec) -> list[str]:
+    ident = nic.id or f"net{index}"
+    if (nic.tap_fd is None) == (nic.ifname is None):
+        raise ValueError(f"NIC {ident}: give exactly one of tap_fd and ifname")
+    netdev = f"tap,id={q(ident)}"
+    if nic.tap_fd is not None:
+        netdev += f",fd={nic.tap_fd}"
+    else:
+        netdev += f",ifname={q(nic.ifname)},script=no,downscript=no"
+    if nic.vhost:
+        netdev += ",vhost=on"
+    device = f"virtio-net-pci,netdev={q(ident)},mac={q(nic.mac)},id=dev-{q(ident)},romfile="
+    if nic.mtu:
+        device += f",host_mtu={nic.mtu}"
+    return ["-netdev", netdev, "-device", device]
+
+
+def build_argv(config: VMConfig, paths: VMPaths, *, accel: str, cpu: str,
+               channel: AgentChannel, seccomp: bool = True, name: str | None = None,
+               firmware: str | None = None, start_paused: bool = True) -> list[str]:
+    """argv for QEMU (argv[0] = config.qemu_path).
+
+    `firmware` is a resolved -bios path (None: QEMU's default). `start_paused`
+    adds -S: the caller subscribes to QMP events, then sends `cont`, so the agent
+    port's open event cannot be missed.
+    """
+    if accel not in ("kvm", "tcg"):
+        raise ValueError(f"accel must be kvm or tcg here, not {accel!r}")
+    mem = f"{config.memory_mib}M"
+    machine = ",".join([config.machine_type, f"accel={accel}", *MACHINE_TRIMS])
+    argv = [
+        config.qemu_path,
+        "-name", q(name or f"pykata-{paths.state_dir.name}"),
+        "-machine", machine,
+        "-cpu", cpu,  # a model plus comma-separated features: not escaped
+        "-m", mem,
+        "-smp", str(config.vcpus),
+        "-nodefaults", "-nographic", "-no-user-config", "-no-reboot",
+        "-qmp", f"unix:{q(paths.qmp_socket)},server=on,wait=off",
+        "-pidfile", str(paths.qemu_pidfile),
+        "-kernel", config.kernel,
+        "-append", kernel_cmdline(config),
+    ]
+    if config.initrd:
+        argv += ["-initrd", config.initrd]
+    if firmware:
+        argv += ["-bios", firmware]
+    if start_paused:
+        argv.append("-S")
+    if seccomp:
+        argv += ["-sandbox", SECCOMP]
+    # guest console: the first serial port, served on a socket and always logged
+    argv += ["-chardev", f"socket,id=console0,path={q(paths.console_socket)},server=on,"
+                         f"wait=off,logfile={q(paths.console_log)}",
+             "-serial", "chardev:console0"]
+    if config.shared_fs == "virtio-fs":
+        argv += ["-object", f"memory-backend-memfd,id=mem0,size={mem},share=on",
+                 "-numa", "node,memdev=mem0",
+                 "-chardev", f"socket,id=vfs0,path={q(paths.virtiofsd_socket)}",
+                 "-device", f"vhost-user-fs-pci,chardev=vfs0,tag={SHARED_FS_TAG},id=fs0"]
+    elif config.shared_fs != "none":
+        raise ValueError(f"shared_fs must be virtio-fs or none, not {config.shared_fs!r}")
+    if isinstance(channel, VsockChannel):
+        dev = f"vhost-vsock-pci,id=vsock0,guest-cid={channel.cid}"
+        if channel.vhostfd is not None:
+            dev += f",vhostfd={channel.vhostfd}"
+        argv += ["-device", dev]
+    else:
+        argv += ["-device", "virtio-serial-pci,id=serial0",
+                 "-chardev", f"socket,id=agent0,path={q(channel.socket)},server=on,wait=off",
+                 "-device", f"virtserialport,chardev=agent0,name={AGENT_PORT_NAME},"
+                            f"id={AGENT_PORT_ID}"]
+    argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
+             "-device", "virtio-rng-pci,rng=rng0,id=rng0dev"]
+    for i, nic in enumerate(config.nics):
+        argv += _nic_args(i, nic)
+    argv += config.extra_qemu_args
+    return argv
+
+
+def passed_fds(config: VMConfig, channel: AgentChannel) -> list[int]:
+    """File descriptors the QEMU child must inherit (taps, vhost-vsock)."""
+    fds = [nic.tap_fd for nic in config.nics if nic.tap_fd is not None]
+    if isinstance(channel, VsockChannel) and channel.vhostfd is not None:
+        fds.append(channel.vhostfd)
+    return fds

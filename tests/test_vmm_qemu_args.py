@@ -1,0 +1,167 @@
+"""QEMU argv for every shape of VM: KVM/TCG, vsock/virtio-serial, virtiofs or not, NICs, debug."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shim.vmm.config import TCG_CPU_MODEL, NicSpec, VMConfig
+from shim.vmm.layout import VMPaths
+from shim.vmm.qemu_args import (
+    SerialChannel,
+    VsockChannel,
+    build_argv,
+    kernel_cmdline,
+    passed_fds,
+    q,
+)
+
+STATE = Path("/run/pykata/default/sb1")
+PATHS = VMPaths(STATE)
+SERIAL = SerialChannel(PATHS.agent_socket)
+
+
+def opt(argv: list[str], flag: str) -> list[str]:
+    """Every value given to `flag`."""
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+
+
+def devices(argv: list[str]) -> list[str]:
+    return opt(argv, "-device")
+
+
+def argv_for(config: VMConfig | None = None, **kw) -> list[str]:
+    kw.setdefault("accel", "tcg")
+    kw.setdefault("cpu", TCG_CPU_MODEL)
+    kw.setdefault("channel", SERIAL)
+    return build_argv(config or VMConfig(), PATHS, **kw)
+
+
+def test_tcg_machine_cpu_and_basics():
+    cfg = VMConfig(vcpus=2, memory_mib=1024)
+    argv = argv_for(cfg)
+    assert argv[0] == cfg.qemu_path
+    assert opt(argv, "-machine") == ["q35,accel=tcg,sata=off,smbus=off,vmport=off"]
+    assert opt(argv, "-cpu") == [TCG_CPU_MODEL]
+    assert opt(argv, "-m") == ["1024M"]
+    assert opt(argv, "-smp") == ["2"]
+    for flag in ("-nodefaults", "-nographic", "-no-reboot", "-no-user-config", "-S"):
+        assert flag in argv
+    assert "-daemonize" not in argv
+    assert opt(argv, "-qmp") == [f"unix:{STATE}/qmp.sock,server=on,wait=off"]
+    assert opt(argv, "-pidfile") == [f"{STATE}/qemu.pid"]
+    assert opt(argv, "-kernel") == [cfg.kernel]
+    assert opt(argv, "-initrd") == [cfg.initrd]
+    assert opt(argv, "-sandbox") == [
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+    assert "virtio-rng-pci,rng=rng0,id=rng0dev" in devices(argv)
+
+
+def test_kvm_uses_host_cpu():
+    argv = argv_for(accel="kvm", cpu="host")
+    assert opt(argv, "-machine")[0].startswith("q35,accel=kvm,")
+    assert opt(argv, "-cpu") == ["host"]
+
+
+def test_bad_accel_rejected():
+    with pytest.raises(ValueError):
+        argv_for(accel="auto")
+
+
+def test_console_is_a_logged_socket_on_the_first_serial_port():
+    argv = argv_for()
+    assert f"socket,id=console0,path={STATE}/console.sock,server=on,wait=off,"\
+           f"logfile={STATE}/console.log" in opt(argv, "-chardev")
+    assert opt(argv, "-serial") == ["chardev:console0"]
+    assert opt(argv, "-append")[0].startswith("console=ttyS0 panic=-1 ")
+
+
+def test_virtio_serial_agent_channel():
+    argv = argv_for()
+    assert "virtio-serial-pci,id=serial0" in devices(argv)
+    assert f"socket,id=agent0,path={STATE}/agent.sock,server=on,wait=off" in opt(
+        argv, "-chardev")
+    assert "virtserialport,chardev=agent0,name=agent.channel.0,id=channel0" in devices(argv)
+    assert not any(d.startswith("vhost-vsock-pci") for d in devices(argv))
+
+
+def test_vsock_agent_channel_with_and_without_fd():
+    argv = argv_for(channel=VsockChannel(cid=1234, vhostfd=7))
+    assert "vhost-vsock-pci,id=vsock0,guest-cid=1234,vhostfd=7" in devices(argv)
+    assert not any("virtserialport" in d or "virtio-serial" in d for d in devices(argv))
+    assert not any("agent0" in c for c in opt(argv, "-chardev"))
+    argv = argv_for(channel=VsockChannel(cid=5))
+    assert "vhost-vsock-pci,id=vsock0,guest-cid=5" in devices(argv)
+    assert passed_fds(VMConfig(), VsockChannel(cid=5, vhostfd=9)) == [9]
+
+
+def test_virtiofs_shares_memory():
+    argv = argv_for(VMConfig(memory_mib=512))
+    assert "memory-backend-memfd,id=mem0,size=512M,share=on" in opt(argv, "-object")
+    assert opt(argv, "-numa") == ["node,memdev=mem0"]
+    assert f"socket,id=vfs0,path={STATE}/vfs.sock" in opt(argv, "-chardev")
+    assert "vhost-user-fs-pci,chardev=vfs0,tag=kataShared,id=fs0" in devices(argv)
+
+
+def test_without_shared_fs():
+    argv = argv_for(VMConfig(shared_fs="none"))
+    assert "-numa" not in argv
+    assert not any("memory-backend" in o for o in opt(argv, "-object"))
+    assert not any("vhost-user-fs" in d for d in devices(argv))
+    with pytest.raises(ValueError):
+        argv_for(VMConfig(shared_fs="9p"))  # type: ignore[arg-type]
+
+
+def test_nics_by_fd_and_by_name():
+    cfg = VMConfig(nics=[NicSpec(mac="02:00:c6:12:00:02", tap_fd=11),
+                         NicSpec(mac="02:00:c6:12:00:03", ifname="tap1_kata", id="eth1",
+                                 vhost=True, mtu=1400)])
+    argv = argv_for(cfg)
+    assert opt(argv, "-netdev") == [
+        "tap,id=net0,fd=11", "tap,id=eth1,ifname=tap1_kata,script=no,downscript=no,vhost=on"]
+    assert "virtio-net-pci,netdev=net0,mac=02:00:c6:12:00:02,id=dev-net0,romfile=" in devices(
+        argv)
+    assert ("virtio-net-pci,netdev=eth1,mac=02:00:c6:12:00:03,id=dev-eth1,romfile=,"
+            "host_mtu=1400") in devices(argv)
+    assert passed_fds(cfg, SERIAL) == [11]
+
+
+@pytest.mark.parametrize("nic", [NicSpec(mac="02:00:00:00:00:01"),
+                                 NicSpec(mac="02:00:00:00:00:01", tap_fd=3, ifname="tap0")])
+def test_nic_needs_exactly_one_tap(nic):
+    with pytest.raises(ValueError, match="exactly one"):
+        argv_for(VMConfig(nics=[nic]))
+
+
+def test_debug_and_extra_kernel_params():
+    quiet = kernel_cmdline(VMConfig())
+    assert " quiet" in quiet and "pykata.debug=1" not in quiet
+    debug = kernel_cmdline(VMConfig(debug=True, kernel_params=["pykata.shell=1"]))
+    assert "quiet" not in debug.split()
+    assert debug.split()[-2:] == ["pykata.debug=1", "pykata.shell=1"]
+    assert "panic=-1" in debug.split()
+
+
+def test_options_seccomp_paused_firmware_initrd_extra():
+    argv = argv_for(VMConfig(initrd=None, extra_qemu_args=["-d", "guest_errors"]),
+                    seccomp=False, start_paused=False, firmware="/usr/share/qemu/qboot.rom")
+    assert "-sandbox" not in argv and "-S" not in argv and "-initrd" not in argv
+    assert opt(argv, "-bios") == ["/usr/share/qemu/qboot.rom"]
+    assert argv[-2:] == ["-d", "guest_errors"]
+    assert "-bios" not in argv_for()
+
+
+def test_commas_in_paths_are_escaped():
+    assert q("/a,b") == "/a,,b"
+    paths = VMPaths(Path("/run/x,y"))
+    argv = build_argv(VMConfig(), paths, accel="tcg", cpu="max",
+                      channel=SerialChannel(paths.agent_socket))
+    assert opt(argv, "-qmp") == ["unix:/run/x,,y/qmp.sock,server=on,wait=off"]
+    assert any("path=/run/x,,y/agent.sock," in c for c in opt(argv, "-chardev"))
+
+
+def test_socket_path_length_check():
+    assert VMPaths(STATE).too_long() == []
+    long_dir = VMPaths(Path("/run/pykata/k8s.io") / ("x" * 90))
+    assert long_dir.qmp_socket in long_dir.too_long()
