@@ -1,9 +1,11 @@
 """OOM kills in container cgroups, queued for GetOOMEvent (a long poll).
 
 cgroup v1: an eventfd registered on memory.oom_control (cgroup.event_control)
-wakes the event loop; the `oom_kill` counter tells a kill from the cgroup's
-removal. cgroup v2: memory.events' `oom_kill` counter, checked twice a second
-while some container is watched.
+wakes the event loop when the cgroup runs out of memory; that is before the
+kernel picks a victim, so the `oom_kill` counter is read then and again over
+the next second, and every increase is one event (a cgroup's removal wakes the
+eventfd too, and counts nothing). cgroup v2: memory.events' `oom_kill`
+counter, checked twice a second while some container is watched.
 """
 
 from __future__ import annotations
@@ -108,10 +110,16 @@ class OomWatcher:
         if not os.path.exists(watch.counter):  # the cgroup went away
             watch.close(self._loop)
             return
-        # Older kernels have no oom_kill counter: then every notification counts.
-        kills = watch.check() if oom_kills(watch.counter) is not None else 1
-        for _ in range(kills):
-            self._push(watch.cid)
+        self._loop.create_task(self._settle(watch))
+
+    async def _settle(self, watch: _Watch) -> None:
+        """Count the kills that follow an out-of-memory notification."""
+        for delay in (0.0, 0.05, 0.2, 0.75):
+            await asyncio.sleep(delay)
+            if watch.control < 0:  # unwatched meanwhile: unwatch() counted
+                return
+            for _ in range(watch.check()):
+                self._push(watch.cid)
 
     def _start_poller(self) -> None:
         if self._poller is None or self._poller.done():

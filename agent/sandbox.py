@@ -104,9 +104,11 @@ class Sandbox:
 
     async def destroy(self) -> None:
         """DestroySandbox: every container goes, then the sandbox's mounts."""
-        await asyncio.gather(
-            *(self.remove(cid) for cid in list(self.containers)), return_exceptions=True
-        )
+        cids = list(self.containers)
+        results = await asyncio.gather(*(self.remove(cid) for cid in cids), return_exceptions=True)
+        for cid, result in zip(cids, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("container %s: not removed cleanly: %s", cid, result)
         for point in reversed(self._sandbox_mounts):
             self.storages.release(point)
         self._sandbox_mounts.clear()

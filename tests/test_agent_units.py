@@ -262,3 +262,23 @@ def test_agent_help_imports_little():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=os.getcwd()
     ).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+# -- OOM events (cgroup v2 layout, faked in a folder) ------------------------------------
+async def test_oom_watcher_v2_counts_new_kills(tmp_path, monkeypatch):
+    from agent import oom
+
+    monkeypatch.setattr(oom, "V2_POLL", 0.01)
+    (tmp_path / "cgroup.controllers").write_text("memory pids\n")
+    events = tmp_path / "pykata" / "c1" / "memory.events"
+    events.parent.mkdir(parents=True)
+    events.write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")  # a kill before the watch
+    watcher = oom.OomWatcher(str(tmp_path))
+    watcher.watch("c1", "/pykata/c1")
+    waiting = asyncio.create_task(watcher.next())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # the old kill is not news
+    events.write_text("low 0\nhigh 0\nmax 9\noom 2\noom_kill 3\n")
+    assert await asyncio.wait_for(waiting, 2) == "c1"
+    assert await asyncio.wait_for(watcher.next(), 2) == "c1"  # two new kills, two events
+    watcher.close()
