@@ -46,7 +46,6 @@ async def serve(config: object) -> int:
     from agent.children import Reaper, which
     from agent.config import Config
     from agent.health import HealthService
-    from agent.runtime import Runc
     from agent.sandbox import Sandbox
     from agent.service import AgentService
     from protos.kata import agent_pb2, health_pb2
@@ -70,7 +69,7 @@ async def serve(config: object) -> int:
     if runc_path is None:
         log.error("%s not found: containers cannot be created", config.runc)
         runc_path = config.runc
-    sandbox = Sandbox(config, reaper, Runc(reaper, runc_path, config.runc_root))
+    sandbox = Sandbox(config, reaper, runc_path)
     server = Server()
     server.register(health_pb2.DESCRIPTOR.services_by_name["Health"], HealthService())
     server.register(

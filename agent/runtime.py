@@ -7,7 +7,6 @@ subreaper), which reaps it and so knows its real exit status.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -24,6 +23,8 @@ class RuncError(Exception):
 
 def last_error(log_path: str) -> str:
     """The last error runc wrote to its JSON log file."""
+    import json
+
     message = ""
     try:
         with open(log_path, "rb") as lines:
@@ -121,13 +122,19 @@ class Runc:
         await self._run("resume", cid)
 
     async def update(self, cid: str, resources: dict[str, Any]) -> None:
+        import json
+
         await self._run("update", "--resources", "-", cid, input=json.dumps(resources).encode())
 
     async def stats(self, cid: str) -> dict[str, Any]:
         """`runc events --stats`: the cgroup figures of the container."""
+        import json
+
         done = await self._run("events", "--stats", cid)
         return json.loads(done.stdout).get("data", {})
 
     async def state(self, cid: str) -> dict[str, Any]:
+        import json
+
         done = await self._run("state", cid)
         return json.loads(done.stdout)

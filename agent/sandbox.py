@@ -4,6 +4,9 @@ The shared filesystem (virtiofs tag kataShared) comes as a storage of
 CreateSandbox, mounted at /run/kata-containers/shared/containers; a container's
 root filesystem is <shared_dir>/<container id>/rootfs unless its spec names an
 absolute root path.
+
+The container machinery (runc driver, spec conversion, mounts, OOM watch) is
+imported on first use: a VM spends its boot answering Check, not creating.
 """
 
 from __future__ import annotations
@@ -12,19 +15,18 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
-import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent import oci
 from agent.children import Reaper
 from agent.config import Config
-from agent.container import Container
-from agent.oom import OomWatcher
-from agent.runtime import Runc, RuncError
-from agent.storage import Storages
 from ttrpc.codes import Code
 from ttrpc.errors import TTRPCError
+
+if TYPE_CHECKING:
+    from agent.container import Container
+    from agent.oom import OomWatcher
+    from agent.runtime import Runc
+    from agent.storage import Storages
 
 log = logging.getLogger("agent.sandbox")
 
@@ -45,25 +47,44 @@ def resolv_conf_lines(entries: list[str]) -> str:
 class Sandbox:
     """Everything the agent knows about its pod."""
 
-    def __init__(self, config: Config, reaper: Reaper, runc: Runc | None = None) -> None:
+    def __init__(self, config: Config, reaper: Reaper, runc_binary: str | None = None) -> None:
         self.config = config
         self.reaper = reaper
-        self.runc = runc or Runc(reaper, config.runc, config.runc_root)
+        self._runc_binary = runc_binary or config.runc
+        self._runc: Runc | None = None
         self.id = ""
         self.hostname = ""
         self.created = False
         self.sandbox_pidns = False
         self.containers: dict[str, Container] = {}
         self._reserved: set[str] = set()
-        self.storages = Storages()
+        self._storages: Storages | None = None
         self._sandbox_mounts: list[str] = []
         self._pidns_holder: str | None = None
         self._oom: OomWatcher | None = None
         self._consoles = os.path.join(config.run_dir, ".consoles")  # console sockets
 
     @property
+    def runc(self) -> Runc:
+        if self._runc is None:
+            from agent.runtime import Runc
+
+            self._runc = Runc(self.reaper, self._runc_binary, self.config.runc_root)
+        return self._runc
+
+    @property
+    def storages(self) -> Storages:
+        if self._storages is None:
+            from agent.storage import Storages
+
+            self._storages = Storages()
+        return self._storages
+
+    @property
     def oom(self) -> OomWatcher:
         if self._oom is None:
+            from agent.oom import OomWatcher
+
             self._oom = OomWatcher(self.config.cgroup_root)
         return self._oom
 
@@ -77,6 +98,8 @@ class Sandbox:
         self.id = request.sandbox_id
         self.sandbox_pidns = request.sandbox_pidns
         if request.hostname:
+            import socket
+
             try:
                 socket.sethostname(request.hostname)
             except OSError as exc:
@@ -110,7 +133,7 @@ class Sandbox:
             if isinstance(result, BaseException):
                 log.warning("container %s: not removed cleanly: %s", cid, result)
         for point in reversed(self._sandbox_mounts):
-            self.storages.release(point)
+            self.storages.release(point)  # only set when storages were used
         self._sandbox_mounts.clear()
         if self._oom is not None:
             self._oom.close()
@@ -142,6 +165,12 @@ class Sandbox:
 
     async def create_container(self, request: Any) -> Container:
         """CreateContainer: storages, config.json, `runc create`."""
+        import shutil
+
+        from agent import oci
+        from agent.container import Container
+        from agent.runtime import RuncError
+
         cid = oci.check_id("container id", request.container_id)
         if cid in self.containers or cid in self._reserved:
             raise TTRPCError(Code.ALREADY_EXISTS, f"container {cid!r} already exists")

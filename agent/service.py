@@ -15,17 +15,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.empty_pb2 import Empty
 
-from agent import __version__, oci
+from agent import __version__
 from agent.config import Config
-from agent.process import Process
-from agent.sandbox import Sandbox
 from protos.kata import agent_pb2
 from ttrpc.codes import Code
 from ttrpc.errors import TTRPCError
+
+if TYPE_CHECKING:
+    from agent.process import Process
+    from agent.sandbox import Sandbox
 
 log = logging.getLogger("agent.service")
 
@@ -141,6 +143,8 @@ class AgentService:
         return Empty()
 
     async def UpdateContainer(self, request: Any, context: Any) -> Empty:
+        from agent import oci
+
         container = self.sandbox.get(request.container_id)
         await container.update(oci.resources_json(request.resources))
         return Empty()
@@ -158,6 +162,8 @@ class AgentService:
 
     # -- processes -------------------------------------------------------------------
     async def ExecProcess(self, request: Any, context: Any) -> Empty:
+        from agent import oci
+
         container = self.sandbox.get(request.container_id)
         if not request.exec_id:
             raise _error(Code.INVALID_ARGUMENT, "ExecProcess without an exec id")
