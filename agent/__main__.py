@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 _STARTED = time.monotonic()
 
@@ -36,7 +40,7 @@ def _stdio_open() -> None:
                 os.close(null)
 
 
-async def serve(config: object) -> int:
+async def serve(config: Config) -> int:
     """Run the agent until SIGTERM/SIGINT (or forever, as PID 1)."""
     import asyncio
     import logging
@@ -44,14 +48,12 @@ async def serve(config: object) -> int:
 
     from agent import channel
     from agent.children import Reaper, which
-    from agent.config import Config
     from agent.health import HealthService
     from agent.sandbox import Sandbox
     from agent.service import AgentService
     from protos.kata import agent_pb2, health_pb2
     from ttrpc.server import Server
 
-    assert isinstance(config, Config)
     log = logging.getLogger("agent")
     log.debug("start-up: modules loaded at %.3fs", since_process_start())
     loop = asyncio.get_running_loop()

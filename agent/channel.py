@@ -20,6 +20,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from agent.config import SERIAL_PORT_NAME, VSOCK_PORT
 
@@ -101,8 +102,8 @@ async def detect(timeout: float = FIND_TIMEOUT) -> str:
         await asyncio.sleep(RETRY)
 
 
-class Serving:
-    """The server's connection to one host session (ServerConnection's shape)."""
+class Serving(Protocol):
+    """The server's connection to one host session (ttrpc's ServerConnection)."""
 
     closed: asyncio.Future[str | None]
 

@@ -53,6 +53,8 @@ class AgentService:
 
     # -- sandbox ---------------------------------------------------------------------
     async def CreateSandbox(self, request: Any, context: Any) -> Empty:
+        if request.kernel_modules or request.guest_hook_path:
+            log.warning("CreateSandbox: kernel_modules and guest_hook_path are not supported")
         self.sandbox.create(request)
         log.info("sandbox %s created (hostname %r)", request.sandbox_id, request.hostname)
         return Empty()
@@ -120,6 +122,11 @@ class AgentService:
 
     # -- containers ------------------------------------------------------------------
     async def CreateContainer(self, request: Any, context: Any) -> Empty:
+        if request.devices or request.shared_mounts or request.stdout_port:
+            log.warning(
+                "container %s: devices, shared_mounts and stdio ports are not supported",
+                request.container_id,
+            )
         await self.sandbox.create_container(request)
         log.info("container %s created", request.container_id)
         return Empty()
