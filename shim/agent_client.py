@@ -1,0 +1,185 @@
+"""The shim's client of the guest agent: Kata's agent API over our ttrpc.
+
+One interface for both transports: the host end of a virtio-serial port (a Unix
+socket that QEMU serves, these hosts) or AF_VSOCK to the guest's port 1024.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from google.protobuf.message import Message
+
+import ttrpc
+from protos.kata import agent_pb2, health_pb2
+from ttrpc.service import Metadata, message_class
+
+log = structlog.get_logger(__name__)
+
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
+
+DEFAULT_TIMEOUT = 30.0  # seconds; generous because TCG guests are slow
+# per-method defaults: None = no deadline (long polls that end when the process does)
+METHOD_TIMEOUTS: dict[str, float | None] = {
+    "Check": 5.0, "Version": 5.0,
+    "WaitProcess": None, "ReadStdout": None, "ReadStderr": None, "GetOOMEvent": None,
+    "CreateContainer": 120.0, "CreateSandbox": 60.0, "DestroySandbox": 60.0,
+    "StartContainer": 60.0, "ExecProcess": 60.0, "RemoveContainer": 60.0,
+}
+# calls that are safe to send again after the connection broke under them
+IDEMPOTENT = frozenset({
+    "Check", "Version", "GetGuestDetails", "ListInterfaces", "ListRoutes", "StatsContainer",
+    "GetMetrics",
+})
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Any = _Default()
+
+
+@dataclass(frozen=True)
+class AgentAddress:
+    """Where the agent listens, seen from the host."""
+
+    unix_path: str | None = None
+    vsock_cid: int | None = None
+    vsock_port: int = 1024
+
+    def __post_init__(self) -> None:
+        if (self.unix_path is None) == (self.vsock_cid is None):
+            raise ValueError("give exactly one of unix_path and vsock_cid")
+
+    def __str__(self) -> str:
+        if self.unix_path is not None:
+            return f"unix://{self.unix_path}"
+        return f"vsock://{self.vsock_cid}:{self.vsock_port}"
+
+
+class Stub:
+    """Typed calls of one service: `await stub.Method(request, timeout=...)`.
+
+    Without `timeout`, each method gets its default from METHOD_TIMEOUTS.
+    """
+
+    def __init__(self, owner: AgentClient, service: Any) -> None:
+        self.service_name = service.full_name
+        for method in service.methods:
+            setattr(self, method.name, self._make(owner, method))
+
+    def _make(self, owner: AgentClient, method: Any) -> Callable[..., Awaitable[Message]]:
+        service_name, name = self.service_name, method.name
+        response_type = message_class(method.output_type)
+
+        async def call(request: Message, *, timeout: float | None = DEFAULT,
+                       metadata: Metadata | None = None) -> Message:
+            payload = await owner.call(service_name, name, request.SerializeToString(),
+                                       timeout=timeout, metadata=metadata)
+            return response_type.FromString(payload)
+
+        call.__name__ = name
+        call.__qualname__ = f"{service_name}.{name}"
+        return call
+
+
+class AgentClient:
+    """A reconnecting ttrpc client of the guest agent.
+
+    `client.agent` (grpc.AgentService) and `client.health` (grpc.Health) are typed
+    stubs. A broken connection is re-opened on the next call; a call that failed
+    because the connection broke is retried once if it is idempotent.
+    """
+
+    def __init__(self, address: AgentAddress, *, connect_timeout: float = 5.0) -> None:
+        self.address = address
+        self.connect_timeout = connect_timeout
+        self._client: ttrpc.Client | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self.agent = Stub(self, AGENT_SERVICE)
+        self.health = Stub(self, HEALTH_SERVICE)
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and not self._client.closed
+
+    async def connect(self) -> None:
+        """Open the connection now (calls do it on demand otherwise)."""
+        await self._ensure()
+
+    async def _open(self) -> ttrpc.Client:
+        if self.address.unix_path is not None:
+            return await ttrpc.Client.connect(self.address.unix_path,
+                                              timeout=self.connect_timeout)
+        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await asyncio.wait_for(
+                asyncio.get_running_loop().sock_connect(
+                    sock, (self.address.vsock_cid, self.address.vsock_port)),
+                self.connect_timeout)
+            return await ttrpc.Client.from_socket(sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    async def _ensure(self) -> ttrpc.Client:
+        if self._closed:
+            raise ttrpc.TTRPCError(ttrpc.Code.UNAVAILABLE, "agent client closed")
+        client = self._client
+        if client is not None and not client.closed:
+            return client
+        async with self._lock:
+            if self._client is None or self._client.closed:
+                if self._client is not None:
+                    log.info("agent connection lost, reconnecting", address=str(self.address))
+                try:
+                    self._client = await self._open()
+                except (OSError, TimeoutError) as e:
+                    raise ttrpc.TTRPCError(
+                        ttrpc.Code.UNAVAILABLE, f"cannot connect to agent at {self.address}: "
+                        f"{e}") from e
+            return self._client
+
+    async def call(self, service: str, method: str, payload: bytes, *,
+                   timeout: float | None = DEFAULT, metadata: Metadata | None = None) -> bytes:
+        """One unary call (used by the stubs); see the class docstring for retries."""
+        if timeout is DEFAULT:
+            timeout = METHOD_TIMEOUTS.get(method, DEFAULT_TIMEOUT)
+        attempts = 2 if method in IDEMPOTENT else 1
+        for attempt in range(attempts):
+            client = await self._ensure()
+            try:
+                return await client.call(service, method, payload, timeout=timeout,
+                                         metadata=metadata)
+            except ttrpc.TTRPCError as e:
+                if e.code != ttrpc.Code.UNAVAILABLE or not client.closed:
+                    raise
+                if attempt + 1 == attempts:
+                    raise
+                log.debug("agent call retried after a broken connection", method=method)
+        raise AssertionError("unreachable")
+
+    async def check(self, timeout: float = 5.0) -> health_pb2.HealthCheckResponse:
+        """grpc.Health/Check; raises TTRPCError if the agent does not answer in time."""
+        return await self.health.Check(health_pb2.CheckRequest(), timeout=timeout)
+
+    async def reset(self) -> None:
+        """Drop the current connection (the next call opens a new one)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def close(self) -> None:
+        """Close for good."""
+        self._closed = True
+        await self.reset()

@@ -1,0 +1,326 @@
+"""start_vm / RunningVM / teardown against a fake QEMU (fast: no VM is booted).
+
+The fake is this file run as a script: it parses the argv we build, serves QMP
+(greeting, qmp_capabilities, cont, quit, VSERPORT_CHANGE) and a ttrpc agent on
+the agent chardev socket. A mode baked into its wrapper script makes it fail in
+the ways a real QEMU or guest does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- fake QEMU
+def _opts(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+
+
+def _chardevs(argv: list[str]) -> dict[str, dict[str, str]]:
+    out = {}
+    for spec in _opts(argv, "-chardev"):
+        fields = dict(f.split("=", 1) for f in spec.split(",")[1:] if "=" in f)
+        out[fields["id"]] = fields
+    return out
+
+
+async def _json_stream(reader: asyncio.StreamReader):
+    """JSON objects as QEMU reads them: a stream, not lines (qemu.qmp may pretty-print)."""
+    decoder, buf = json.JSONDecoder(), ""
+    while chunk := await reader.read(4096):
+        buf += chunk.decode()
+        while buf.strip():
+            try:
+                obj, end = decoder.raw_decode(buf.lstrip())
+            except ValueError:
+                break
+            buf = buf.lstrip()[end:]
+            yield obj
+
+
+async def _fake_qemu(mode: str, argv: list[str]) -> None:
+    from protos.kata import agent_pb2, health_pb2
+    from ttrpc import Server
+
+    chardevs = _chardevs(argv)
+    qmp_path = re.match(r"unix:(.*?),server", _opts(argv, "-qmp")[0]).group(1)
+    Path(_opts(argv, "-pidfile")[0]).write_text(f"{os.getpid()}\n")
+    with open(chardevs["console0"]["logfile"], "a") as console:
+        console.write("\x1bc\x1b[2Jfake firmware\r\nfake kernel: booting\n")
+    held = []
+    if "vfs0" in chardevs:  # like vhost-user: virtiofsd leaves when we hang up
+        vfs = socket.socket(socket.AF_UNIX)
+        vfs.connect(chardevs["vfs0"]["path"])
+        held.append(vfs)
+    agent_path = chardevs["agent0"]["path"]
+    if mode == "agent-silent":
+        silent = socket.socket(socket.AF_UNIX)
+        silent.bind(agent_path)
+        silent.listen()
+        held.append(silent)
+    else:
+        class Agent:
+            async def Check(self, request, context):
+                return health_pb2.HealthCheckResponse(
+                    status=health_pb2.HealthCheckResponse.SERVING)
+
+            async def GetGuestDetails(self, request, context):
+                return agent_pb2.GuestDetailsResponse(
+                    agent_details=agent_pb2.AgentDetails(version="fake-qemu"))
+
+        server = Server()
+        server.register(health_pb2.DESCRIPTOR.services_by_name["Health"], Agent())
+        server.register(agent_pb2.DESCRIPTOR.services_by_name["AgentService"], Agent())
+        await server.serve_unix(agent_path)
+    if mode == "ignore-quit":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    done = asyncio.Event()
+
+    async def qmp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        def send(obj: dict) -> None:
+            writer.write(json.dumps(obj).encode() + b"\r\n")
+
+        def event(name: str, data: dict) -> None:
+            now = time.time()
+            send({"event": name, "data": data, "timestamp": {
+                "seconds": int(now), "microseconds": int(now % 1 * 1e6)}})
+
+        send({"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0},
+                                  "package": "fake"}, "capabilities": []}})
+        async for msg in _json_stream(reader):
+            send({"return": {}, **({"id": msg["id"]} if "id" in msg else {})})
+            await writer.drain()
+            if msg["execute"] == "cont":
+                await asyncio.sleep(0.05)
+                if mode != "port-never-opens":
+                    event("VSERPORT_CHANGE", {"id": "channel0", "open": True})
+                if mode == "crash-later":
+                    await asyncio.sleep(0.3)
+                    os._exit(3)
+            elif msg["execute"] == "quit" and mode != "ignore-quit":
+                event("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
+                await writer.drain()
+                done.set()
+                return
+
+    qmp_server = await asyncio.start_unix_server(qmp, qmp_path)
+    await done.wait()
+    qmp_server.close()
+
+
+def fake_qemu_main(argv: list[str]) -> int:
+    if "-version" in argv:
+        print("QEMU emulator version 7.2.0 (fake)")
+        return 0
+    mode, argv = argv[0], argv[1:]
+    if mode == "exit":
+        sys.stderr.write("qemu-system-x86_64: could not load kernel '/nope': "
+                         "No such file or directory\n")
+        return 1
+    sys.path.insert(0, str(ROOT))
+    asyncio.run(_fake_qemu(mode, argv))
+    return 0
+
+
+def fake_virtiofsd_main(argv: list[str]) -> int:
+    path = next(a.split("=", 1)[1] for a in argv if a.startswith("--socket-path="))
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    conn, _ = listener.accept()
+    conn.recv(1)  # returns when QEMU hangs up
+    os.unlink(path)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--fake-qemu":
+        sys.exit(fake_qemu_main(sys.argv[2:]))
+    sys.exit(fake_virtiofsd_main(sys.argv[2:]))
+
+
+# --------------------------------------------------------------------------- tests
+from shim.vmm import VMConfig, kill_from_state, procs, start_vm  # noqa: E402
+from shim.vmm.errors import (  # noqa: E402
+    AgentTimeoutError,
+    QemuExitedError,
+    VirtiofsdError,
+    VMStartError,
+)
+
+
+def wrapper(tmp_path: Path, name: str, args: str) -> str:
+    path = tmp_path / name
+    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{__file__}" {args} "$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.fixture
+def files(tmp_path) -> dict[str, Path]:
+    for name in ("vmlinuz", "initrd.img"):
+        (tmp_path / name).write_text("not used by the fake")
+    (tmp_path / "shared").mkdir()
+    return {"kernel": tmp_path / "vmlinuz", "initrd": tmp_path / "initrd.img",
+            "shared": tmp_path / "shared", "state": tmp_path / "state",
+            "cache": tmp_path / "cache"}
+
+
+def config(tmp_path: Path, files: dict[str, Path], mode: str = "ok", **kw) -> VMConfig:
+    kw.setdefault("shared_fs", "none")
+    return VMConfig(qemu_path=wrapper(tmp_path, f"qemu-{mode}", f"--fake-qemu {mode}"),
+                    kernel=str(files["kernel"]), initrd=str(files["initrd"]), accel="tcg",
+                    firmware="", start_timeout=10.0, stop_timeout=2.0, **kw)
+
+
+def assert_nothing_left(state: Path, *pids: int) -> None:
+    left = sorted(p.name for p in state.iterdir()) if state.exists() else []
+    assert not [n for n in left if n.endswith((".sock", ".pid", ".json"))], left
+    for pid in pids:
+        assert not procs.is_running(pid, None), f"pid {pid} still running"
+
+
+async def test_start_check_stop(tmp_path, files):
+    vm = await start_vm(config(tmp_path, files), files["state"], files["shared"],
+                        cache_dir=files["cache"])
+    try:
+        assert procs.cmdline(vm.pid)[1].endswith("test_vmm_start.py")
+        record = json.loads((files["state"] / "vm.json").read_text())
+        assert record["processes"]["qemu"]["pid"] == vm.pid
+        assert record["processes"]["qemu"]["start_time"] == procs.start_time(vm.pid)
+        assert record["agent"]["address"] == f"unix://{files['state']}/agent.sock"
+        assert (await vm.agent.check()).status == 1
+        from protos.kata import agent_pb2
+
+        details = await vm.agent.agent.GetGuestDetails(agent_pb2.GuestDetailsRequest())
+        assert details.agent_details.version == "fake-qemu"
+        assert set(vm.timings) >= {"qemu_launched", "qmp_ready", "port_open", "agent_ready"}
+        assert "fake kernel: booting" in vm.console_log.read_text()
+        assert vm.running
+    finally:
+        await vm.stop()
+    assert not vm.running and await vm.wait_exited() == 0
+    assert_nothing_left(files["state"], vm.pid)
+    await vm.stop()  # idempotent
+
+
+async def test_qemu_that_dies_at_start(tmp_path, files):
+    with pytest.raises(QemuExitedError) as err:
+        await start_vm(config(tmp_path, files, "exit"), files["state"], files["shared"],
+                       cache_dir=files["cache"])
+    assert err.value.exit_code == 1
+    assert "could not load kernel" in str(err.value)
+    assert "exited with status 1" in str(err.value)
+    assert_nothing_left(files["state"])
+
+
+@pytest.mark.parametrize(("mode", "says"), [
+    ("port-never-opens", "never opened the agent port"),
+    ("agent-silent", "the agent port was opened by the guest"),
+])
+async def test_agent_that_never_answers(tmp_path, files, mode, says):
+    t0 = time.monotonic()
+    with pytest.raises(AgentTimeoutError) as err:
+        await start_vm(config(tmp_path, files, mode), files["state"], files["shared"],
+                       timeout=1.5, cache_dir=files["cache"])
+    assert time.monotonic() - t0 < 6
+    assert "did not answer within 1.5s" in str(err.value) and says in str(err.value)
+    assert "fake kernel: booting" in err.value.console_tail
+    assert "\x1b" not in err.value.console_tail
+    assert_nothing_left(files["state"])
+    assert not [p for p in os.listdir("/proc") if p.isdigit()
+                and any(mode in a for a in procs.cmdline(int(p)))]
+
+
+async def test_stop_kills_a_qemu_that_ignores_quit(tmp_path, files):
+    vm = await start_vm(config(tmp_path, files, "ignore-quit"), files["state"],
+                        files["shared"], cache_dir=files["cache"])
+    t0 = time.monotonic()
+    await vm.stop(timeout=0.3)
+    assert time.monotonic() - t0 < 5
+    assert await vm.wait_exited() == -signal.SIGKILL
+    assert_nothing_left(files["state"], vm.pid)
+
+
+async def test_qemu_exiting_on_its_own(tmp_path, files):
+    vm = await start_vm(config(tmp_path, files, "crash-later"), files["state"],
+                        files["shared"], cache_dir=files["cache"])
+    assert await asyncio.wait_for(vm.wait_exited(), 5) == 3
+    await vm.stop()
+    assert_nothing_left(files["state"], vm.pid)
+
+
+async def test_with_virtiofsd(tmp_path, files):
+    cfg = config(tmp_path, files, shared_fs="virtio-fs",
+                 virtiofsd_path=wrapper(tmp_path, "virtiofsd", "--fake-virtiofsd"))
+    vm = await start_vm(cfg, files["state"], files["shared"], cache_dir=files["cache"])
+    assert vm.virtiofsd is not None
+    vfsd_pid = vm.virtiofsd.pid
+    record = json.loads((files["state"] / "vm.json").read_text())
+    assert record["processes"]["virtiofsd"]["pid"] == vfsd_pid
+    assert (files["state"] / "virtiofsd.pid").read_text().strip() == str(vfsd_pid)
+    await vm.stop()
+    assert_nothing_left(files["state"], vm.pid, vfsd_pid)
+
+
+async def test_missing_virtiofsd_starts_nothing(tmp_path, files):
+    cfg = config(tmp_path, files, shared_fs="virtio-fs",
+                 virtiofsd_path=str(tmp_path / "no-virtiofsd"))
+    with pytest.raises(VirtiofsdError, match="virtiofsd not found"):
+        await start_vm(cfg, files["state"], files["shared"], cache_dir=files["cache"])
+    assert_nothing_left(files["state"])
+
+
+async def test_virtiofsd_that_dies(tmp_path, files):
+    bad = tmp_path / "bad-virtiofsd"
+    bad.write_text("#!/bin/sh\necho 'virtiofsd: shared dir is gone' >&2\nexit 2\n")
+    bad.chmod(0o755)
+    cfg = config(tmp_path, files, shared_fs="virtio-fs", virtiofsd_path=str(bad))
+    with pytest.raises(VirtiofsdError) as err:
+        await start_vm(cfg, files["state"], files["shared"], cache_dir=files["cache"])
+    assert err.value.exit_code == 2 and "shared dir is gone" in str(err.value)
+    assert_nothing_left(files["state"])
+
+
+async def test_missing_kernel_is_named(tmp_path, files):
+    cfg = config(tmp_path, files)
+    cfg.kernel = str(tmp_path / "no-such-vmlinuz")
+    with pytest.raises(VMStartError, match=r"guest kernel not found: .*no-such-vmlinuz"):
+        await start_vm(cfg, files["state"], files["shared"], cache_dir=files["cache"])
+
+
+async def test_state_dir_in_use_and_stale_sockets(tmp_path, files):
+    files["state"].mkdir()
+    (files["state"] / "qmp.sock").write_text("stale")
+    vm = await start_vm(config(tmp_path, files), files["state"], files["shared"],
+                        cache_dir=files["cache"])
+    try:
+        with pytest.raises(VMStartError, match="already has a running VM"):
+            await start_vm(config(tmp_path, files), files["state"], files["shared"],
+                           cache_dir=files["cache"])
+        assert vm.running and (await vm.agent.check()).status == 1
+    finally:
+        await vm.stop()
+
+
+async def test_kill_from_state_after_a_shim_crash(tmp_path, files):
+    vm = await start_vm(config(tmp_path, files), files["state"], files["shared"],
+                        cache_dir=files["cache"])
+    done = await asyncio.to_thread(kill_from_state, files["state"])
+    assert f"qemu pid {vm.pid}: terminated" in done
+    assert await asyncio.wait_for(vm.wait_exited(), 5) == -signal.SIGTERM
+    assert_nothing_left(files["state"], vm.pid)
+    assert kill_from_state(files["state"]) == []
+    await vm.stop()
