@@ -258,8 +258,9 @@ def test_agent_help_imports_little():
         "heavy = {'ctypes', 'json', 'agent.network', 'agent.container', 'asyncio'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=os.getcwd()
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root
     ).stdout
     assert out.strip().splitlines()[-1] == "[]"
 
