@@ -344,6 +344,15 @@ class TaskService:
                 agent_pb2.StartContainerRequest(container_id=container.id), timeout=AGENT_TIMEOUT
             )
         process.state = State.RUNNING
+        if not process.stdio.stdin and not process.stdio.terminal:
+            # no stdin from containerd: the guest's pipe must not stay open forever
+            with contextlib.suppress(ttrpc.TTRPCError):
+                await agent.CloseStdin(
+                    agent_pb2.CloseStdinRequest(
+                        container_id=container.id, exec_id=process.agent_exec_id
+                    ),
+                    timeout=AGENT_TIMEOUT,
+                )
         process.waiter = asyncio.get_running_loop().create_task(self._wait_for_exit(process))
         if process.exec_id:
             self.publisher.publish(

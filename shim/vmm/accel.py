@@ -37,6 +37,7 @@ KVM_API_VERSION = 12
 # real mode at the reset vector: mov al,0x31; out 0xf4,al; hlt; jmp $-3
 _RESET_CODE = bytes([0xB0, 0x31, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD])
 _PROBE_EXIT = (0x31 << 1) | 1  # isa-debug-exit status for the value written
+PROBE_VERSION = 2  # part of the cache key: bump when the probe changes
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,10 @@ def probe_ioctls(dev: str = KVM_DEV) -> tuple[bool, str]:
 
 
 def _tail(data: bytes, n: int = 300) -> str:
-    return data.decode(errors="replace").strip()[-n:]
+    """The line that says what went wrong (QEMU's "error:" line), else the last one."""
+    lines = [x.strip() for x in data.decode(errors="replace").splitlines() if x.strip()]
+    errors = [x for x in lines if "error" in x.lower()]
+    return (errors or lines or [""])[0 if errors else -1][-n:]
 
 
 def _run(argv: list[str], timeout: float) -> tuple[int | None, bytes]:
@@ -170,7 +174,7 @@ async def choose_accel(requested: str, qemu: str, kernel: str | None,
     cached = False
     if requested == "auto" and kvm_dev:
         cpu = cpu_model or "host"
-        key = f"kvm:{file_identity(qemu)}:{file_identity(kernel)}:{cpu}:{dev}"
+        key = f"kvm{PROBE_VERSION}:{file_identity(qemu)}:{file_identity(kernel)}:{cpu}:{dev}"
         hit = cache.get(key) if cache is not None else None
         if hit is not None:
             probe, cached = KvmProbe(**hit), True

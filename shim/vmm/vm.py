@@ -178,10 +178,12 @@ class _Start:
     def timeout_error(self, what: str) -> AgentTimeoutError:
         port = ("the agent port was opened by the guest" if self.port_opened
                 else "the guest never opened the agent port")
+        console = tail(self.paths.console_log, max_lines=30)
+        if not console:
+            port += "; the guest console is empty (boot with debug for kernel and init logs)"
         return AgentTimeoutError(
             f"the guest agent did not answer within {self.timeout:g}s ({what}; {port})",
-            stderr_tail=tail(self.paths.qemu_stderr, max_lines=10),
-            console_tail=tail(self.paths.console_log, max_lines=30))
+            stderr_tail=tail(self.paths.qemu_stderr, max_lines=10), console_tail=console)
 
     def qmp_error(self, what: str) -> VMStartError:
         return VMStartError(f"QEMU's QMP did not answer within {self.timeout:g}s ({what})",
