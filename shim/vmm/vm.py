@@ -70,8 +70,10 @@ class RunningVM:
 
     def _on_qemu_exit(self, fut: asyncio.Future[int]) -> None:
         if self._stopping is None and not fut.cancelled():
-            log.warning("qemu exited", pid=self.pid, status=fut.result(),
-                        stderr=tail(self.paths.qemu_stderr, max_lines=5))
+            # status 0: the guest powered off (e.g. after DestroySandbox); else a crash
+            emit = log.info if fut.result() == 0 else log.warning
+            emit("qemu exited", pid=self.pid, status=fut.result(),
+                 stderr=tail(self.paths.qemu_stderr, max_lines=5))
 
     async def wait_exited(self) -> int:
         """Wait for QEMU to exit; its exit status (negative: the signal that killed it)."""
