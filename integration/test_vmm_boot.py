@@ -7,6 +7,7 @@ directory (a no-op when it is up to date).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -107,6 +108,18 @@ async def test_boot_check_details_stop(guest_image, dirs):
     assert await vm.wait_exited() == 0
     assert vm.virtiofsd.returncode is not None
     assert vm.console_log.exists()
+
+
+async def test_destroy_sandbox_powers_off_then_stop_cleans_up(guest_image, dirs):
+    state, shared = dirs
+    vm = await start_vm(VMConfig(debug=True, shared_fs="none"), state, shared)
+    try:
+        await vm.agent.agent.DestroySandbox(agent_pb2.DestroySandboxRequest())
+        assert await asyncio.wait_for(vm.wait_exited(), 30) == 0  # the guest powered off
+    finally:
+        await vm.stop()
+    console = vm.console_log.read_text(errors="replace")
+    assert "pykata-init" in console or "agent" in console  # debug: init and agent logs
 
 
 async def test_kernel_that_is_not_a_kernel(guest_image, dirs, tmp_path):

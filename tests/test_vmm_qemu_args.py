@@ -139,7 +139,7 @@ def test_debug_and_extra_kernel_params():
     assert " quiet" in quiet and "pykata.debug=1" not in quiet
     debug = kernel_cmdline(VMConfig(debug=True, kernel_params=["pykata.shell=1"]))
     assert "quiet" not in debug.split()
-    assert debug.split()[-2:] == ["pykata.debug=1", "pykata.shell=1"]
+    assert debug.split()[-3:] == ["pykata.debug=1", "agent.log=debug", "pykata.shell=1"]
     assert "panic=-1" in debug.split()
 
 

@@ -46,7 +46,8 @@ def q(value: object) -> str:
 def kernel_cmdline(config: VMConfig) -> str:
     """The guest kernel command line: console, panic behaviour, speed-ups, knobs."""
     params = ["console=ttyS0", "panic=-1", *FAST_BOOT_PARAMS]
-    params.append("pykata.debug=1" if config.debug else "quiet")
+    # pykata.debug=1: /init traces and kernel messages; agent.log=debug: Kata's agent knob
+    params += ["pykata.debug=1", "agent.log=debug"] if config.debug else ["quiet"]
     params += config.kernel_params
     return " ".join(params)
 
