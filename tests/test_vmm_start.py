@@ -182,7 +182,7 @@ def config(tmp_path: Path, files: dict[str, Path], mode: str = "ok", **kw) -> VM
     kw.setdefault("shared_fs", "none")
     return VMConfig(qemu_path=wrapper(tmp_path, f"qemu-{mode}", f"--fake-qemu {mode}"),
                     kernel=str(files["kernel"]), initrd=str(files["initrd"]), accel="tcg",
-                    firmware="", start_timeout=10.0, stop_timeout=2.0, **kw)
+                    firmware="", agent_timeout=10.0, stop_timeout=2.0, **kw)
 
 
 def assert_nothing_left(state: Path, *pids: int) -> None:

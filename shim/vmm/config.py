@@ -59,5 +59,5 @@ class VMConfig:
     vsock_cid: int | None = None  # None: pick a free one
     seccomp_sandbox: bool = True  # QEMU -sandbox on (if this QEMU supports it)
     extra_qemu_args: list[str] = field(default_factory=list)
-    start_timeout: float = 60.0  # seconds from launch to the agent's first answer
+    agent_timeout: float = 60.0  # seconds from launch to the agent's first answer
     stop_timeout: float = 10.0  # seconds to wait for QEMU to quit before SIGKILL

@@ -269,7 +269,7 @@ async def start_vm(config: VMConfig, state_dir: Path, shared_dir: Path, *,
     paths = VMPaths(state_dir)
     _check_inputs(config, paths)
     kill_from_state(state_dir)  # stale sockets of an earlier, dead VM
-    st = _Start(config, paths, config.start_timeout if timeout is None else timeout)
+    st = _Start(config, paths, config.agent_timeout if timeout is None else timeout)
     cache = HostCapsCache(cache_dir)
     try:
         accel = await choose_accel(config.accel, config.qemu_path, config.kernel,
