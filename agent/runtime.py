@@ -40,6 +40,19 @@ def last_error(log_path: str) -> str:
     return message
 
 
+def root_is_initramfs(mounts: str = "/proc/mounts") -> bool:
+    """True when / is the initramfs (rootfs), where pivot_root(2) fails with EINVAL."""
+    try:
+        with open(mounts) as table:
+            for line in table:
+                fields = line.split()
+                if len(fields) > 2 and fields[1] == "/" and fields[2] in ("rootfs", "ramfs"):
+                    return True
+    except OSError:
+        pass
+    return False
+
+
 class Runc:
     """Runs runc with one state root."""
 
@@ -48,6 +61,9 @@ class Runc:
         self.binary = binary
         self.root = root
         self.timeout = timeout
+        # In a guest booted from an initrd the container root cannot be pivoted to;
+        # runc then moves it onto / and chroots instead.
+        self.no_pivot = root_is_initramfs()
 
     def _argv(self, *args: str) -> list[str]:
         return [self.binary, "--root", self.root, *args]
@@ -86,6 +102,8 @@ class Runc:
         """`runc create`: the container's init, stopped before exec; its pid."""
         pid_file = os.path.join(bundle, "init.pid")
         args = ["create", "--bundle", bundle, "--pid-file", pid_file]
+        if self.no_pivot:
+            args.append("--no-pivot")
         if console_socket:
             args += ["--console-socket", console_socket]
         return await self._detached([*args, cid], os.path.join(bundle, "runc.log"), pid_file, stdio)

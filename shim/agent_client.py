@@ -27,16 +27,31 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
 DEFAULT_TIMEOUT = 30.0  # seconds; generous because TCG guests are slow
 # per-method defaults: None = no deadline (long polls that end when the process does)
 METHOD_TIMEOUTS: dict[str, float | None] = {
-    "Check": 5.0, "Version": 5.0,
-    "WaitProcess": None, "ReadStdout": None, "ReadStderr": None, "GetOOMEvent": None,
-    "CreateContainer": 120.0, "CreateSandbox": 60.0, "DestroySandbox": 60.0,
-    "StartContainer": 60.0, "ExecProcess": 60.0, "RemoveContainer": 60.0,
+    "Check": 5.0,
+    "Version": 5.0,
+    "WaitProcess": None,
+    "ReadStdout": None,
+    "ReadStderr": None,
+    "GetOOMEvent": None,
+    "CreateContainer": 120.0,
+    "CreateSandbox": 60.0,
+    "DestroySandbox": 60.0,
+    "StartContainer": 60.0,
+    "ExecProcess": 60.0,
+    "RemoveContainer": 60.0,
 }
 # calls that are safe to send again after the connection broke under them
-IDEMPOTENT = frozenset({
-    "Check", "Version", "GetGuestDetails", "ListInterfaces", "ListRoutes", "StatsContainer",
-    "GetMetrics",
-})
+IDEMPOTENT = frozenset(
+    {
+        "Check",
+        "Version",
+        "GetGuestDetails",
+        "ListInterfaces",
+        "ListRoutes",
+        "StatsContainer",
+        "GetMetrics",
+    }
+)
 
 
 class _Default:
@@ -80,10 +95,12 @@ class Stub:
         service_name, name = self.service_name, method.name
         response_type = message_class(method.output_type)
 
-        async def call(request: Message, *, timeout: float | None = DEFAULT,
-                       metadata: Metadata | None = None) -> Message:
-            payload = await owner.call(service_name, name, request.SerializeToString(),
-                                       timeout=timeout, metadata=metadata)
+        async def call(
+            request: Message, *, timeout: float | None = DEFAULT, metadata: Metadata | None = None
+        ) -> Message:
+            payload = await owner.call(
+                service_name, name, request.SerializeToString(), timeout=timeout, metadata=metadata
+            )
             return response_type.FromString(payload)
 
         call.__name__ = name
@@ -118,15 +135,16 @@ class AgentClient:
 
     async def _open(self) -> ttrpc.Client:
         if self.address.unix_path is not None:
-            return await ttrpc.Client.connect(self.address.unix_path,
-                                              timeout=self.connect_timeout)
+            return await ttrpc.Client.connect(self.address.unix_path, timeout=self.connect_timeout)
         sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
             await asyncio.wait_for(
                 asyncio.get_running_loop().sock_connect(
-                    sock, (self.address.vsock_cid, self.address.vsock_port)),
-                self.connect_timeout)
+                    sock, (self.address.vsock_cid, self.address.vsock_port)
+                ),
+                self.connect_timeout,
+            )
             return await ttrpc.Client.from_socket(sock)
         except BaseException:
             sock.close()
@@ -146,12 +164,19 @@ class AgentClient:
                     self._client = await self._open()
                 except (OSError, TimeoutError) as e:
                     raise ttrpc.TTRPCError(
-                        ttrpc.Code.UNAVAILABLE, f"cannot connect to agent at {self.address}: "
-                        f"{e}") from e
+                        ttrpc.Code.UNAVAILABLE, f"cannot connect to agent at {self.address}: {e}"
+                    ) from e
             return self._client
 
-    async def call(self, service: str, method: str, payload: bytes, *,
-                   timeout: float | None = DEFAULT, metadata: Metadata | None = None) -> bytes:
+    async def call(
+        self,
+        service: str,
+        method: str,
+        payload: bytes,
+        *,
+        timeout: float | None = DEFAULT,
+        metadata: Metadata | None = None,
+    ) -> bytes:
         """One unary call (used by the stubs); see the class docstring for retries."""
         if timeout is DEFAULT:
             timeout = METHOD_TIMEOUTS.get(method, DEFAULT_TIMEOUT)
@@ -159,8 +184,9 @@ class AgentClient:
         for attempt in range(attempts):
             client = await self._ensure()
             try:
-                return await client.call(service, method, payload, timeout=timeout,
-                                         metadata=metadata)
+                return await client.call(
+                    service, method, payload, timeout=timeout, metadata=metadata
+                )
             except ttrpc.TTRPCError as e:
                 if e.code != ttrpc.Code.UNAVAILABLE or not client.closed:
                     raise

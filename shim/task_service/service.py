@@ -331,7 +331,6 @@ class TaskService:
                 f"process {process.exec_id or container.id} is {process.state.name.lower()}",
             )
         agent = self._agent()
-        self._start_io(process)
         if process.exec_id:
             await agent.ExecProcess(
                 agent_pb2.ExecProcessRequest(
@@ -344,6 +343,8 @@ class TaskService:
                 agent_pb2.StartContainerRequest(container_id=container.id), timeout=AGENT_TIMEOUT
             )
         process.state = State.RUNNING
+        # only now does the agent know an exec: reading earlier would get NOT_FOUND
+        self._start_io(process)
         if not process.stdio.stdin and not process.stdio.terminal:
             # no stdin from containerd: the guest's pipe must not stay open forever
             with contextlib.suppress(ttrpc.TTRPCError):

@@ -20,8 +20,8 @@ CloseInput = Callable[[], Awaitable[None]]
 
 
 def _open_fifo(path: str, flags: int) -> int:
-    # O_RDWR never blocks on a FIFO and never sees a premature EOF/EPIPE while
-    # containerd has not opened its end yet; CloseIO tells us when input ends.
+    # Non-blocking: containerd may open its end after us. Output FIFOs are held
+    # read-write so writes never fail with ENXIO/EPIPE before the reader comes.
     return os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
@@ -87,16 +87,18 @@ class OutputCopier:
 class InputCopier:
     """Pushes what containerd writes into the stdin FIFO to the agent (WriteStdin).
 
-    The FIFO is held open read-write, so it never reports EOF by itself: CloseIO
-    (containerd's signal that input ended) drains what is buffered and then
-    closes the process's stdin in the guest.
+    Input ends when containerd's writer closes the FIFO (what `ctr run` does at
+    EOF) or when CloseIO asks; then the process's stdin is closed in the guest.
+    The FIFO is opened read-only and non-blocking: Linux reports it readable
+    only once a writer came and went (or wrote), so an early open sees no
+    false EOF before containerd connects.
     """
 
     def __init__(self, path: str, write: WriteChunk, close_input: CloseInput) -> None:
         self.path = path
         self._write = write
         self._close_input = close_input
-        self._fd = _open_fifo(path, os.O_RDWR)
+        self._fd = _open_fifo(path, os.O_RDONLY)
         self._readable = asyncio.Event()
         self._closing = False
         self.task: asyncio.Task[None] | None = None
@@ -113,7 +115,8 @@ class InputCopier:
 
     async def _run(self) -> None:
         try:
-            while True:
+            ended = False
+            while not ended:
                 await self._readable.wait()
                 self._readable.clear()
                 while True:
@@ -122,20 +125,25 @@ class InputCopier:
                     except BlockingIOError:
                         break
                     if not data:
+                        ended = True
                         break
                     await self._write(data)
-                if self._closing:
-                    await self._close_input()
-                    return
+                ended = ended or self._closing
+            self._remove_reader()
+            await self._close_input()
         except ttrpc.TTRPCError as exc:
             log.debug("stdin copy stopped", reason=exc.message)
         finally:
             self.stop()
 
-    def stop(self) -> None:
+    def _remove_reader(self) -> None:
         if self._fd >= 0:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self._fd)
+
+    def stop(self) -> None:
+        if self._fd >= 0:
+            self._remove_reader()
             os.close(self._fd)
             self._fd = -1
         if (

@@ -47,8 +47,7 @@ _LAZY = {
 }
 
 
-async def start_vm(config: VMConfig, state_dir: Path, shared_dir: Path,
-                   **kwargs: Any) -> RunningVM:
+async def start_vm(config: VMConfig, state_dir: Path, shared_dir: Path, **kwargs: Any) -> RunningVM:
     """Boot a VM (QEMU + virtiofsd) and return it once its agent answers Health/Check.
 
     Keyword options: `timeout` (default config.agent_timeout), `cache_dir` (host

@@ -59,8 +59,9 @@ class AccelChoice:
     cached: bool = False
 
 
-def decide(requested: str, *, kvm_dev: bool, probe: KvmProbe | None,
-           cpu_model: str | None = None) -> AccelChoice:
+def decide(
+    requested: str, *, kvm_dev: bool, probe: KvmProbe | None, cpu_model: str | None = None
+) -> AccelChoice:
     """Pure decision from the configured accel and what the probe found."""
     if requested == "tcg":
         return AccelChoice("tcg", cpu_model or TCG_CPU_MODEL, "accel=tcg configured")
@@ -113,16 +114,33 @@ def _tail(data: bytes, n: int = 300) -> str:
 def _run(argv: list[str], timeout: float) -> tuple[int | None, bytes]:
     """(exit status or None on timeout, stdout+stderr) of a probe QEMU."""
     try:
-        r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, timeout=timeout, check=False)
+        r = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired as e:
         return None, e.output or b""
     return r.returncode, r.stdout
 
 
 def _base(qemu: str, cpu: str) -> list[str]:
-    return [qemu, "-machine", "q35,accel=kvm", "-cpu", cpu, "-m", "256", "-nodefaults",
-            "-nographic", "-no-user-config", "-no-reboot"]
+    return [
+        qemu,
+        "-machine",
+        "q35,accel=kvm",
+        "-cpu",
+        cpu,
+        "-m",
+        "256",
+        "-nodefaults",
+        "-nographic",
+        "-no-user-config",
+        "-no-reboot",
+    ]
 
 
 def probe_qemu_firmware(qemu: str, cpu: str = "host", timeout: float = 5.0) -> tuple[bool, str]:
@@ -132,8 +150,16 @@ def probe_qemu_firmware(qemu: str, cpu: str = "host", timeout: float = 5.0) -> t
         image[0xFFF0 : 0xFFF0 + len(_RESET_CODE)] = _RESET_CODE
         f.write(image)
         f.flush()
-        status, out = _run([*_base(qemu, cpu), "-bios", f.name,
-                            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"], timeout)
+        status, out = _run(
+            [
+                *_base(qemu, cpu),
+                "-bios",
+                f.name,
+                "-device",
+                "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            ],
+            timeout,
+        )
     if status == _PROBE_EXIT:
         return True, "firmware probe ok"
     if status is None:
@@ -141,16 +167,28 @@ def probe_qemu_firmware(qemu: str, cpu: str = "host", timeout: float = 5.0) -> t
     return False, f"QEMU accel=kvm -cpu {cpu} exited {status}: {_tail(out)}"
 
 
-def probe_qemu_kernel(qemu: str, kernel: str, cpu: str = "host",
-                      timeout: float = 10.0) -> tuple[bool, str]:
+def probe_qemu_kernel(
+    qemu: str, kernel: str, cpu: str = "host", timeout: float = 10.0
+) -> tuple[bool, str]:
     """Step 3: the guest kernel boots under KVM as far as its no-root panic."""
-    status, out = _run([*_base(qemu, cpu), "-serial", "stdio", "-kernel", kernel,
-                        "-append", "console=ttyS0 panic=-1 quiet"], timeout)
+    status, out = _run(
+        [
+            *_base(qemu, cpu),
+            "-serial",
+            "stdio",
+            "-kernel",
+            kernel,
+            "-append",
+            "console=ttyS0 panic=-1 quiet",
+        ],
+        timeout,
+    )
     if status == 0 and b"Kernel panic" in out:
         return True, "kernel boot probe ok"
     if status is None:
-        return False, (f"guest kernel did not reach its no-root panic under KVM within "
-                       f"{timeout}s (hang)")
+        return False, (
+            f"guest kernel did not reach its no-root panic under KVM within {timeout}s (hang)"
+        )
     return False, f"guest kernel probe exited {status}: {_tail(out)}"
 
 
@@ -165,9 +203,15 @@ def probe_kvm(qemu: str, kernel: str | None, cpu: str = "host", dev: str = KVM_D
     return KvmProbe(ok, reason, round(time.monotonic() - t0, 3))
 
 
-async def choose_accel(requested: str, qemu: str, kernel: str | None,
-                       cpu_model: str | None = None, *,
-                       cache: HostCapsCache | None = None, dev: str = KVM_DEV) -> AccelChoice:
+async def choose_accel(
+    requested: str,
+    qemu: str,
+    kernel: str | None,
+    cpu_model: str | None = None,
+    *,
+    cache: HostCapsCache | None = None,
+    dev: str = KVM_DEV,
+) -> AccelChoice:
     """The accelerator for a VM; probes KVM at most once per host boot (cached)."""
     kvm_dev = os.path.exists(dev)
     probe: KvmProbe | None = None
@@ -181,10 +225,17 @@ async def choose_accel(requested: str, qemu: str, kernel: str | None,
         else:
             probe = await asyncio.to_thread(probe_kvm, qemu, kernel, cpu, dev)
             if cache is not None:
-                cache.put(key, {"usable": probe.usable, "reason": probe.reason,
-                                "seconds": probe.seconds})
+                cache.put(
+                    key, {"usable": probe.usable, "reason": probe.reason, "seconds": probe.seconds}
+                )
     choice = decide(requested, kvm_dev=kvm_dev, probe=probe, cpu_model=cpu_model)
     choice = AccelChoice(choice.accel, choice.cpu, choice.reason, cached)
-    log.info("accelerator chosen", accel=choice.accel, cpu=choice.cpu, reason=choice.reason,
-             cached=cached, probe_seconds=probe.seconds if probe else None)
+    log.info(
+        "accelerator chosen",
+        accel=choice.accel,
+        cpu=choice.cpu,
+        reason=choice.reason,
+        cached=cached,
+        probe_seconds=probe.seconds if probe else None,
+    )
     return choice

@@ -10,8 +10,14 @@ class VMError(Exception):
 class VMStartError(VMError):
     """The VM did not come up; whatever was started has been torn down."""
 
-    def __init__(self, message: str, *, exit_code: int | None = None, stderr_tail: str = "",
-                 console_tail: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        exit_code: int | None = None,
+        stderr_tail: str = "",
+        console_tail: str = "",
+    ) -> None:
         self.exit_code = exit_code
         self.stderr_tail = stderr_tail
         self.console_tail = console_tail

@@ -82,8 +82,14 @@ def probe_seccomp(qemu: str, cache: HostCapsCache | None = None) -> tuple[bool, 
     if cache is not None and (hit := cache.get(key)) is not None:
         return bool(hit["ok"]), str(hit["detail"])
     try:
-        r = subprocess.run([qemu, "-sandbox", "on", "-version"], capture_output=True,
-                           text=True, timeout=10, stdin=subprocess.DEVNULL, check=False)
+        r = subprocess.run(
+            [qemu, "-sandbox", "on", "-version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
         ok, detail = r.returncode == 0, (r.stderr.strip() or r.stdout.strip())[-300:]
     except (OSError, subprocess.TimeoutExpired) as e:
         ok, detail = False, str(e)

@@ -45,13 +45,26 @@ def tail(path: Path, max_bytes: int = 4000, max_lines: int = 30) -> str:
     return "\n".join(lines[-max_lines:]).strip()
 
 
-def launch(argv: list[str], *, stderr_path: Path, netns: str | None = None,
-           pass_fds: list[int] | tuple[int, ...] = (), cwd: Path | None = None) -> ChildProcess:
+def launch(
+    argv: list[str],
+    *,
+    stderr_path: Path,
+    netns: str | None = None,
+    pass_fds: list[int] | tuple[int, ...] = (),
+    cwd: Path | None = None,
+) -> ChildProcess:
     """Start QEMU; stdout and stderr go to `stderr_path` so errors are never lost."""
     full = netns_prefix(netns) + argv
     with stderr_path.open("wb") as err:
         popen = subprocess.Popen(
-            full, stdin=subprocess.DEVNULL, stdout=err, stderr=err, pass_fds=tuple(pass_fds),
-            start_new_session=True, close_fds=True, cwd=cwd)
+            full,
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            pass_fds=tuple(pass_fds),
+            start_new_session=True,
+            close_fds=True,
+            cwd=cwd,
+        )
     log.debug("qemu launched", pid=popen.pid, netns=netns, argv=" ".join(full))
     return ChildProcess(popen, "qemu")

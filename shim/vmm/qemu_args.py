@@ -13,9 +13,18 @@ AGENT_PORT_ID = "channel0"  # QMP VSERPORT_CHANGE names the port by this id
 MACHINE_TRIMS = ("sata=off", "smbus=off", "vmport=off")
 # Kata's kernel_params minus what our guest does not have; each saves boot time.
 FAST_BOOT_PARAMS = (
-    "tsc=reliable", "no_timer_check", "rcupdate.rcu_expedited=1", "i8042.direct=1",
-    "i8042.dumbkbd=1", "i8042.nopnp=1", "i8042.noaux=1", "noreplace-smp", "reboot=k",
-    "cryptomgr.notests", "net.ifnames=0", "pci=lastbus=0",
+    "tsc=reliable",
+    "no_timer_check",
+    "rcupdate.rcu_expedited=1",
+    "i8042.direct=1",
+    "i8042.dumbkbd=1",
+    "i8042.nopnp=1",
+    "i8042.noaux=1",
+    "noreplace-smp",
+    "reboot=k",
+    "cryptomgr.notests",
+    "net.ifnames=0",
+    "pci=lastbus=0",
 )
 SECCOMP = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
@@ -69,9 +78,18 @@ def _nic_args(index: int, nic: NicSpec) -> list[str]:
     return ["-netdev", netdev, "-device", device]
 
 
-def build_argv(config: VMConfig, paths: VMPaths, *, accel: str, cpu: str,
-               channel: AgentChannel, seccomp: bool = True, name: str | None = None,
-               firmware: str | None = None, start_paused: bool = True) -> list[str]:
+def build_argv(
+    config: VMConfig,
+    paths: VMPaths,
+    *,
+    accel: str,
+    cpu: str,
+    channel: AgentChannel,
+    seccomp: bool = True,
+    name: str | None = None,
+    firmware: str | None = None,
+    start_paused: bool = True,
+) -> list[str]:
     """argv for QEMU (argv[0] = config.qemu_path).
 
     `firmware` is a resolved -bios path (None: QEMU's default). `start_paused`
@@ -84,16 +102,28 @@ def build_argv(config: VMConfig, paths: VMPaths, *, accel: str, cpu: str,
     machine = ",".join([config.machine_type, f"accel={accel}", *MACHINE_TRIMS])
     argv = [
         config.qemu_path,
-        "-name", q(name or f"pykata-{paths.state_dir.name}"),
-        "-machine", machine,
-        "-cpu", cpu,  # a model plus comma-separated features: not escaped
-        "-m", mem,
-        "-smp", str(config.vcpus),
-        "-nodefaults", "-nographic", "-no-user-config", "-no-reboot",
-        "-qmp", f"unix:{q(paths.qmp_socket)},server=on,wait=off",
-        "-pidfile", str(paths.qemu_pidfile),
-        "-kernel", config.kernel,
-        "-append", kernel_cmdline(config),
+        "-name",
+        q(name or f"pykata-{paths.state_dir.name}"),
+        "-machine",
+        machine,
+        "-cpu",
+        cpu,  # a model plus comma-separated features: not escaped
+        "-m",
+        mem,
+        "-smp",
+        str(config.vcpus),
+        "-nodefaults",
+        "-nographic",
+        "-no-user-config",
+        "-no-reboot",
+        "-qmp",
+        f"unix:{q(paths.qmp_socket)},server=on,wait=off",
+        "-pidfile",
+        str(paths.qemu_pidfile),
+        "-kernel",
+        config.kernel,
+        "-append",
+        kernel_cmdline(config),
     ]
     if config.initrd:
         argv += ["-initrd", config.initrd]
@@ -104,14 +134,24 @@ def build_argv(config: VMConfig, paths: VMPaths, *, accel: str, cpu: str,
     if seccomp:
         argv += ["-sandbox", SECCOMP]
     # guest console: the first serial port, served on a socket and always logged
-    argv += ["-chardev", f"socket,id=console0,path={q(paths.console_socket)},server=on,"
-                         f"wait=off,logfile={q(paths.console_log)}",
-             "-serial", "chardev:console0"]
+    argv += [
+        "-chardev",
+        f"socket,id=console0,path={q(paths.console_socket)},server=on,"
+        f"wait=off,logfile={q(paths.console_log)}",
+        "-serial",
+        "chardev:console0",
+    ]
     if config.shared_fs == "virtio-fs":
-        argv += ["-object", f"memory-backend-memfd,id=mem0,size={mem},share=on",
-                 "-numa", "node,memdev=mem0",
-                 "-chardev", f"socket,id=vfs0,path={q(paths.virtiofsd_socket)}",
-                 "-device", f"vhost-user-fs-pci,chardev=vfs0,tag={SHARED_FS_TAG},id=fs0"]
+        argv += [
+            "-object",
+            f"memory-backend-memfd,id=mem0,size={mem},share=on",
+            "-numa",
+            "node,memdev=mem0",
+            "-chardev",
+            f"socket,id=vfs0,path={q(paths.virtiofsd_socket)}",
+            "-device",
+            f"vhost-user-fs-pci,chardev=vfs0,tag={SHARED_FS_TAG},id=fs0",
+        ]
     elif config.shared_fs != "none":
         raise ValueError(f"shared_fs must be virtio-fs or none, not {config.shared_fs!r}")
     if isinstance(channel, VsockChannel):
@@ -120,12 +160,20 @@ def build_argv(config: VMConfig, paths: VMPaths, *, accel: str, cpu: str,
             dev += f",vhostfd={channel.vhostfd}"
         argv += ["-device", dev]
     else:
-        argv += ["-device", "virtio-serial-pci,id=serial0",
-                 "-chardev", f"socket,id=agent0,path={q(channel.socket)},server=on,wait=off",
-                 "-device", f"virtserialport,chardev=agent0,name={AGENT_PORT_NAME},"
-                            f"id={AGENT_PORT_ID}"]
-    argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
-             "-device", "virtio-rng-pci,rng=rng0,id=rng0dev"]
+        argv += [
+            "-device",
+            "virtio-serial-pci,id=serial0",
+            "-chardev",
+            f"socket,id=agent0,path={q(channel.socket)},server=on,wait=off",
+            "-device",
+            f"virtserialport,chardev=agent0,name={AGENT_PORT_NAME},id={AGENT_PORT_ID}",
+        ]
+    argv += [
+        "-object",
+        "rng-random,id=rng0,filename=/dev/urandom",
+        "-device",
+        "virtio-rng-pci,rng=rng0,id=rng0dev",
+    ]
     for i, nic in enumerate(config.nics):
         argv += _nic_args(i, nic)
     argv += config.extra_qemu_args

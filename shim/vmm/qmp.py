@@ -46,8 +46,9 @@ class QMP:
                 raise QMPError(f"QEMU exited before QMP answered on {self.socket}")
             if self.socket.exists():
                 try:
-                    await asyncio.wait_for(self._client.connect(str(self.socket)),
-                                           max(0.1, deadline - loop.time()))
+                    await asyncio.wait_for(
+                        self._client.connect(str(self.socket)), max(0.1, deadline - loop.time())
+                    )
                     return
                 except Exception as e:  # ConnectError wraps OSError, EOFError...
                     last = e
@@ -63,8 +64,9 @@ class QMP:
         for listener in self._listeners:
             self._client.register_listener(listener)
 
-    async def execute(self, command: str, arguments: dict[str, Any] | None = None,
-                      timeout: float = 10.0) -> Any:
+    async def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10.0
+    ) -> Any:
         """Run a QMP command; its `return` value."""
         try:
             return await asyncio.wait_for(self._client.execute(command, arguments), timeout)
@@ -73,8 +75,9 @@ class QMP:
         except Exception as e:
             raise QMPError(f"QMP {command}: {e}") from e
 
-    def listen(self, names: str | list[str],
-               match: Callable[[Message], bool] | None = None) -> EventListener:
+    def listen(
+        self, names: str | list[str], match: Callable[[Message], bool] | None = None
+    ) -> EventListener:
         """Start collecting events now (call before the action that causes them)."""
         listener = EventListener(names, match)
         self._listeners.append(listener)
@@ -107,6 +110,8 @@ class QMP:
 
 def port_open_event(port_id: str) -> Callable[[Message], bool]:
     """Event filter: VSERPORT_CHANGE for `port_id` (open or closed)."""
+
     def match(event: Message) -> bool:
         return event.get("data", {}).get("id") == port_id
+
     return match

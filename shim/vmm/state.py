@@ -57,8 +57,11 @@ class StateWriter:
         self.save()
 
     def save(self) -> None:
-        data = {"format": self.record.format, "agent": self.record.agent,
-                "processes": {k: asdict(v) for k, v in self.record.processes.items()}}
+        data = {
+            "format": self.record.format,
+            "agent": self.record.agent,
+            "processes": {k: asdict(v) for k, v in self.record.processes.items()},
+        }
         _write_atomic(self.paths.vm_json, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -75,8 +78,9 @@ def load_record(state_dir: Path) -> VMRecord | None:
         processes = {k: ProcRecord(**v) for k, v in data.get("processes", {}).items()}
     except (OSError, ValueError, TypeError):
         return None
-    return VMRecord(processes=processes, agent=data.get("agent", {}),
-                    format=data.get("format", FORMAT))
+    return VMRecord(
+        processes=processes, agent=data.get("agent", {}), format=data.get("format", FORMAT)
+    )
 
 
 def _from_pidfiles(paths: VMPaths) -> dict[str, ProcRecord]:
@@ -105,20 +109,28 @@ def kill_from_state(state_dir: Path | str, grace: float = 2.0) -> list[str]:
     record = load_record(paths.state_dir)
     processes = record.processes if record else _from_pidfiles(paths)
     names = [n for n in KILL_ORDER if n in processes] + [
-        n for n in processes if n not in KILL_ORDER]
+        n for n in processes if n not in KILL_ORDER
+    ]
     for name in names:
         rec = processes[name]
         if rec.start_time is None and not any(
-                str(paths.state_dir) in arg for arg in procs.cmdline(rec.pid)):
+            str(paths.state_dir) in arg for arg in procs.cmdline(rec.pid)
+        ):
             continue  # no start time recorded and argv is not ours: not provably ours
         if procs.is_running(rec.pid, rec.start_time):
             outcome = procs.terminate(rec.pid, rec.start_time, grace)
             done.append(f"{name} pid {rec.pid}: {outcome}")
         elif procs.state(rec.pid) not in (None, "Z", "X"):
-            done.append(f"{name} pid {rec.pid}: is another process now "
-                        f"(start time {procs.start_time(rec.pid)} != {rec.start_time}), left alone")
-    leftovers = [*paths.sockets(), paths.qemu_pidfile, paths.virtiofsd_pidfile,
-                 paths.virtiofsd_own_pidfile]
+            done.append(
+                f"{name} pid {rec.pid}: is another process now "
+                f"(start time {procs.start_time(rec.pid)} != {rec.start_time}), left alone"
+            )
+    leftovers = [
+        *paths.sockets(),
+        paths.qemu_pidfile,
+        paths.virtiofsd_pidfile,
+        paths.virtiofsd_own_pidfile,
+    ]
     leftovers += [paths.state_dir / f"{n}.pid" for n in processes]
     for path in dict.fromkeys([*leftovers, paths.vm_json]):
         with contextlib.suppress(FileNotFoundError):

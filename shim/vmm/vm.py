@@ -38,9 +38,18 @@ VIRTIOFSD_EXIT_GRACE = 2.0  # virtiofsd leaves by itself once QEMU hangs up
 class RunningVM:
     """A VM whose agent has answered. `pid` is QEMU's (reported for every process)."""
 
-    def __init__(self, *, paths: VMPaths, config: VMConfig, qemu: ChildProcess,
-                 virtiofsd: ChildProcess | None, qmp: QMP, agent: AgentClient,
-                 accel: AccelChoice, timings: dict[str, float]) -> None:
+    def __init__(
+        self,
+        *,
+        paths: VMPaths,
+        config: VMConfig,
+        qemu: ChildProcess,
+        virtiofsd: ChildProcess | None,
+        qmp: QMP,
+        agent: AgentClient,
+        accel: AccelChoice,
+        timings: dict[str, float],
+    ) -> None:
         self.paths = paths
         self.config = config
         self.qemu = qemu
@@ -72,8 +81,12 @@ class RunningVM:
         if self._stopping is None and not fut.cancelled():
             # status 0: the guest powered off (e.g. after DestroySandbox); else a crash
             emit = log.info if fut.result() == 0 else log.warning
-            emit("qemu exited", pid=self.pid, status=fut.result(),
-                 stderr=tail(self.paths.qemu_stderr, max_lines=5))
+            emit(
+                "qemu exited",
+                pid=self.pid,
+                status=fut.result(),
+                stderr=tail(self.paths.qemu_stderr, max_lines=5),
+            )
 
     async def wait_exited(self) -> int:
         """Wait for QEMU to exit; its exit status (negative: the signal that killed it)."""
@@ -83,8 +96,9 @@ class RunningVM:
         """QMP quit, wait, SIGKILL after `timeout` (config.stop_timeout); then virtiofsd,
         sockets and records. Idempotent; safe if the guest powered itself off."""
         if self._stopping is None:
-            self._stopping = asyncio.ensure_future(self._stop(
-                self.config.stop_timeout if timeout is None else timeout))
+            self._stopping = asyncio.ensure_future(
+                self._stop(self.config.stop_timeout if timeout is None else timeout)
+            )
         await asyncio.shield(self._stopping)
 
     async def _stop(self, timeout: float) -> None:
@@ -96,12 +110,21 @@ class RunningVM:
                 log.warning("qemu did not quit, killing it", pid=self.pid, timeout=timeout)
                 await self.qemu.terminate(1.0)
         await _teardown(self.paths, self.qemu, self.virtiofsd, self.qmp, None)
-        log.info("vm stopped", pid=self.pid, status=self.qemu.returncode,
-                 seconds=round(time.monotonic() - t0, 3))
+        log.info(
+            "vm stopped",
+            pid=self.pid,
+            status=self.qemu.returncode,
+            seconds=round(time.monotonic() - t0, 3),
+        )
 
 
-async def _teardown(paths: VMPaths, qemu: ChildProcess | None, virtiofsd: ChildProcess | None,
-                    qmp: QMP | None, agent: AgentClient | None) -> None:
+async def _teardown(
+    paths: VMPaths,
+    qemu: ChildProcess | None,
+    virtiofsd: ChildProcess | None,
+    qmp: QMP | None,
+    agent: AgentClient | None,
+) -> None:
     """Stop whatever of a VM exists, quickly, then remove its sockets and records."""
     if agent is not None:
         with contextlib.suppress(Exception):
@@ -133,14 +156,21 @@ def _check_inputs(config: VMConfig, paths: VMPaths) -> None:
     if too_long := paths.too_long():
         raise VMStartError(f"socket path too long for AF_UNIX (max 107 bytes): {too_long[0]}")
     firmware = None if config.firmware == "auto" else config.firmware
-    for what, path in (("QEMU", config.qemu_path), ("guest kernel", config.kernel),
-                       ("guest initrd", config.initrd), ("firmware", firmware)):
+    for what, path in (
+        ("QEMU", config.qemu_path),
+        ("guest kernel", config.kernel),
+        ("guest initrd", config.initrd),
+        ("firmware", firmware),
+    ):
         if path and not os.path.exists(path):
             raise VMStartError(f"{what} not found: {path}")
     record = load_record(paths.state_dir)
     if record is not None:
-        alive = [f"{n} pid {r.pid}" for n, r in record.processes.items()
-                 if procs.is_running(r.pid, r.start_time)]
+        alive = [
+            f"{n} pid {r.pid}"
+            for n, r in record.processes.items()
+            if procs.is_running(r.pid, r.start_time)
+        ]
         if alive:
             raise VMStartError(f"{paths.state_dir} already has a running VM ({', '.join(alive)})")
 
@@ -174,22 +204,31 @@ class _Start:
         status = self.qemu.returncode
         return QemuExitedError(
             f"QEMU (pid {self.qemu.pid}) exited with status {status} while {what}",
-            exit_code=status, stderr_tail=tail(self.paths.qemu_stderr),
-            console_tail=tail(self.paths.console_log, max_lines=20))
+            exit_code=status,
+            stderr_tail=tail(self.paths.qemu_stderr),
+            console_tail=tail(self.paths.console_log, max_lines=20),
+        )
 
     def timeout_error(self, what: str) -> AgentTimeoutError:
-        port = ("the agent port was opened by the guest" if self.port_opened
-                else "the guest never opened the agent port")
+        port = (
+            "the agent port was opened by the guest"
+            if self.port_opened
+            else "the guest never opened the agent port"
+        )
         console = tail(self.paths.console_log, max_lines=30)
         if not console:
             port += "; the guest console is empty (boot with debug for kernel and init logs)"
         return AgentTimeoutError(
             f"the guest agent did not answer within {self.timeout:g}s ({what}; {port})",
-            stderr_tail=tail(self.paths.qemu_stderr, max_lines=10), console_tail=console)
+            stderr_tail=tail(self.paths.qemu_stderr, max_lines=10),
+            console_tail=console,
+        )
 
     def qmp_error(self, what: str) -> VMStartError:
-        return VMStartError(f"QEMU's QMP did not answer within {self.timeout:g}s ({what})",
-                            stderr_tail=tail(self.paths.qemu_stderr))
+        return VMStartError(
+            f"QEMU's QMP did not answer within {self.timeout:g}s ({what})",
+            stderr_tail=tail(self.paths.qemu_stderr),
+        )
 
     async def guard(self, aw: Awaitable[T], what: str, *, agent: bool = True) -> T:
         """Await `aw` unless QEMU exits or the deadline passes first.
@@ -198,8 +237,11 @@ class _Start:
         assert self.qemu is not None
         task = asyncio.ensure_future(aw)
         try:
-            done, _ = await asyncio.wait({task, self.qemu.exited}, timeout=self.remaining(),
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {task, self.qemu.exited},
+                timeout=self.remaining(),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             if not task.done():
                 task.cancel()
@@ -219,8 +261,9 @@ class _Start:
 
 
 def _channel(config: VMConfig, paths: VMPaths, st: _Start) -> qemu_args.AgentChannel:
-    use_vsock = (config.agent_transport == "vsock"
-                 or (config.agent_transport == "auto" and vsock_available()))
+    use_vsock = config.agent_transport == "vsock" or (
+        config.agent_transport == "auto" and vsock_available()
+    )
     if not use_vsock:
         return qemu_args.SerialChannel(paths.agent_socket)
     try:
@@ -256,9 +299,14 @@ async def _wait_agent(st: _Start, agent: AgentClient) -> Any:
             await asyncio.sleep(0.05)
 
 
-async def start_vm(config: VMConfig, state_dir: Path, shared_dir: Path, *,
-                   timeout: float | None = None,
-                   cache_dir: Path | None = DEFAULT_CACHE_DIR) -> RunningVM:
+async def start_vm(
+    config: VMConfig,
+    state_dir: Path,
+    shared_dir: Path,
+    *,
+    timeout: float | None = None,
+    cache_dir: Path | None = DEFAULT_CACHE_DIR,
+) -> RunningVM:
     """Boot a VM for a sandbox and return it once its agent answers Health/Check.
 
     Raises VMStartError (QemuExitedError, AgentTimeoutError, VirtiofsdError) after
@@ -272,29 +320,48 @@ async def start_vm(config: VMConfig, state_dir: Path, shared_dir: Path, *,
     st = _Start(config, paths, config.agent_timeout if timeout is None else timeout)
     cache = HostCapsCache(cache_dir)
     try:
-        accel = await choose_accel(config.accel, config.qemu_path, config.kernel,
-                                   config.cpu_model, cache=cache)
+        accel = await choose_accel(
+            config.accel, config.qemu_path, config.kernel, config.cpu_model, cache=cache
+        )
         seccomp = False
         if config.seccomp_sandbox:
             seccomp, detail = await asyncio.to_thread(probe_seccomp, config.qemu_path, cache)
             if not seccomp:
-                log.warning("QEMU has no seccomp support: running without -sandbox",
-                            qemu=config.qemu_path, detail=detail)
+                log.warning(
+                    "QEMU has no seccomp support: running without -sandbox",
+                    qemu=config.qemu_path,
+                    detail=detail,
+                )
         st.mark("probed")
         writer = StateWriter(paths)
         if config.shared_fs == "virtio-fs":
             st.virtiofsd = await start_virtiofsd(
-                config.virtiofsd_path, paths.virtiofsd_socket, Path(shared_dir),
-                cache=config.virtiofs_cache, extra=config.virtiofsd_extra_args,
-                log_path=paths.virtiofsd_log, timeout=min(10.0, st.remaining()))
+                config.virtiofsd_path,
+                paths.virtiofsd_socket,
+                Path(shared_dir),
+                cache=config.virtiofs_cache,
+                extra=config.virtiofsd_extra_args,
+                log_path=paths.virtiofsd_log,
+                timeout=min(10.0, st.remaining()),
+            )
             writer.add_process("virtiofsd", st.virtiofsd.pid, config.virtiofsd_path)
             st.mark("virtiofsd_ready")
         channel = _channel(config, paths, st)
-        argv = qemu_args.build_argv(config, paths, accel=accel.accel, cpu=accel.cpu,
-                                    channel=channel, seccomp=seccomp,
-                                    firmware=resolve_firmware(config.firmware))
-        st.qemu = launch(argv, stderr_path=paths.qemu_stderr, netns=config.netns,
-                         pass_fds=qemu_args.passed_fds(config, channel))
+        argv = qemu_args.build_argv(
+            config,
+            paths,
+            accel=accel.accel,
+            cpu=accel.cpu,
+            channel=channel,
+            seccomp=seccomp,
+            firmware=resolve_firmware(config.firmware),
+        )
+        st.qemu = launch(
+            argv,
+            stderr_path=paths.qemu_stderr,
+            netns=config.netns,
+            pass_fds=qemu_args.passed_fds(config, channel),
+        )
         writer.add_process("qemu", st.qemu.pid, config.qemu_path)
         st.mark("qemu_launched")
         if st.vhostfd is not None:  # QEMU has its copy
@@ -307,13 +374,17 @@ async def start_vm(config: VMConfig, state_dir: Path, shared_dir: Path, *,
         writer.set_agent(address=str(address))
         qemu = st.qemu
         st.qmp = QMP(paths.qmp_socket)
-        await st.guard(st.qmp.connect(timeout=min(QMP_CONNECT_TIMEOUT, st.remaining()),
-                                      alive=lambda: not qemu.exited.done()),
-                       "waiting for QMP", agent=False)
+        await st.guard(
+            st.qmp.connect(
+                timeout=min(QMP_CONNECT_TIMEOUT, st.remaining()),
+                alive=lambda: not qemu.exited.done(),
+            ),
+            "waiting for QMP",
+            agent=False,
+        )
         listener = None
         if isinstance(channel, qemu_args.SerialChannel):
-            listener = st.qmp.listen("VSERPORT_CHANGE",
-                                     port_open_event(qemu_args.AGENT_PORT_ID))
+            listener = st.qmp.listen("VSERPORT_CHANGE", port_open_event(qemu_args.AGENT_PORT_ID))
         await st.guard(st.qmp.execute("cont"), "starting the vCPUs", agent=False)
         st.mark("qmp_ready")
         if listener is not None:
@@ -332,8 +403,15 @@ async def start_vm(config: VMConfig, state_dir: Path, shared_dir: Path, *,
             raise st.exited_error(f"starting ({exc})") from exc
         raise VMStartError(f"VM start failed: {exc}") from exc
     assert st.qemu is not None and st.qmp is not None and st.agent is not None
-    vm = RunningVM(paths=paths, config=config, qemu=st.qemu, virtiofsd=st.virtiofsd,
-                   qmp=st.qmp, agent=st.agent, accel=accel, timings=st.timings)
-    log.info("vm started", pid=vm.pid, accel=accel.accel, state_dir=str(state_dir),
-             **st.timings)
+    vm = RunningVM(
+        paths=paths,
+        config=config,
+        qemu=st.qemu,
+        virtiofsd=st.virtiofsd,
+        qmp=st.qmp,
+        agent=st.agent,
+        accel=accel,
+        timings=st.timings,
+    )
+    log.info("vm started", pid=vm.pid, accel=accel.accel, state_dir=str(state_dir), **st.timings)
     return vm

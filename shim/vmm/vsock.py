@@ -20,8 +20,13 @@ def vsock_available(dev: str = VHOST_VSOCK_DEV) -> bool:
     return os.path.exists(dev)
 
 
-def claim_cid(fd: int, *, start: int | None = None, attempts: int = 64,
-              ioctl: Callable[[int, int, bytes], object] = fcntl.ioctl) -> int:
+def claim_cid(
+    fd: int,
+    *,
+    start: int | None = None,
+    attempts: int = 64,
+    ioctl: Callable[[int, int, bytes], object] = fcntl.ioctl,
+) -> int:
     """Set a free guest CID on a /dev/vhost-vsock fd, trying upwards from `start`.
 
     The fd then holds the CID; QEMU gets it as `vhostfd=` so nobody can take it

@@ -42,23 +42,50 @@ def nothing_left_behind(request):
     assert not left, f"pykata left things behind: {left}"
 
 
+def force_remove(cd, cid: str, run: subprocess.Popen | None = None) -> None:
+    """After a failed test: kill the task, delete it and its container, end ctr."""
+    if run is not None and run.poll() is None:
+        cd.ctr("task", "kill", "-s", "KILL", cid)
+        try:
+            run.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.wait()
+    cd.ctr("task", "delete", "--force", cid, timeout=120)
+    cd.ctr("container", "delete", cid)
+
+
+def wait_running(cd, cid: str, run: subprocess.Popen) -> None:
+    for _ in range(RUN_TIMEOUT * 2):
+        state = cd.ctr("task", "ls")
+        if re.search(rf"^{cid}\s+\d+\s+RUNNING", state.stdout, re.M):
+            return
+        assert run.poll() is None, run.stderr.read()
+        time.sleep(0.5)
+    raise AssertionError(f"task never ran: {state.stdout}")
+
+
 def name() -> str:
     return f"pk-{uuid.uuid4().hex[:8]}"
 
 
 def ctr_run(cd, image, cid, *command, extra=(), input=None, timeout=RUN_TIMEOUT):
-    return cd.ctr(
-        "run",
-        "--runtime",
-        RUNTIME,
-        "--rm",
-        *extra,
-        image,
-        cid,
-        *command,
-        input=input,
-        timeout=timeout,
-    )
+    try:
+        return cd.ctr(
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--rm",
+            *extra,
+            image,
+            cid,
+            *command,
+            input=input,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        force_remove(cd, cid)
+        raise
 
 
 def test_output_and_exit_code_come_from_the_vm(pykata):
@@ -74,14 +101,7 @@ def test_output_and_exit_code_come_from_the_vm(pykata):
 def test_stdin_is_piped_into_the_container(pykata):
     cd, image = pykata
     result = ctr_run(
-        cd,
-        image,
-        name(),
-        "sh",
-        "-c",
-        "tr a-z A-Z; echo done",
-        extra=("-i",),
-        input="hello from the host\n",
+        cd, image, name(), "sh", "-c", "tr a-z A-Z; echo done", input="hello from the host\n"
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["HELLO FROM THE HOST", "done"]
@@ -97,15 +117,7 @@ def test_kill_gives_137_and_exec_ps_pause_metrics(pykata):
         text=True,
     )
     try:
-        for _ in range(RUN_TIMEOUT * 2):
-            state = cd.ctr("task", "ls")
-            if re.search(rf"^{cid}\s+\d+\s+RUNNING", state.stdout, re.M):
-                break
-            assert run.poll() is None, run.stderr.read()
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"task never ran: {state.stdout}")
-
+        wait_running(cd, cid, run)
         exec_result = cd.ctr(
             "task", "exec", "--exec-id", "e1", cid, "sh", "-c", "echo exec-out; exit 7", timeout=120
         )
@@ -130,8 +142,7 @@ def test_kill_gives_137_and_exec_ps_pause_metrics(pykata):
         assert run.returncode == 137
     finally:
         if run.poll() is None:
-            run.kill()
-            run.wait()
+            force_remove(cd, cid, run)
 
 
 def test_five_runs_in_a_row(pykata):
@@ -179,10 +190,7 @@ def test_shim_killed_mid_run_is_cleaned_up_by_containerd(pykata):
         text=True,
     )
     try:
-        for _ in range(RUN_TIMEOUT * 2):
-            if re.search(rf"^{cid}\s+\d+\s+RUNNING", cd.ctr("task", "ls").stdout, re.M):
-                break
-            time.sleep(0.5)
+        wait_running(cd, cid, run)
         shim_pids = [
             int(p)
             for p in subprocess.run(
@@ -194,10 +202,8 @@ def test_shim_killed_mid_run_is_cleaned_up_by_containerd(pykata):
         assert shim_pids, "no shim process found"
         for pid in shim_pids:
             os.kill(pid, signal.SIGKILL)
+        # containerd notices the dead shim, runs `shim delete`, and reports the task gone
         run.wait(timeout=120)
+        assert run.returncode != 0
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-    cd.ctr("task", "delete", "--force", cid)
-    cd.ctr("container", "delete", cid)
+        force_remove(cd, cid, run)
