@@ -39,7 +39,7 @@ def vm_config(config: Config, netns: str | None) -> Any:
         machine_type=hv.machine_type,
         vcpus=hv.default_vcpus,
         memory_mib=hv.default_memory,
-        kernel_params=hv.kernel_params,
+        kernel_params=hv.kernel_params.split(),
         debug=hv.enable_debug or config.agent.enable_debug,
         shared_fs=hv.shared_fs,
         virtiofsd_path=hv.virtio_fs_daemon,
