@@ -207,3 +207,56 @@ def test_shim_killed_mid_run_is_cleaned_up_by_containerd(pykata):
         assert run.returncode != 0
     finally:
         force_remove(cd, cid, run)
+
+
+def test_tty_process_gets_a_terminal(pykata):
+    """`ctr run -t`: the process runs on a pty in the guest; output comes back through it."""
+    import pty
+    import select
+
+    cd, image = pykata
+    cid = name()
+    master, slave = pty.openpty()
+    run = subprocess.Popen(
+        cd.ctr_argv(
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--rm",
+            "-t",
+            image,
+            cid,
+            "sh",
+            "-c",
+            "tty; echo tty-ok; exit 5",
+        ),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
+    os.close(slave)
+    output = b""
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            elif run.poll() is not None:
+                break
+        run.wait(timeout=60)
+    finally:
+        os.close(master)
+        if run.poll() is None:
+            force_remove(cd, cid, run)
+    text = output.decode(errors="replace")
+    assert "tty-ok" in text, text
+    assert re.search(r"/dev/pts/\d+", text), text
+    assert run.returncode == 5
