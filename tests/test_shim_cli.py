@@ -170,3 +170,16 @@ def test_start_and_delete_import_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+@pytest.mark.parametrize("pid", [0, 1, 4242, 2**31])
+def test_hand_encoded_delete_response_matches_protobuf(pid):
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from shim.delete import _delete_response
+
+    now_ns = 1_764_000_000_123_456_789
+    stamp = Timestamp()
+    stamp.FromNanoseconds(now_ns)
+    expected = shim_pb2.DeleteResponse(pid=pid, exit_status=137, exited_at=stamp)
+    assert _delete_response(pid, 137, now_ns) == expected.SerializeToString()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -50,15 +50,28 @@ _FLAG_OPTIONS = {
     "defaults": (0, 0),
 }
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mount.argtypes = [
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_ulong,
-    ctypes.c_void_p,
-]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+@cache
+def _libc() -> Any:
+    """libc through ctypes, loaded on first use (the delete path mostly needs none)."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.mount.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_ulong,
+        ctypes.c_void_p,
+    ]
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    return libc
+
+
+def _errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
 
 
 class MountError(OSError):
@@ -90,7 +103,7 @@ class MountSpec:
 
 def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: str = "") -> None:
     """Call mount(2); raise MountError naming what failed."""
-    result = _libc.mount(
+    result = _libc().mount(
         source.encode(),
         target.encode(),
         fstype.encode() if fstype else None,
@@ -98,7 +111,7 @@ def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: st
         data.encode() if data else None,
     )
     if result != 0:
-        err = ctypes.get_errno()
+        err = _errno()
         raise MountError(
             err, f"mount {fstype or 'bind'} {source} on {target} failed: {os.strerror(err)}"
         )
@@ -106,10 +119,10 @@ def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: st
 
 def unmount(target: str, detach: bool = True) -> bool:
     """Unmount target; False when it was not mounted (or is gone)."""
-    result = _libc.umount2(target.encode(), MNT_DETACH if detach else 0)
+    result = _libc().umount2(target.encode(), MNT_DETACH if detach else 0)
     if result == 0:
         return True
-    err = ctypes.get_errno()
+    err = _errno()
     if err in (errno.EINVAL, errno.ENOENT):
         return False
     raise MountError(err, f"unmount {target} failed: {os.strerror(err)}")
