@@ -74,7 +74,7 @@ def _summary(out: Path, m: dict[str, Any]) -> None:
 
 
 def build(out: Path = DEFAULT_OUT, cache: Path | None = None, force: bool = False,
-          compression: str = "gzip") -> dict[str, Any]:
+          compression: str = "none") -> dict[str, Any]:
     """Build (or confirm up to date) the guest assets in ``out``; returns the manifest."""
     from guest.debs import DEFAULT_CACHE
 

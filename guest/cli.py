@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                    help=f"downloaded .deb files (default {DEFAULT_CACHE})")
     b.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    b.add_argument("--compression", choices=("gzip", "none"), default="gzip")
+    # uncompressed: 36 MiB instead of 13.6 MiB on disk, ~0.4 s less boot under TCG
+    b.add_argument("--compression", choices=("gzip", "none"), default="none")
 
     v = sub.add_parser("host-virtiofsd",
                        help="trixie's virtiofsd with its own glibc, and a wrapper script")
