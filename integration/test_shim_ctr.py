@@ -65,6 +65,33 @@ def wait_running(cd, cid: str, run: subprocess.Popen) -> None:
     raise AssertionError(f"task never ran: {state.stdout}")
 
 
+def update_memory_limit(cd, cid: str, limit: int) -> None:
+    """Task/Update on the shim's own socket, as containerd's CRI would send it."""
+    import asyncio
+    import json
+
+    from google.protobuf.any_pb2 import Any
+
+    import ttrpc
+    from protos.containerd.task.v2 import shim_pb2
+
+    bundle = cd.state / "io.containerd.runtime.v2.task" / cd.namespace / cid
+    address = (bundle / "address").read_text()
+    resources = Any(
+        type_url="opencontainers/runtime-spec/1/LinuxResources",
+        value=json.dumps({"memory": {"limit": limit}}).encode(),
+    )
+
+    async def update() -> None:
+        async with await ttrpc.Client.connect(
+            address, metadata={"containerd-namespace-ttrpc": cd.namespace}
+        ) as client:
+            task = ttrpc.Stub(client, shim_pb2.DESCRIPTOR.services_by_name["Task"])
+            await task.Update(shim_pb2.UpdateTaskRequest(id=cid, resources=resources), timeout=60)
+
+    asyncio.run(update())
+
+
 def name() -> str:
     return f"pk-{uuid.uuid4().hex[:8]}"
 
@@ -133,9 +160,12 @@ def test_kill_gives_137_and_exec_ps_pause_metrics(pykata):
         assert cd.ctr("task", "resume", cid).returncode == 0
         assert re.search(rf"^{cid}\s+\d+\s+RUNNING", cd.ctr("task", "ls").stdout, re.M)
 
+        update_memory_limit(cd, cid, 268435456)  # ctr 1.6 has no `task update`
         metrics = cd.ctr("task", "metrics", cid)
         assert metrics.returncode == 0, metrics.stderr
         assert "memory.usage_in_bytes" in metrics.stdout
+        # the update reached the container's cgroup in the guest
+        assert re.search(r"memory\.limit_in_bytes\s+268435456", metrics.stdout), metrics.stdout
 
         assert cd.ctr("task", "kill", "-s", "KILL", cid).returncode == 0
         run.wait(timeout=120)
