@@ -526,26 +526,35 @@ class TaskService:
 
     # -- Pause / Resume / Stats / Update ---------------------------------------------
     async def Pause(self, request: api.PauseRequest, context) -> empty_pb2.Empty:
-        container = self._container(request.id)
-        if container.init.state != State.RUNNING:
-            raise TTRPCError(Code.FAILED_PRECONDITION, f"container {container.id} is not running")
-        await self._agent().PauseContainer(
-            agent_pb2.PauseContainerRequest(container_id=container.id), timeout=AGENT_TIMEOUT
-        )
-        container.init.state = State.PAUSED
-        self.publisher.publish("/tasks/paused", events.TaskPaused(container_id=container.id))
+        await self._freeze(request.id, pause=True)
         return EMPTY
 
     async def Resume(self, request: api.ResumeRequest, context) -> empty_pb2.Empty:
-        container = self._container(request.id)
-        if container.init.state != State.PAUSED:
-            raise TTRPCError(Code.FAILED_PRECONDITION, f"container {container.id} is not paused")
-        await self._agent().ResumeContainer(
-            agent_pb2.ResumeContainerRequest(container_id=container.id), timeout=AGENT_TIMEOUT
-        )
-        container.init.state = State.RUNNING
-        self.publisher.publish("/tasks/resumed", events.TaskResumed(container_id=container.id))
+        await self._freeze(request.id, pause=False)
         return EMPTY
+
+    async def _freeze(self, container_id: str, *, pause: bool) -> None:
+        """Pause (freeze) or resume a container in the guest, and say so to containerd."""
+        container = self._container(container_id)
+        before, after = (State.RUNNING, State.PAUSED) if pause else (State.PAUSED, State.RUNNING)
+        if container.init.state != before:
+            raise TTRPCError(
+                Code.FAILED_PRECONDITION,
+                f"container {container.id} is {container.init.state.name.lower()}, "
+                f"not {before.name.lower()}",
+            )
+        agent = self._agent()
+        if pause:
+            await agent.PauseContainer(
+                agent_pb2.PauseContainerRequest(container_id=container.id), timeout=AGENT_TIMEOUT
+            )
+            self.publisher.publish("/tasks/paused", events.TaskPaused(container_id=container.id))
+        else:
+            await agent.ResumeContainer(
+                agent_pb2.ResumeContainerRequest(container_id=container.id), timeout=AGENT_TIMEOUT
+            )
+            self.publisher.publish("/tasks/resumed", events.TaskResumed(container_id=container.id))
+        container.init.state = after
 
     async def Stats(self, request: api.StatsRequest, context) -> api.StatsResponse:
         container = self._container(request.id)
