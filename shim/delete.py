@@ -89,10 +89,15 @@ def cleanup(namespace: str, container_id: str, bundle: str) -> int:
 
 
 def _teardown_sandbox(state_dir: Path, record) -> None:
+    from shim.netns import teardown_state
     from shim.sandbox.mounts import unmount_all_under
     from shim.vmm import kill_from_state
 
     kill_from_state(state_dir)
+    try:  # the taps and filters network.json records (pyroute2 only if there are some)
+        teardown_state(state_dir)
+    except Exception as exc:  # still remove the rest
+        sys.stderr.write(f"containerd-shim-pykata-v2 delete: network cleanup failed: {exc}\n")
     if record is not None:
         for container in record.containers.values():
             _unmount_rootfs(container.bundle)

@@ -27,8 +27,8 @@ class SandboxError(Exception):
     """Starting or changing the sandbox failed; the message names the cause."""
 
 
-def vm_config(config: Config, netns: str | None) -> Any:
-    """The vmm layer's VMConfig from our configuration."""
+def vm_config(config: Config, netns: str | None, nics: list[Any] | None = None) -> Any:
+    """The vmm layer's VMConfig from our configuration (and the pod network's NICs)."""
     from shim.vmm import VMConfig
 
     hv = config.hypervisor
@@ -46,6 +46,7 @@ def vm_config(config: Config, netns: str | None) -> Any:
         virtiofs_cache=hv.virtio_fs_cache,
         accel=hv.accel,
         netns=netns,
+        nics=list(nics or []),
         agent_timeout=config.agent.dial_timeout,
     )
 
@@ -62,6 +63,7 @@ class Sandbox:
         self.record = SandboxRecord(namespace, sandbox_id, os.getpid())
         self.vm: Any = None
         self.agent: Any = None  # ttrpc.Stub for grpc.AgentService
+        self.network: Any = None  # shim.netns.pod.PodNetwork
         self._stopped = False
 
     @property
@@ -78,12 +80,27 @@ class Sandbox:
         try:
             if self.config.hypervisor.shared_fs == "virtio-fs":
                 self.shared.setup()
+            from shim.netns.pod import setup as setup_network
             from shim.vmm import start_vm
 
-            self.vm = await start_vm(
-                vm_config(self.config, network_namespace(spec)), self.state_dir, self.shared.shared
+            netns = network_namespace(spec)
+            self.network = await setup_network(
+                model=self.config.runtime.internetworking_model,
+                netns=netns,
+                state_dir=self.state_dir,
+                sandbox_id=self.id,
+                vcpus=self.config.hypervisor.default_vcpus,
             )
+            try:
+                self.vm = await start_vm(
+                    vm_config(self.config, netns, self.network.nics),
+                    self.state_dir,
+                    self.shared.shared,
+                )
+            finally:
+                self.network.release_fds()  # QEMU has its own copies of the macvtap queues
             self.agent = self.vm.agent.agent
+            await self.network.configure_guest(self.agent)
             await self._create_agent_sandbox(spec)
         except BaseException:
             await self.stop()
@@ -140,6 +157,18 @@ class Sandbox:
         if self.state_dir.exists():
             self.record.save(self.state_dir)
 
+    async def _teardown_network(self) -> None:
+        """Remove the taps, qdiscs and filters network.json records (after QEMU is gone)."""
+        from shim.netns import teardown
+
+        if self.network is not None:
+            self.network.release_fds()
+        try:
+            for line in await teardown(self.state_dir):
+                log.info("network cleanup", action=line, sandbox=self.id)
+        except Exception as exc:  # keep cleaning up whatever happens
+            log.error("network cleanup failed", error=str(exc), sandbox=self.id)
+
     async def stop(self) -> None:
         """Destroy the agent's sandbox, stop the VM, unmount, remove state. Idempotent."""
         if self._stopped:
@@ -160,6 +189,7 @@ class Sandbox:
 
             with contextlib.suppress(Exception):
                 kill_from_state(self.state_dir)
+        await self._teardown_network()
         for container_id in list(self.record.containers):
             self.remove_container(container_id)
         self.shared.teardown()

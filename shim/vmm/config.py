@@ -24,7 +24,7 @@ TCG_CPU_MODEL = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+rdrand"
 
 @dataclass
 class NicSpec:
-    """One guest NIC: a tap given by open fd (passed to QEMU) or by name, and its MAC."""
+    """One guest NIC: a tap given by open fd(s) (passed to QEMU) or by name, and its MAC."""
 
     mac: str
     tap_fd: int | None = None
@@ -32,6 +32,8 @@ class NicSpec:
     id: str | None = None  # netdev/device id; default "net<index>"
     vhost: bool = False  # vhost-net (needs /dev/vhost-net; off on hosts without it)
     mtu: int | None = None
+    queues: int = 1  # multi-queue tap opened by name (QEMU opens `queues` queues)
+    tap_fds: tuple[int, ...] = ()  # multi-queue tap by fds, one per queue (e.g. a macvtap)
 
 
 @dataclass

@@ -63,16 +63,25 @@ def kernel_cmdline(config: VMConfig) -> str:
 
 def _nic_args(index: int, nic: NicSpec) -> list[str]:
     ident = nic.id or f"net{index}"
-    if (nic.tap_fd is None) == (nic.ifname is None):
-        raise ValueError(f"NIC {ident}: give exactly one of tap_fd and ifname")
+    if (nic.tap_fd is not None) + bool(nic.tap_fds) + (nic.ifname is not None) != 1:
+        raise ValueError(f"NIC {ident}: give exactly one of tap_fd, tap_fds and ifname")
     netdev = f"tap,id={q(ident)}"
     if nic.tap_fd is not None:
+        queues = 1
         netdev += f",fd={nic.tap_fd}"
-    else:
+    elif nic.tap_fds:  # multi-queue: one fd per queue
+        queues = len(nic.tap_fds)
+        netdev += ",fds=" + ":".join(str(fd) for fd in nic.tap_fds)
+    else:  # QEMU opens the tap by name (in its netns), `queues` times
+        queues = max(1, nic.queues)
         netdev += f",ifname={q(nic.ifname)},script=no,downscript=no"
+        if queues > 1:
+            netdev += f",queues={queues}"
     if nic.vhost:
         netdev += ",vhost=on"
     device = f"virtio-net-pci,netdev={q(ident)},mac={q(nic.mac)},id=dev-{q(ident)},romfile="
+    if queues > 1:
+        device += f",mq=on,vectors={2 * queues + 2}"
     if nic.mtu:
         device += f",host_mtu={nic.mtu}"
     return ["-netdev", netdev, "-device", device]
@@ -183,6 +192,7 @@ def build_argv(
 def passed_fds(config: VMConfig, channel: AgentChannel) -> list[int]:
     """File descriptors the QEMU child must inherit (taps, vhost-vsock)."""
     fds = [nic.tap_fd for nic in config.nics if nic.tap_fd is not None]
+    fds += [fd for nic in config.nics for fd in nic.tap_fds]
     if isinstance(channel, VsockChannel) and channel.vhostfd is not None:
         fds.append(channel.vhostfd)
     return fds
