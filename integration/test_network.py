@@ -125,15 +125,18 @@ def test_http_from_the_node_side_reaches_httpd_in_the_vm(pykata, pair):
     assert snapshot(pair.pod_path) == before
 
 
-def test_a_pod_with_two_interfaces_gets_two_nics(pykata, pair):
+def test_a_pod_with_two_interfaces_gets_two_multi_queue_nics(pykata, pair, tmp_path):
     cd, image = pykata
     first = pair.add_veth("eth0", "198.18.0.2/24", "198.18.0.1/24", mtu=1400)
     second = pair.add_veth("net1", "198.18.1.2/24", "198.18.1.1/24", mtu=1500)
+    config = tmp_path / "configuration.toml"
+    config.write_text("[hypervisor.qemu]\ndefault_vcpus = 2\n")
     before = snapshot(pair.pod_path)
     cid = name()
-    script = (f"ip -o link; ip -o -4 addr; ping -c 1 -W 10 {first.node_ip} >/dev/null && "
+    script = (f"ip -o link; ip -o -4 addr; ls /sys/class/net/net1/queues; "
+              f"ping -c 1 -W 10 {first.node_ip} >/dev/null && "
               f"ping -c 1 -W 10 {second.node_ip} >/dev/null && echo both-reached")
-    run = start_pod(cd, image, cid, pair, "sh", "-c", script)
+    run = start_pod(cd, image, cid, pair, "sh", "-c", script, config=config)
     out, err = run.communicate(timeout=RUN_TIMEOUT)
     assert run.returncode == 0, out + err + cd.log_tail()
     assert guest_link(out, "eth0") == (link_of(before, "eth0")[2], 1400)
@@ -141,6 +144,7 @@ def test_a_pod_with_two_interfaces_gets_two_nics(pykata, pair):
     assert re.search(r"eth0\s+inet 198\.18\.0\.2/24", out), out
     assert re.search(r"net1\s+inet 198\.18\.1\.2/24", out), out
     assert "both-reached" in out
+    assert "rx-1" in out.split(), out  # two queues: the taps are multi-queue
     wait_clean()
     assert snapshot(pair.pod_path) == before
 
