@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PREFIX_VENV ?= /opt/pykata/venv
 PY := $(PREFIX_VENV)/bin/python
 BIN_DIR ?= /usr/local/bin
-HOST_PACKAGES := containerd runc busybox-static qemu-system-x86 cpio kmod \
+HOST_PACKAGES := containerd runc busybox-static qemu-system-x86 cpio kmod iproute2 util-linux \
 	golang-go golang-github-containerd-ttrpc-dev golang-github-gogo-protobuf-dev
 
 .PHONY: setup host-packages venv dev test unit integration lint protos demo bench gottrpc \
@@ -79,6 +79,7 @@ bench: dev
 	$(PY) bench/guest_boot_bench.py --runs 3
 	$(PY) bench/vm_start_bench.py -n 5
 	$(PY) bench/shim_bench.py --runs 5
+	$(PY) bench/network_bench.py
 
 ## gottrpc: build the Go ttrpc peer (offline, from Debian's sources) and print its path
 gottrpc: host-packages
