@@ -290,3 +290,38 @@ def test_tty_process_gets_a_terminal(pykata):
     assert "tty-ok" in text, text
     assert re.search(r"/dev/pts/\d+", text), text
     assert run.returncode == 5
+
+
+def test_memory_limit_oom_kill_is_reported(pykata):
+    """A container over its memory limit is OOM-killed in the guest: exit 137, /tasks/oom."""
+    cd, image = pykata
+    cid = name()
+    watcher = subprocess.Popen(
+        cd.ctr_argv("events"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        result = ctr_run(
+            cd,
+            image,
+            cid,
+            "sh",
+            "-c",
+            "a=x; while :; do a=$a$a; done",
+            extra=("--memory-limit", str(48 << 20)),
+        )
+        assert result.returncode == 137, result.stderr
+        deadline = time.monotonic() + 30
+        seen = []
+        os.set_blocking(watcher.stdout.fileno(), False)
+        while time.monotonic() < deadline:
+            line = watcher.stdout.readline()
+            if not line:
+                time.sleep(0.2)
+                continue
+            seen.append(line.strip())
+            if "/tasks/oom" in line and cid in line:
+                break
+        assert any("/tasks/oom" in s and cid in s for s in seen), seen
+    finally:
+        watcher.kill()
+        watcher.wait()

@@ -97,6 +97,7 @@ class TaskService:
         self.sandbox: Sandbox | None = None
         self.containers: dict[str, Container] = {}
         self._lock = asyncio.Lock()  # Create/Delete change the sandbox one at a time
+        self._oom_watcher: asyncio.Task[None] | None = None
 
     # -- helpers ---------------------------------------------------------------
     def _container(self, container_id: str) -> Container:
@@ -186,11 +187,33 @@ class TaskService:
             # the vmm layer's own errors (QEMU died, agent silent) name their cause
             raise TTRPCError(Code.UNAVAILABLE, f"cannot start the sandbox VM: {exc}") from exc
         self.sandbox = sandbox
+        self._oom_watcher = asyncio.get_running_loop().create_task(self._watch_oom(sandbox))
 
     async def _stop_sandbox(self) -> None:
+        if self._oom_watcher is not None:
+            self._oom_watcher.cancel()
+            self._oom_watcher = None
         if self.sandbox is not None:
             await self.sandbox.stop()
             self.sandbox = None
+
+    async def _watch_oom(self, sandbox: Sandbox) -> None:
+        """Keep the agent's GetOOMEvent long poll open; publish /tasks/oom for each kill."""
+        failures = 0
+        while self.sandbox is sandbox and sandbox.agent is not None:
+            try:
+                event = await sandbox.agent.GetOOMEvent(agent_pb2.GetOOMEventRequest())
+            except ttrpc.TTRPCError as exc:
+                failures += 1
+                log.debug("OOM event poll failed", error=str(exc), failures=failures)
+                await asyncio.sleep(min(failures, 10) * 0.5)
+                continue
+            failures = 0
+            if event.container_id in self.containers:
+                log.info("container hit its memory limit", container=event.container_id)
+                self.publisher.publish(
+                    "/tasks/oom", events.TaskOOM(container_id=event.container_id)
+                )
 
     async def _create_in_guest(self, container: Container, request: api.CreateTaskRequest) -> None:
         sandbox = self.sandbox
