@@ -14,6 +14,7 @@ setup: host-packages venv
 	$(PY) -m pip install -q --upgrade .
 	ln -sf $(PREFIX_VENV)/bin/containerd-shim-pykata-v2 $(BIN_DIR)/containerd-shim-pykata-v2
 	ln -sf $(PREFIX_VENV)/bin/pykata-image $(BIN_DIR)/pykata-image
+	ln -sf $(PREFIX_VENV)/bin/pykata-runtime $(BIN_DIR)/pykata-runtime
 	$(PREFIX_VENV)/bin/pykata-image build
 	$(PREFIX_VENV)/bin/pykata-image host-virtiofsd
 	$(MAKE) --no-print-directory config
@@ -40,6 +41,7 @@ dev: host-packages venv
 	$(PY) -m pip install -q -e '.[dev]'
 	ln -sf $(PREFIX_VENV)/bin/containerd-shim-pykata-v2 $(BIN_DIR)/containerd-shim-pykata-v2
 	ln -sf $(PREFIX_VENV)/bin/pykata-image $(BIN_DIR)/pykata-image
+	ln -sf $(PREFIX_VENV)/bin/pykata-runtime $(BIN_DIR)/pykata-runtime
 	$(MAKE) --no-print-directory config
 
 ## image: (re)build the guest image and the host virtiofsd (a no-op when nothing changed)
