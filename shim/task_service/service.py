@@ -78,6 +78,19 @@ def _read_spec(bundle: str) -> dict[str, Any]:
         ) from None
 
 
+def _shares_pod_pidns(spec: dict[str, Any]) -> bool:
+    """Whether the guest must put this container in the pod's pid namespace.
+
+    CRI's sandbox (pause) container holds it (the agent makes the first container
+    created with sandbox_pidns the holder); a container whose spec joins a pid
+    namespace by path (CRI: the sandbox's, shareProcessNamespace) joins the holder's.
+    """
+    if (spec.get("annotations") or {}).get(CONTAINER_TYPE_ANNOTATION) == "sandbox":
+        return True
+    namespaces = (spec.get("linux") or {}).get("namespaces") or []
+    return any(ns.get("type") == "pid" and ns.get("path") for ns in namespaces)
+
+
 def _config_path(options: Any) -> str:
     """runtimeoptions.v1.Options{config_path} from Create's options Any (CRI sends it)."""
     if options is None or not options.value:
@@ -234,6 +247,7 @@ class TaskService:
                     container_id=container.id,
                     exec_id=container.id,
                     OCI=guest_spec,
+                    sandbox_pidns=_shares_pod_pidns(container.spec),
                 ),
                 timeout=AGENT_TIMEOUT,
             )
@@ -248,9 +262,15 @@ class TaskService:
         spec.setdefault("root", {})["path"] = guest_root
         spec.pop("hooks", None)  # host hooks cannot run in the guest
         linux = spec.setdefault("linux", {})
-        # the VM is the pod: its network is the VM's, not a host netns path
+        # The VM is the pod: its network is the VM's, not a host netns path. A namespace
+        # given by path names a host process's (CRI: /proc/<sandbox pid>/ns/ipc, which is
+        # QEMU's): ipc and uts are then the VM's own, shared by every container of the
+        # pod; a pod-shared pid namespace is the sandbox container's in the guest
+        # (CreateContainerRequest.sandbox_pidns, see _shares_pod_pidns).
         linux["namespaces"] = [
-            ns for ns in linux.get("namespaces") or [] if ns.get("type") != "network"
+            ns
+            for ns in linux.get("namespaces") or []
+            if ns.get("type") != "network" and not ns.get("path")
         ]
         mounts = []
         for index, entry in enumerate(spec.get("mounts") or []):

@@ -1,0 +1,201 @@
+"""The Kubernetes path: containerd's CRI plugin runs a pod with runtime handler "pykata".
+
+Driven as a kubelet drives it (CRI v1 over gRPC): RunPodSandbox (the pause container
+boots the VM), two app containers that join that same VM, ExecSync, HTTP from the
+node to the pod IP, then StopPodSandbox + RemovePodSandbox, after which nothing of
+pykata and no pod netns is left. See integration/cri_env.py for the node.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from integration.containerd_env import BUSYBOX_IMAGE, _mounts_under, _pids_with_arg
+from integration.cri_env import CRI_NAMESPACE, RUNTIME_HANDLER, CriClient, CriNode
+from integration.pykata_env import STATE_ROOT, ensure_guest_assets, ensure_shim_on_path
+
+pytestmark = pytest.mark.integration
+HTTP_PORT = 8080
+PAGE = "hello from a pykata pod"
+HTTPD = (f"mkdir -p /www && echo '{PAGE}' > /www/index.html && "
+         f"exec httpd -f -p {HTTP_PORT} -h /www")
+CALL_TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def node():
+    ensure_shim_on_path()
+    ensure_guest_assets()
+    if not os.path.exists("/usr/lib/cni/bridge"):
+        pytest.fail("CNI plugins missing: apt-get install containernetworking-plugins")
+    with CriNode() as made:
+        yield made
+    assert not os.path.exists(made.netns_path)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def qemu_pids(pod_id: str) -> list[int]:
+    """QEMU processes of this pod (its state dir is in their argv; other tests may run
+    VMs of their own at the same time)."""
+    return [p for p in _pids_with_arg(f"{STATE_ROOT}/{CRI_NAMESPACE}/{pod_id}/")
+            if _comm(p).startswith("qemu")]
+
+
+def pod_leftovers(node: CriNode, pod_id: str) -> dict[str, list]:
+    """What pykata may leave of this pod: processes, mounts, state, pod netns, taps."""
+    sandbox = f"{STATE_ROOT}/{CRI_NAMESPACE}/{pod_id}"
+    found = {
+        "processes (qemu, virtiofsd)": _pids_with_arg(sandbox + "/"),
+        "shims": [p for p in _pids_with_arg(node.address) if "pykata" in _cmdline(p)],
+        "mounts": _mounts_under(Path(sandbox)),
+        "state": [sandbox] if os.path.exists(sandbox) else [],
+        "pod netns": node.pod_netns_files(),
+        "taps": taps(node),
+    }
+    return {k: v for k, v in found.items() if v}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def taps(node: CriNode) -> list[str]:
+    """tap devices visible from any pod netns CRI made."""
+    found = []
+    for path in node.pod_netns_files():
+        out = subprocess.run(
+            ["nsenter", f"--net={path}", "--", "ip", "-o", "link"],
+            capture_output=True, text=True, timeout=10).stdout
+        found += [line.split(":")[1].strip() for line in out.splitlines() if "_kata" in line]
+    return found
+
+
+def exec_sync(cri: CriClient, cid: str, *cmd: str) -> tuple[int, str, str]:
+    answer = cri.runtime.ExecSync(
+        cri.api.ExecSyncRequest(container_id=cid, cmd=list(cmd), timeout=120),
+        timeout=CALL_TIMEOUT)
+    return answer.exit_code, answer.stdout.decode(), answer.stderr.decode()
+
+
+def test_a_pod_with_two_containers_runs_in_one_vm(node):
+    api = None
+    with CriClient(node.address) as cri:
+        api = cri.api
+        pod_config = api.PodSandboxConfig(
+            metadata=api.PodSandboxMetadata(name="web", namespace="default",
+                                            uid=f"uid-{node.tag}", attempt=0),
+            hostname="pykata-pod",
+            log_directory=str(node.dir / "logs"),
+            linux=api.LinuxPodSandboxConfig(),
+        )
+        pod_id = cri.runtime.RunPodSandbox(
+            api.RunPodSandboxRequest(config=pod_config, runtime_handler=RUNTIME_HANDLER),
+            timeout=CALL_TIMEOUT).pod_sandbox_id
+        try:
+            status = cri.runtime.PodSandboxStatus(
+                api.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=30).status
+            assert status.state == api.SANDBOX_READY
+            pod_ip = status.network.ip
+            assert pod_ip.startswith("198.18.4."), pod_ip
+            assert len(qemu_pids(pod_id)) == 1
+
+            ids = {}
+            for name, script in (("hello", "echo $HOSTNAME; sleep 600"), ("web", HTTPD)):
+                config = api.ContainerConfig(
+                    metadata=api.ContainerMetadata(name=name, attempt=0),
+                    image=api.ImageSpec(image=BUSYBOX_IMAGE),
+                    command=["sh", "-c", script],
+                    log_path=f"{name}.log",
+                    linux=api.LinuxContainerConfig(
+                        security_context=api.LinuxContainerSecurityContext(
+                            namespace_options=api.NamespaceOption(
+                                pid=api.POD if name == "hello" else api.CONTAINER))),
+                )
+                cid = cri.runtime.CreateContainer(
+                    api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config,
+                                               sandbox_config=pod_config),
+                    timeout=CALL_TIMEOUT).container_id
+                cri.runtime.StartContainer(api.StartContainerRequest(container_id=cid),
+                                           timeout=CALL_TIMEOUT)
+                ids[name] = cid
+            for cid in ids.values():
+                state = cri.runtime.ContainerStatus(
+                    api.ContainerStatusRequest(container_id=cid), timeout=30).status.state
+                assert state == api.CONTAINER_RUNNING
+
+            # one VM: one QEMU, and the same guest boot_id seen from both containers
+            assert len(qemu_pids(pod_id)) == 1
+            boot_ids = set()
+            for cid in ids.values():
+                code, out, err = exec_sync(cri, cid, "cat", "/proc/sys/kernel/random/boot_id")
+                assert code == 0, err
+                boot_ids.add(out.strip())
+            assert len(boot_ids) == 1 and "" not in boot_ids, boot_ids
+            assert _read(Path("/proc/sys/kernel/random/boot_id")).strip() not in boot_ids
+
+            # CRI's bind mounts reach the guest: /etc/hosts, /etc/hostname, /dev/shm
+            code, out, err = exec_sync(cri, ids["web"], "sh", "-c",
+                                       "cat /etc/hostname; grep -c . /etc/hosts; "
+                                       "echo x > /dev/shm/probe && cat /dev/shm/probe; hostname")
+            assert code == 0, err
+            assert out.split() == ["pykata-pod", out.split()[1], "x", "pykata-pod"], out
+            # "hello" shares the pod's pid namespace (the pause process is in it); "web" not
+            _, hello_ps, _ = exec_sync(cri, ids["hello"], "ps", "-o", "args")
+            _, web_ps, _ = exec_sync(cri, ids["web"], "ps", "-o", "args")
+            assert "trap" in hello_ps and "sleep 600" in hello_ps, hello_ps
+            assert "trap" not in web_ps and "httpd" in web_ps, web_ps
+
+            # ExecSync: output and exit code
+            assert exec_sync(cri, ids["hello"], "sh", "-c", "echo out; echo err >&2; exit 3") \
+                == (3, "out\n", "err\n")
+
+            # the first container's output reached its CRI log file
+            log_file = node.dir / "logs" / "hello.log"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and "pykata-pod" not in _read(log_file):
+                time.sleep(0.5)
+            assert "pykata-pod" in _read(log_file), _read(log_file)
+
+            # HTTP from the node netns to the pod IP reaches httpd in the VM
+            got = None
+            for _ in range(60):
+                got = node.in_node("busybox", "wget", "-q", "-O", "-",
+                                   f"http://{pod_ip}:{HTTP_PORT}/", timeout=30)
+                if got.returncode == 0:
+                    break
+                time.sleep(1)
+            assert got.returncode == 0 and got.stdout.strip() == PAGE, got.stderr
+        finally:
+            cri.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id),
+                                       timeout=CALL_TIMEOUT)
+            cri.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                         timeout=CALL_TIMEOUT)
+        assert not cri.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30).items
+
+    deadline = time.monotonic() + 30
+    while pod_leftovers(node, pod_id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not pod_leftovers(node, pod_id)
+
+
+def _read(path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
