@@ -117,7 +117,10 @@ def _cni_conflist(data_dir: Path) -> dict[str, Any]:
 class CriNode:
     """The node netns + a CRI-enabled private containerd inside it + images."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, restrict_oom_score_adj: bool = True) -> None:
+        """restrict_oom_score_adj=False: CRI asks the guest for negative scores (-998 for
+        the pause container), which runc on this host could not apply."""
+        self.restrict_oom_score_adj = restrict_oom_score_adj
         self.tag = uuid.uuid4().hex[:6]
         self.netns = f"pkcri-{self.tag}"
         self.netns_path = os.path.join(NETNS_DIR, self.netns)
@@ -134,7 +137,7 @@ class CriNode:
         return "\n".join([
             cri,
             f"  sandbox_image = {_toml_str(PAUSE_IMAGE)}",
-            "  restrict_oom_score_adj = true",
+            f"  restrict_oom_score_adj = {str(self.restrict_oom_score_adj).lower()}",
             "  netns_mounts_under_state_dir = true",
             "  disable_apparmor = true",
             "  enable_selinux = false",

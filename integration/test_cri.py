@@ -25,6 +25,9 @@ PAGE = "hello from a pykata pod"
 HTTPD = (f"mkdir -p /www && echo '{PAGE}' > /www/index.html && "
          f"exec httpd -f -p {HTTP_PORT} -h /www")
 CALL_TIMEOUT = 300
+# the oom_score_adj of the process whose command line is exactly "sleep 600"
+FIND_SLEEP = ("for d in /proc/[0-9]*; do [ \"$(tr '\\0' ' ' < $d/cmdline)\" = 'sleep 600 ' ] "
+              "&& cat $d/oom_score_adj; done")
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +126,9 @@ def test_a_pod_with_two_containers_runs_in_one_vm(node):
                     command=["sh", "-c", script],
                     log_path=f"{name}.log",
                     linux=api.LinuxContainerConfig(
+                        # kubelet's BestEffort score for one, none (0) for the other
+                        resources=api.LinuxContainerResources(
+                            oom_score_adj=1000 if name == "web" else 0),
                         security_context=api.LinuxContainerSecurityContext(
                             namespace_options=api.NamespaceOption(
                                 pid=api.POD if name == "hello" else api.CONTAINER))),
@@ -172,6 +178,13 @@ def test_a_pod_with_two_containers_runs_in_one_vm(node):
                 time.sleep(0.5)
             assert "pykata-pod" in _read(log_file), _read(log_file)
 
+            # the spec's oom_score_adj is applied in the guest
+            assert exec_sync(cri, ids["web"], "cat", "/proc/1/oom_score_adj")[1] == "1000\n"
+
+            # kubelet's stats come from the guest
+            stats = cri.runtime.ContainerStats(
+                api.ContainerStatsRequest(container_id=ids["hello"]), timeout=60).stats
+            assert stats.memory.working_set_bytes.value > 0, stats
             # HTTP from the node netns to the pod IP reaches httpd in the VM
             got = None
             for _ in range(60):
@@ -181,6 +194,18 @@ def test_a_pod_with_two_containers_runs_in_one_vm(node):
                     break
                 time.sleep(1)
             assert got.returncode == 0 and got.stdout.strip() == PAGE, got.stderr
+
+            # one container stopped (kubelet's grace period) and removed: the VM stays
+            cri.runtime.StopContainer(api.StopContainerRequest(container_id=ids["web"],
+                                                               timeout=2), timeout=CALL_TIMEOUT)
+            status = cri.runtime.ContainerStatus(
+                api.ContainerStatusRequest(container_id=ids["web"]), timeout=30).status
+            assert status.state == api.CONTAINER_EXITED
+            cri.runtime.RemoveContainer(api.RemoveContainerRequest(container_id=ids["web"]),
+                                        timeout=CALL_TIMEOUT)
+            assert len(qemu_pids(pod_id)) == 1
+            assert exec_sync(cri, ids["hello"], "cat", "/proc/sys/kernel/random/boot_id")[1] \
+                .strip() in boot_ids
         finally:
             cri.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id),
                                        timeout=CALL_TIMEOUT)
@@ -199,3 +224,49 @@ def _read(path) -> str:
         return path.read_text(errors="replace")
     except OSError:
         return ""
+
+
+def test_negative_oom_scores_apply_in_the_guest_only():
+    """Without restrict_oom_score_adj CRI asks -998 for the pause container and a
+    negative score for a Guaranteed pod's containers: the host lacks CAP_SYS_RESOURCE
+    (runc fails there), but pykata applies them inside the VM, never to QEMU."""
+    with CriNode(restrict_oom_score_adj=False) as node, CriClient(node.address) as cri:
+        api = cri.api
+        pod_config = api.PodSandboxConfig(
+            metadata=api.PodSandboxMetadata(name="guaranteed", namespace="default",
+                                            uid=f"uid-{node.tag}", attempt=0),
+            log_directory=str(node.dir / "logs"),
+        )
+        pod_id = cri.runtime.RunPodSandbox(
+            api.RunPodSandboxRequest(config=pod_config, runtime_handler=RUNTIME_HANDLER),
+            timeout=CALL_TIMEOUT).pod_sandbox_id
+        try:
+            config = api.ContainerConfig(
+                metadata=api.ContainerMetadata(name="app", attempt=0),
+                image=api.ImageSpec(image=BUSYBOX_IMAGE),
+                command=["sleep", "600"],
+                linux=api.LinuxContainerConfig(
+                    resources=api.LinuxContainerResources(oom_score_adj=-997)),
+            )
+            cid = cri.runtime.CreateContainer(
+                api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config,
+                                           sandbox_config=pod_config),
+                timeout=CALL_TIMEOUT).container_id
+            cri.runtime.StartContainer(api.StartContainerRequest(container_id=cid),
+                                       timeout=CALL_TIMEOUT)
+            # pid 1 of the pod's pid namespace (CRI's default) is the pause container
+            assert exec_sync(cri, cid, "cat", "/proc/1/oom_score_adj") == (0, "-998\n", "")
+            _, out, err = exec_sync(cri, cid, "sh", "-c", FIND_SLEEP + "; ps -o pid,args")
+            assert out.splitlines()[0] == "-997", out + err
+            [qemu] = qemu_pids(pod_id)
+            assert int(_read(Path(f"/proc/{qemu}/oom_score_adj"))) >= 0
+        finally:
+            cri.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id),
+                                       timeout=CALL_TIMEOUT)
+            cri.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                         timeout=CALL_TIMEOUT)
+        deadline = time.monotonic() + 30
+        while pod_leftovers(node, pod_id) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not pod_leftovers(node, pod_id)
+    assert not os.path.exists(node.netns_path)
