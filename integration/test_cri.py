@@ -270,3 +270,52 @@ def test_negative_oom_scores_apply_in_the_guest_only():
             time.sleep(0.5)
         assert not pod_leftovers(node, pod_id)
     assert not os.path.exists(node.netns_path)
+
+
+def test_shim_killed_then_the_pod_is_stopped_and_removed_cleanly(node):
+    """kubelet's view of a crashed shim: the containers are gone; StopPodSandbox and
+    RemovePodSandbox still succeed and leave nothing (containerd ran `shim delete`)."""
+    import signal
+
+    with CriClient(node.address) as cri:
+        api = cri.api
+        pod_config = api.PodSandboxConfig(
+            metadata=api.PodSandboxMetadata(name="crash", namespace="default",
+                                            uid=f"uid-crash-{node.tag}", attempt=0),
+            log_directory=str(node.dir / "logs"),
+        )
+        pod_id = cri.runtime.RunPodSandbox(
+            api.RunPodSandboxRequest(config=pod_config, runtime_handler=RUNTIME_HANDLER),
+            timeout=CALL_TIMEOUT).pod_sandbox_id
+        try:
+            config = api.ContainerConfig(
+                metadata=api.ContainerMetadata(name="app", attempt=0),
+                image=api.ImageSpec(image=BUSYBOX_IMAGE), command=["sleep", "600"])
+            cid = cri.runtime.CreateContainer(
+                api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config,
+                                           sandbox_config=pod_config),
+                timeout=CALL_TIMEOUT).container_id
+            cri.runtime.StartContainer(api.StartContainerRequest(container_id=cid),
+                                       timeout=CALL_TIMEOUT)
+            assert len(qemu_pids(pod_id)) == 1
+            shims = [p for p in _pids_with_arg(node.address) if "pykata" in _cmdline(p)]
+            assert len(shims) == 1, shims  # one shim daemon for the whole pod
+            os.kill(shims[0], signal.SIGKILL)
+            deadline = time.monotonic() + 120
+            state = None
+            while time.monotonic() < deadline:
+                state = cri.runtime.ContainerStatus(
+                    api.ContainerStatusRequest(container_id=cid), timeout=30).status.state
+                if state == api.CONTAINER_EXITED:
+                    break
+                time.sleep(0.5)
+            assert state == api.CONTAINER_EXITED
+        finally:
+            cri.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id),
+                                       timeout=CALL_TIMEOUT)
+            cri.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                         timeout=CALL_TIMEOUT)
+    deadline = time.monotonic() + 30
+    while pod_leftovers(node, pod_id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not pod_leftovers(node, pod_id)
