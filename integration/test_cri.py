@@ -185,6 +185,16 @@ def test_a_pod_with_two_containers_runs_in_one_vm(node):
             stats = cri.runtime.ContainerStats(
                 api.ContainerStatsRequest(container_id=ids["hello"]), timeout=60).stats
             assert stats.memory.working_set_bytes.value > 0, stats
+
+            # kubelet resizes a container: the limit reaches its cgroup in the guest
+            cri.runtime.UpdateContainerResources(api.UpdateContainerResourcesRequest(
+                container_id=ids["hello"],
+                linux=api.LinuxContainerResources(memory_limit_in_bytes=200 << 20)),
+                timeout=CALL_TIMEOUT)
+            code, out, err = exec_sync(cri, ids["hello"], "sh", "-c",
+                                       "cat /sys/fs/cgroup/memory.max "
+                                       "/sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null")
+            assert str(200 << 20) in out.split(), out + err
             # HTTP from the node netns to the pod IP reaches httpd in the VM
             got = None
             for _ in range(60):
