@@ -118,6 +118,8 @@ def test_a_pod_with_two_containers_runs_in_one_vm(node):
             assert pod_ip.startswith("198.18.4."), pod_ip
             assert len(qemu_pids(pod_id)) == 1
 
+            termination_log = node.dir / "termination-log"  # kubelet makes one per container
+            termination_log.touch()
             ids = {}
             for name, script in (("hello", "echo $HOSTNAME; sleep 600"), ("web", HTTPD)):
                 config = api.ContainerConfig(
@@ -125,6 +127,8 @@ def test_a_pod_with_two_containers_runs_in_one_vm(node):
                     image=api.ImageSpec(image=BUSYBOX_IMAGE),
                     command=["sh", "-c", script],
                     log_path=f"{name}.log",
+                    mounts=[api.Mount(container_path="/dev/termination-log",
+                                      host_path=str(termination_log))] if name == "web" else [],
                     linux=api.LinuxContainerConfig(
                         # kubelet's BestEffort score for one, none (0) for the other
                         resources=api.LinuxContainerResources(
@@ -161,6 +165,9 @@ def test_a_pod_with_two_containers_runs_in_one_vm(node):
                                        "echo x > /dev/shm/probe && cat /dev/shm/probe; hostname")
             assert code == 0, err
             assert out.split() == ["pykata-pod", out.split()[1], "x", "pykata-pod"], out
+            # kubelet's termination-log bind mount: written in the guest, read on the host
+            assert exec_sync(cri, ids["web"], "sh", "-c", "echo bye > /dev/termination-log")[0] == 0
+            assert _read(termination_log) == "bye\n"
             # "hello" shares the pod's pid namespace (the pause process is in it); "web" not
             _, hello_ps, _ = exec_sync(cri, ids["hello"], "ps", "-o", "args")
             _, web_ps, _ = exec_sync(cri, ids["web"], "ps", "-o", "args")
