@@ -31,6 +31,9 @@ PROGRAM_PACKAGES: dict[str, tuple[str, ...]] = {
     "busybox-static": ("bin/busybox",),
     "python3.11-minimal": ("usr/bin/python3.11",),
     "runc": ("usr/sbin/runc",),
+    # The agent's OCI runtime when present (runc is the fallback: PYKATA_OCI_RUNTIME=runc
+    # on the kernel command line). C, not Go: CreateContainer 0.11 s against 0.28 s under TCG.
+    "crun": ("usr/bin/crun",),
 }
 
 #: Python's library tree comes from these (usr/lib/python3.11 of each).
@@ -50,7 +53,14 @@ LIBRARY_PACKAGES: tuple[str, ...] = (
     "libuuid1",  # _uuid
     "libstdc++6",  # google._upb._message
     "libgcc-s1",  # libstdc++, and glibc's pthread_cancel unwinding
-    "libseccomp2",  # runc
+    "libseccomp2",  # runc, crun
+    "libyajl2",  # crun
+    "libcap2",  # crun, libsystemd
+    "libsystemd0",  # crun (its systemd cgroup manager, unused here, is linked in)
+    "libgcrypt20",  # libsystemd
+    "libgpg-error0",  # libgcrypt
+    "libzstd1",  # libsystemd
+    "liblz4-1",  # libsystemd
 )
 
 #: Libraries that are loaded with dlopen (so DT_NEEDED does not show them).

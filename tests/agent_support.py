@@ -1,9 +1,15 @@
 """Shared helpers for the agent tests: a busybox rootfs, specs, the agent as a subprocess.
 
 The agent runs under `unshare --mount --uts --net`: its hostname, its mounts
-and its network are its own, so nothing it does reaches the host's. Its runc
+and its network are its own, so nothing it does reaches the host's. Its runtime
 state, bundles and shared directory live in the test's tmp_path, its cgroups
 under a parent named after the test run; stop() removes them all.
+
+Each agent runs one OCI runtime (RUNTIMES: runc, and crun when installed),
+chosen with $PYKATA_OCI_RUNTIME as in the guest. crun refuses a hybrid cgroup
+layout whose cgroup2 (`unified`) holds a controller (this host's has hugetlb;
+the guest's holds none): for crun the agent's mount namespace gets an empty
+tmpfs over `unified`, so crun, like the guest's, sees v1 controllers only.
 """
 
 from __future__ import annotations
@@ -31,6 +37,14 @@ AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
 NAMESPACES = ("pid", "mount", "ipc", "uts", "network")
 CGROUP_ROOT = "/sys/fs/cgroup"
+RUNTIMES = tuple(name for name in ("runc", "crun") if shutil.which(name))
+
+
+def unified_has_controllers() -> bool:
+    try:
+        return bool(Path(CGROUP_ROOT, "unified", "cgroup.controllers").read_text().split())
+    except OSError:
+        return False
 
 
 def missing_requirements() -> str | None:
@@ -124,7 +138,8 @@ def spec(
 class Agent:
     """The agent under test, a subprocess on a Unix socket, and a client to it."""
 
-    def __init__(self, tmp_path: Path, *extra_args: str) -> None:
+    def __init__(self, tmp_path: Path, *extra_args: str, runtime: str = "runc") -> None:
+        self.runtime = runtime
         self.dir = tmp_path
         self.socket = tmp_path / "agent.sock"
         self.run_dir = tmp_path / "run"
@@ -150,8 +165,13 @@ class Agent:
 
     async def start(self) -> Agent:
         self.shared_dir.mkdir(parents=True, exist_ok=True)
+        hide_unified = []
+        if self.runtime == "crun" and unified_has_controllers():
+            mount = 'mount -t tmpfs pykata-test "$0" && exec "$@"'
+            hide_unified = ["sh", "-c", mount, f"{CGROUP_ROOT}/unified"]
         argv = [
             "unshare", "--mount", "--uts", "--net", "--",
+            *hide_unified,
             sys.executable, "-m", "agent",
             "--listen", f"unix://{self.socket}",
             "--run-dir", str(self.run_dir),
@@ -163,7 +183,7 @@ class Agent:
             "--log-level", "debug",
             *self.extra_args,
         ]  # fmt: skip
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYKATA_OCI_RUNTIME=self.runtime)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=log, env=env, cwd=ROOT)
         deadline = time.monotonic() + 15
@@ -201,11 +221,15 @@ class Agent:
                 self.process.wait()
         self.sweep()
 
+    def runtime_argv(self, *args: str) -> list[str]:
+        """The agent's runtime on its state root."""
+        return [self.runtime, "--root", str(self.runc_root), *args]
+
     def runc_list(self) -> list[str]:
         if not self.runc_root.exists():
             return []
         out = subprocess.run(
-            ["runc", "--root", str(self.runc_root), "list", "--format", "json"],
+            self.runtime_argv("list", "--format", "json"),
             capture_output=True,
             text=True,
         ).stdout
@@ -214,10 +238,7 @@ class Agent:
     def sweep(self) -> None:
         """Delete containers and cgroups the agent left (none, if it did its job)."""
         for cid in self.runc_list():
-            subprocess.run(
-                ["runc", "--root", str(self.runc_root), "delete", "--force", cid],
-                capture_output=True,
-            )
+            subprocess.run(self.runtime_argv("delete", "--force", cid), capture_output=True)
         for hierarchy in [CGROUP_ROOT, *(str(p) for p in Path(CGROUP_ROOT).iterdir())]:
             folder = Path(hierarchy) / self.cgroup_parent
             if folder.is_dir():

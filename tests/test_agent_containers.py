@@ -1,4 +1,8 @@
-"""The agent as the shim sees it: a subprocess on a Unix socket, real runc, busybox containers."""
+"""The agent as the shim sees it: a subprocess on a Unix socket, busybox containers.
+
+Every test runs once per OCI runtime installed on the host (runc; crun too when
+installed): the guest image ships both, the agent prefers crun.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import signal
 import subprocess
 
 import pytest
-from agent_support import Agent, build_rootfs, requires_agent_host, spec
+from agent_support import RUNTIMES, Agent, build_rootfs, requires_agent_host, spec
 
 from protos.kata import agent_pb2, health_pb2, oci_pb2
 from ttrpc import Code, TTRPCError
@@ -16,9 +20,9 @@ from ttrpc import Code, TTRPCError
 pytestmark = [requires_agent_host, pytest.mark.timeout(120)]
 
 
-@pytest.fixture
-async def agent(tmp_path):
-    running = await Agent(tmp_path).start()
+@pytest.fixture(params=RUNTIMES)
+async def agent(request, tmp_path):
+    running = await Agent(tmp_path, runtime=request.param).start()
     try:
         yield running
     finally:
@@ -265,9 +269,7 @@ async def test_tty_exec_resize_and_stdin(sandbox):
 def runc_status(agent: Agent, cid: str) -> str:
     import json
 
-    out = subprocess.run(
-        ["runc", "--root", str(agent.runc_root), "state", cid], capture_output=True, text=True
-    ).stdout
+    out = subprocess.run(agent.runtime_argv("state", cid), capture_output=True, text=True).stdout
     return json.loads(out)["status"]
 
 
@@ -317,6 +319,39 @@ async def test_stats_and_update(sandbox):
     stats = await sandbox.agent.StatsContainer(agent_pb2.StatsContainerRequest(container_id="st"))
     assert stats.cgroup_stats.memory_stats.usage.limit == 96 << 20
     assert stats.cgroup_stats.pids_stats.limit == 50
+
+
+async def test_stats_match_runc_events(sandbox):
+    """The figures read from the cgroup files are those `runc events --stats` gives."""
+    if sandbox.runtime != "runc":
+        pytest.skip("crun has no `events --stats`")
+    import json
+
+    from agent import stats
+
+    await sandbox.create("ev", ["sh", "-c", "sleep 1000 & sleep 1000"], memory_limit=48 << 20)
+    await asyncio.sleep(0.3)
+    done = subprocess.run(
+        sandbox.runtime_argv("events", "--stats", "ev"), capture_output=True, text=True, check=True
+    )
+    theirs = stats.cgroup_stats(json.loads(done.stdout)["data"])
+    ours = (
+        await sandbox.agent.StatsContainer(agent_pb2.StatsContainerRequest(container_id="ev"))
+    ).cgroup_stats
+    assert ours.memory_stats.usage.limit == theirs.memory_stats.usage.limit == 48 << 20
+    assert ours.memory_stats.swap_usage.limit == theirs.memory_stats.swap_usage.limit
+    assert ours.memory_stats.kernel_usage.limit == theirs.memory_stats.kernel_usage.limit
+    assert set(ours.memory_stats.stats) == set(theirs.memory_stats.stats)
+    assert ours.memory_stats.stats["hierarchical_memory_limit"] == 48 << 20
+    assert ours.pids_stats == theirs.pids_stats
+    ours_cpu, theirs_cpu = ours.cpu_stats.cpu_usage, theirs.cpu_stats.cpu_usage
+    assert len(ours_cpu.percpu_usage) == len(theirs_cpu.percpu_usage) == os.cpu_count()
+    assert ours_cpu.total_usage >= theirs_cpu.total_usage > 0  # read later, never less
+    assert ours_cpu.usage_in_usermode >= theirs_cpu.usage_in_usermode
+    assert ours.cpu_stats.throttling_data == theirs.cpu_stats.throttling_data
+    assert ours.memory_stats.usage.max_usage >= theirs.memory_stats.usage.max_usage > 0
+    assert ours.blkio_stats == theirs.blkio_stats
+    assert dict(ours.hugetlb_stats) == dict(theirs.hugetlb_stats)
 
 
 async def test_oom_kill_is_reported(sandbox):
