@@ -97,7 +97,6 @@ def exec_sync(cri: CriClient, cid: str, *cmd: str) -> tuple[int, str, str]:
 
 
 def test_a_pod_with_two_containers_runs_in_one_vm(node):
-    api = None
     with CriClient(node.address) as cri:
         api = cri.api
         pod_config = api.PodSandboxConfig(
@@ -117,6 +116,8 @@ def test_a_pod_with_two_containers_runs_in_one_vm(node):
             pod_ip = status.network.ip
             assert pod_ip.startswith("198.18.4."), pod_ip
             assert len(qemu_pids(pod_id)) == 1
+            # CRI's pod netns (under containerd's state dir) holds pykata's tap
+            assert len(node.pod_netns_files()) == 1 and taps(node) == ["tap0_kata"]
 
             termination_log = node.dir / "termination-log"  # kubelet makes one per container
             termination_log.touch()
