@@ -394,3 +394,73 @@ def test_two_pods_get_two_vms_that_reach_each_other(node):
         while pod_leftovers(node, value[0]) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not pod_leftovers(node, value[0])
+
+
+def test_a_failed_container_is_replaced_in_the_same_vm_and_exec_timeouts_kill(node):
+    """kubelet's restart of a failed container (Remove, then Create attempt 1 in the running
+    pod), and ExecSync past its timeout (the process is killed in the guest)."""
+    import grpc
+
+    with CriClient(node.address) as cri:
+        api = cri.api
+        pod_config = api.PodSandboxConfig(
+            metadata=api.PodSandboxMetadata(name="restarts", namespace="default",
+                                            uid=f"uid-restarts-{node.tag}", attempt=0),
+            log_directory=str(node.dir / "logs"),
+        )
+        pod_id = cri.runtime.RunPodSandbox(
+            api.RunPodSandboxRequest(config=pod_config, runtime_handler=RUNTIME_HANDLER),
+            timeout=CALL_TIMEOUT).pod_sandbox_id
+        try:
+            [qemu] = qemu_pids(pod_id)
+
+            def run(attempt: int, script: str) -> str:
+                config = api.ContainerConfig(
+                    metadata=api.ContainerMetadata(name="app", attempt=attempt),
+                    image=api.ImageSpec(image=BUSYBOX_IMAGE), command=["sh", "-c", script],
+                    log_path=f"app-{attempt}.log")
+                cid = cri.runtime.CreateContainer(
+                    api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config,
+                                               sandbox_config=pod_config),
+                    timeout=CALL_TIMEOUT).container_id
+                cri.runtime.StartContainer(api.StartContainerRequest(container_id=cid),
+                                           timeout=CALL_TIMEOUT)
+                return cid
+
+            failed = run(0, "echo failing; exit 3")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                status = cri.runtime.ContainerStatus(
+                    api.ContainerStatusRequest(container_id=failed), timeout=30).status
+                if status.state == api.CONTAINER_EXITED:
+                    break
+                time.sleep(0.5)
+            assert (status.state, status.exit_code) == (api.CONTAINER_EXITED, 3)
+            cri.runtime.RemoveContainer(api.RemoveContainerRequest(container_id=failed),
+                                        timeout=CALL_TIMEOUT)
+            assert qemu_pids(pod_id) == [qemu]  # the pod's VM outlives its containers
+
+            again = run(1, "sleep 600")
+            assert exec_sync(cri, again, "echo", "back")[:2] == (0, "back\n")
+            assert qemu_pids(pod_id) == [qemu]
+
+            with pytest.raises(grpc.RpcError) as caught:
+                cri.runtime.ExecSync(api.ExecSyncRequest(
+                    container_id=again, cmd=["sleep", "77"], timeout=2), timeout=CALL_TIMEOUT)
+            assert "timeout" in caught.value.details(), caught.value.details()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                ps = exec_sync(cri, again, "ps", "-o", "args")[1]
+                if "sleep 77" not in ps:
+                    break
+                time.sleep(1)
+            assert "sleep 77" not in ps, ps
+        finally:
+            cri.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id),
+                                       timeout=CALL_TIMEOUT)
+            cri.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                         timeout=CALL_TIMEOUT)
+    deadline = time.monotonic() + 30
+    while pod_leftovers(node, pod_id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not pod_leftovers(node, pod_id)
