@@ -96,7 +96,8 @@ class Process:
         for _ in range(int(patience / 0.01)):
             try:
                 with open(f"/proc/{self.pid}/comm") as comm:
-                    if not comm.read().startswith("runc:"):
+                    # runc's init is "runc:[2:INIT]", crun's is "crun", until they exec
+                    if not comm.read().startswith(("runc:", "crun")):
                         return
             except OSError:
                 return

@@ -96,7 +96,8 @@ class AgentService:
 
             try:
                 done = await run(self.sandbox.reaper, [self.sandbox.runc.binary, "--version"])
-                self._seccomp = b"libseccomp" in done.stdout
+                # runc prints its libseccomp version, crun "+SECCOMP"
+                self._seccomp = b"libseccomp" in done.stdout or b"+SECCOMP" in done.stdout
             except OSError:
                 self._seccomp = False
         return self._seccomp

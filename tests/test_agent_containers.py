@@ -321,10 +321,9 @@ async def test_stats_and_update(sandbox):
     assert stats.cgroup_stats.pids_stats.limit == 50
 
 
+@pytest.mark.parametrize("agent", ["runc"], indirect=True)  # crun has no `events --stats`
 async def test_stats_match_runc_events(sandbox):
     """The figures read from the cgroup files are those `runc events --stats` gives."""
-    if sandbox.runtime != "runc":
-        pytest.skip("crun has no `events --stats`")
     import json
 
     from agent import stats
