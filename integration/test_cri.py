@@ -464,3 +464,45 @@ def test_a_failed_container_is_replaced_in_the_same_vm_and_exec_timeouts_kill(no
     while pod_leftovers(node, pod_id) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not pod_leftovers(node, pod_id)
+
+
+def test_a_host_network_pod_runs_in_a_vm_without_a_nic(node):
+    """hostNetwork: CRI gives no pod netns (and leaves the UTS namespace out while setting
+    a hostname). A VM cannot share the node's network: the pod runs with only lo, as
+    `ctr run` without a netns does. (Whether to refuse such pods instead is open.)"""
+    with CriClient(node.address) as cri:
+        api = cri.api
+        host_net = api.NamespaceOption(network=api.NODE)
+        pod_config = api.PodSandboxConfig(
+            metadata=api.PodSandboxMetadata(name="hostnet", namespace="default",
+                                            uid=f"uid-hostnet-{node.tag}", attempt=0),
+            hostname="hostnet-pod",
+            linux=api.LinuxPodSandboxConfig(
+                security_context=api.LinuxSandboxSecurityContext(namespace_options=host_net)),
+        )
+        pod_id = cri.runtime.RunPodSandbox(
+            api.RunPodSandboxRequest(config=pod_config, runtime_handler=RUNTIME_HANDLER),
+            timeout=CALL_TIMEOUT).pod_sandbox_id
+        try:
+            config = api.ContainerConfig(
+                metadata=api.ContainerMetadata(name="app", attempt=0),
+                image=api.ImageSpec(image=BUSYBOX_IMAGE), command=["sleep", "600"],
+                linux=api.LinuxContainerConfig(security_context=api.LinuxContainerSecurityContext(
+                    namespace_options=host_net)))
+            cid = cri.runtime.CreateContainer(
+                api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config,
+                                           sandbox_config=pod_config),
+                timeout=CALL_TIMEOUT).container_id
+            cri.runtime.StartContainer(api.StartContainerRequest(container_id=cid),
+                                       timeout=CALL_TIMEOUT)
+            code, out, err = exec_sync(cri, cid, "sh", "-c", "hostname; ls /sys/class/net")
+            assert (code, out.split()) == (0, ["hostnet-pod", "lo"]), out + err
+        finally:
+            cri.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id),
+                                       timeout=CALL_TIMEOUT)
+            cri.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                         timeout=CALL_TIMEOUT)
+    deadline = time.monotonic() + 30
+    while pod_leftovers(node, pod_id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not pod_leftovers(node, pod_id)

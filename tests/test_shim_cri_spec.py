@@ -52,3 +52,10 @@ def test_an_app_container_with_its_own_pidns_does_not_join_the_pod_one():
     assert guest_namespaces(spec) == [("pid", "")]
     assert not _shares_pod_pidns(spec)
     assert not _shares_pod_pidns(cri_spec({}, [{"type": "pid"}]))  # ctr run
+
+
+def test_a_hostname_without_a_uts_namespace_gets_one_in_the_guest():
+    spec = cri_spec(SANDBOX, [{"type": "pid"}, {"type": "ipc"}])  # CRI, hostNetwork pod
+    spec["hostname"] = "node-1"
+    assert guest_namespaces(spec) == [("pid", ""), ("ipc", ""), ("uts", "")]
+    assert guest_namespaces(cri_spec(APP, [{"type": "uts", "path": "/proc/42/ns/uts"}])) == []

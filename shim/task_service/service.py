@@ -272,6 +272,10 @@ class TaskService:
             for ns in linux.get("namespaces") or []
             if ns.get("type") != "network" and not ns.get("path")
         ]
+        if spec.get("hostname") and not any(ns["type"] == "uts" for ns in linux["namespaces"]):
+            # CRI's host-network sandbox names the node's UTS namespace by leaving it out,
+            # yet sets a hostname: in the guest that needs a UTS namespace of its own
+            linux["namespaces"].append({"type": "uts"})
         mounts = []
         for index, entry in enumerate(spec.get("mounts") or []):
             options = entry.get("options") or []
