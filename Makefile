@@ -4,6 +4,7 @@ PREFIX_VENV ?= /opt/pykata/venv
 PY := $(PREFIX_VENV)/bin/python
 BIN_DIR ?= /usr/local/bin
 HOST_PACKAGES := containerd runc crun busybox-static qemu-system-x86 cpio kmod iproute2 util-linux \
+	containernetworking-plugins \
 	golang-go golang-github-containerd-ttrpc-dev golang-github-gogo-protobuf-dev
 
 .PHONY: setup host-packages venv dev test unit integration lint protos demo bench gottrpc \
@@ -39,6 +40,8 @@ venv:
 ## dev: like setup, but editable and with the test tools
 dev: host-packages venv
 	$(PY) -m pip install -q -e '.[dev]'
+	# CRI v1 stubs for the kubelet-style tests; --no-deps: it pins protobuf 6, ours is 7
+	$(PY) -m pip install -q --no-deps 'container-runtime-interface-api==2.0.1'
 	ln -sf $(PREFIX_VENV)/bin/containerd-shim-pykata-v2 $(BIN_DIR)/containerd-shim-pykata-v2
 	ln -sf $(PREFIX_VENV)/bin/pykata-image $(BIN_DIR)/pykata-image
 	ln -sf $(PREFIX_VENV)/bin/pykata-runtime $(BIN_DIR)/pykata-runtime
