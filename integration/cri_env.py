@@ -248,6 +248,31 @@ class CriClient:
         self.runtime = api_pb2_grpc.RuntimeServiceStub(self.channel)
         self.image = api_pb2_grpc.ImageServiceStub(self.channel)
 
+    # -- what a kubelet does over and over ------------------------------------------
+    def run_pod(self, pod_config: Any, timeout: float = 300) -> str:
+        """RunPodSandbox with the pykata handler; the pod sandbox id."""
+        request = self.api.RunPodSandboxRequest(config=pod_config, runtime_handler=RUNTIME_HANDLER)
+        return self.runtime.RunPodSandbox(request, timeout=timeout).pod_sandbox_id
+
+    def start_container(
+        self, pod_id: str, pod_config: Any, config: Any, timeout: float = 300
+    ) -> str:
+        """CreateContainer + StartContainer in a pod; the container id."""
+        request = self.api.CreateContainerRequest(
+            pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config
+        )
+        cid = self.runtime.CreateContainer(request, timeout=timeout).container_id
+        self.runtime.StartContainer(self.api.StartContainerRequest(container_id=cid),
+                                    timeout=timeout)
+        return cid
+
+    def remove_pod(self, pod_id: str, timeout: float = 300) -> None:
+        """StopPodSandbox + RemovePodSandbox."""
+        self.runtime.StopPodSandbox(self.api.StopPodSandboxRequest(pod_sandbox_id=pod_id),
+                                    timeout=timeout)
+        self.runtime.RemovePodSandbox(self.api.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                      timeout=timeout)
+
     def close(self) -> None:
         self.channel.close()
 

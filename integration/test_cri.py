@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from integration.containerd_env import BUSYBOX_IMAGE, _mounts_under, _pids_with_arg
-from integration.cri_env import CRI_NAMESPACE, RUNTIME_HANDLER, CriClient, CriNode
+from integration.cri_env import CRI_NAMESPACE, CriClient, CriNode
 from integration.pykata_env import STATE_ROOT, ensure_guest_assets, ensure_shim_on_path
 
 pytestmark = pytest.mark.integration
@@ -106,9 +106,7 @@ def test_a_pod_with_two_containers_runs_in_one_vm(node):
             log_directory=str(node.dir / "logs"),
             linux=api.LinuxPodSandboxConfig(),
         )
-        pod_id = cri.runtime.RunPodSandbox(
-            api.RunPodSandboxRequest(config=pod_config, runtime_handler=RUNTIME_HANDLER),
-            timeout=CALL_TIMEOUT).pod_sandbox_id
+        pod_id = cri.run_pod(pod_config)
         try:
             status = cri.runtime.PodSandboxStatus(
                 api.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=30).status
@@ -138,12 +136,7 @@ def test_a_pod_with_two_containers_runs_in_one_vm(node):
                             namespace_options=api.NamespaceOption(
                                 pid=api.POD if name == "hello" else api.CONTAINER))),
                 )
-                cid = cri.runtime.CreateContainer(
-                    api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config,
-                                               sandbox_config=pod_config),
-                    timeout=CALL_TIMEOUT).container_id
-                cri.runtime.StartContainer(api.StartContainerRequest(container_id=cid),
-                                           timeout=CALL_TIMEOUT)
+                cid = cri.start_container(pod_id, pod_config, config)
                 ids[name] = cid
             for cid in ids.values():
                 state = cri.runtime.ContainerStatus(
@@ -225,10 +218,7 @@ def test_a_pod_with_two_containers_runs_in_one_vm(node):
             assert exec_sync(cri, ids["hello"], "cat", "/proc/sys/kernel/random/boot_id")[1] \
                 .strip() in boot_ids
         finally:
-            cri.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id),
-                                       timeout=CALL_TIMEOUT)
-            cri.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
-                                         timeout=CALL_TIMEOUT)
+            cri.remove_pod(pod_id)
         assert not cri.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30).items
 
     deadline = time.monotonic() + 30
@@ -255,9 +245,7 @@ def test_negative_oom_scores_apply_in_the_guest_only():
                                             uid=f"uid-{node.tag}", attempt=0),
             log_directory=str(node.dir / "logs"),
         )
-        pod_id = cri.runtime.RunPodSandbox(
-            api.RunPodSandboxRequest(config=pod_config, runtime_handler=RUNTIME_HANDLER),
-            timeout=CALL_TIMEOUT).pod_sandbox_id
+        pod_id = cri.run_pod(pod_config)
         try:
             config = api.ContainerConfig(
                 metadata=api.ContainerMetadata(name="app", attempt=0),
@@ -266,12 +254,7 @@ def test_negative_oom_scores_apply_in_the_guest_only():
                 linux=api.LinuxContainerConfig(
                     resources=api.LinuxContainerResources(oom_score_adj=-997)),
             )
-            cid = cri.runtime.CreateContainer(
-                api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config,
-                                           sandbox_config=pod_config),
-                timeout=CALL_TIMEOUT).container_id
-            cri.runtime.StartContainer(api.StartContainerRequest(container_id=cid),
-                                       timeout=CALL_TIMEOUT)
+            cid = cri.start_container(pod_id, pod_config, config)
             # pid 1 of the pod's pid namespace (CRI's default) is the pause container
             assert exec_sync(cri, cid, "cat", "/proc/1/oom_score_adj") == (0, "-998\n", "")
             _, out, err = exec_sync(cri, cid, "sh", "-c", FIND_SLEEP + "; ps -o pid,args")
@@ -279,10 +262,7 @@ def test_negative_oom_scores_apply_in_the_guest_only():
             [qemu] = qemu_pids(pod_id)
             assert int(_read(Path(f"/proc/{qemu}/oom_score_adj"))) >= 0
         finally:
-            cri.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id),
-                                       timeout=CALL_TIMEOUT)
-            cri.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
-                                         timeout=CALL_TIMEOUT)
+            cri.remove_pod(pod_id)
         deadline = time.monotonic() + 30
         while pod_leftovers(node, pod_id) and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -302,19 +282,12 @@ def test_shim_killed_then_the_pod_is_stopped_and_removed_cleanly(node):
                                             uid=f"uid-crash-{node.tag}", attempt=0),
             log_directory=str(node.dir / "logs"),
         )
-        pod_id = cri.runtime.RunPodSandbox(
-            api.RunPodSandboxRequest(config=pod_config, runtime_handler=RUNTIME_HANDLER),
-            timeout=CALL_TIMEOUT).pod_sandbox_id
+        pod_id = cri.run_pod(pod_config)
         try:
             config = api.ContainerConfig(
                 metadata=api.ContainerMetadata(name="app", attempt=0),
                 image=api.ImageSpec(image=BUSYBOX_IMAGE), command=["sleep", "600"])
-            cid = cri.runtime.CreateContainer(
-                api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config,
-                                           sandbox_config=pod_config),
-                timeout=CALL_TIMEOUT).container_id
-            cri.runtime.StartContainer(api.StartContainerRequest(container_id=cid),
-                                       timeout=CALL_TIMEOUT)
+            cid = cri.start_container(pod_id, pod_config, config)
             assert len(qemu_pids(pod_id)) == 1
             shims = [p for p in _pids_with_arg(node.address) if "pykata" in _cmdline(p)]
             assert len(shims) == 1, shims  # one shim daemon for the whole pod
@@ -329,10 +302,7 @@ def test_shim_killed_then_the_pod_is_stopped_and_removed_cleanly(node):
                 time.sleep(0.5)
             assert state == api.CONTAINER_EXITED
         finally:
-            cri.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id),
-                                       timeout=CALL_TIMEOUT)
-            cri.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
-                                         timeout=CALL_TIMEOUT)
+            cri.remove_pod(pod_id)
     deadline = time.monotonic() + 30
     while pod_leftovers(node, pod_id) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -351,19 +321,12 @@ def test_two_pods_get_two_vms_that_reach_each_other(node):
                     hostname=name,
                     log_directory=str(node.dir / "logs"),
                 )
-                pod_id = cri.runtime.RunPodSandbox(
-                    api.RunPodSandboxRequest(config=pod_config, runtime_handler=RUNTIME_HANDLER),
-                    timeout=CALL_TIMEOUT).pod_sandbox_id
+                pod_id = cri.run_pod(pod_config)
                 pods[name] = pod_id
                 config = api.ContainerConfig(
                     metadata=api.ContainerMetadata(name="web", attempt=0),
                     image=api.ImageSpec(image=BUSYBOX_IMAGE), command=["sh", "-c", HTTPD])
-                cid = cri.runtime.CreateContainer(
-                    api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config,
-                                               sandbox_config=pod_config),
-                    timeout=CALL_TIMEOUT).container_id
-                cri.runtime.StartContainer(api.StartContainerRequest(container_id=cid),
-                                           timeout=CALL_TIMEOUT)
+                cid = cri.start_container(pod_id, pod_config, config)
                 status = cri.runtime.PodSandboxStatus(
                     api.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=30).status
                 pods[name] = (pod_id, cid, status.network.ip)
@@ -385,10 +348,7 @@ def test_two_pods_get_two_vms_that_reach_each_other(node):
         finally:
             for value in pods.values():
                 pod_id = value[0] if isinstance(value, tuple) else value
-                cri.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id),
-                                           timeout=CALL_TIMEOUT)
-                cri.runtime.RemovePodSandbox(
-                    api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=CALL_TIMEOUT)
+                cri.remove_pod(pod_id)
     for value in pods.values():
         deadline = time.monotonic() + 30
         while pod_leftovers(node, value[0]) and time.monotonic() < deadline:
@@ -408,9 +368,7 @@ def test_a_failed_container_is_replaced_in_the_same_vm_and_exec_timeouts_kill(no
                                             uid=f"uid-restarts-{node.tag}", attempt=0),
             log_directory=str(node.dir / "logs"),
         )
-        pod_id = cri.runtime.RunPodSandbox(
-            api.RunPodSandboxRequest(config=pod_config, runtime_handler=RUNTIME_HANDLER),
-            timeout=CALL_TIMEOUT).pod_sandbox_id
+        pod_id = cri.run_pod(pod_config)
         try:
             [qemu] = qemu_pids(pod_id)
 
@@ -419,12 +377,7 @@ def test_a_failed_container_is_replaced_in_the_same_vm_and_exec_timeouts_kill(no
                     metadata=api.ContainerMetadata(name="app", attempt=attempt),
                     image=api.ImageSpec(image=BUSYBOX_IMAGE), command=["sh", "-c", script],
                     log_path=f"app-{attempt}.log")
-                cid = cri.runtime.CreateContainer(
-                    api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config,
-                                               sandbox_config=pod_config),
-                    timeout=CALL_TIMEOUT).container_id
-                cri.runtime.StartContainer(api.StartContainerRequest(container_id=cid),
-                                           timeout=CALL_TIMEOUT)
+                cid = cri.start_container(pod_id, pod_config, config)
                 return cid
 
             failed = run(0, "echo failing; exit 3")
@@ -456,10 +409,7 @@ def test_a_failed_container_is_replaced_in_the_same_vm_and_exec_timeouts_kill(no
                 time.sleep(1)
             assert "sleep 77" not in ps, ps
         finally:
-            cri.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id),
-                                       timeout=CALL_TIMEOUT)
-            cri.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
-                                         timeout=CALL_TIMEOUT)
+            cri.remove_pod(pod_id)
     deadline = time.monotonic() + 30
     while pod_leftovers(node, pod_id) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -480,28 +430,18 @@ def test_a_host_network_pod_runs_in_a_vm_without_a_nic(node):
             linux=api.LinuxPodSandboxConfig(
                 security_context=api.LinuxSandboxSecurityContext(namespace_options=host_net)),
         )
-        pod_id = cri.runtime.RunPodSandbox(
-            api.RunPodSandboxRequest(config=pod_config, runtime_handler=RUNTIME_HANDLER),
-            timeout=CALL_TIMEOUT).pod_sandbox_id
+        pod_id = cri.run_pod(pod_config)
         try:
             config = api.ContainerConfig(
                 metadata=api.ContainerMetadata(name="app", attempt=0),
                 image=api.ImageSpec(image=BUSYBOX_IMAGE), command=["sleep", "600"],
                 linux=api.LinuxContainerConfig(security_context=api.LinuxContainerSecurityContext(
                     namespace_options=host_net)))
-            cid = cri.runtime.CreateContainer(
-                api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config,
-                                           sandbox_config=pod_config),
-                timeout=CALL_TIMEOUT).container_id
-            cri.runtime.StartContainer(api.StartContainerRequest(container_id=cid),
-                                       timeout=CALL_TIMEOUT)
+            cid = cri.start_container(pod_id, pod_config, config)
             code, out, err = exec_sync(cri, cid, "sh", "-c", "hostname; ls /sys/class/net")
             assert (code, out.split()) == (0, ["hostnet-pod", "lo"]), out + err
         finally:
-            cri.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id),
-                                       timeout=CALL_TIMEOUT)
-            cri.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
-                                         timeout=CALL_TIMEOUT)
+            cri.remove_pod(pod_id)
     deadline = time.monotonic() + 30
     while pod_leftovers(node, pod_id) and time.monotonic() < deadline:
         time.sleep(0.5)
