@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -62,11 +61,9 @@ def _alive(pid: int) -> bool:
 
 
 def _unmount_rootfs(bundle: str) -> None:
-    from shim.sandbox.mounts import unmount_all_under
+    from shim.sandbox.cleanup import unmount_rootfs
 
-    rootfs = os.path.join(bundle, "rootfs")
-    if os.path.isdir(rootfs):
-        unmount_all_under(rootfs)
+    unmount_rootfs(bundle)
 
 
 def cleanup(namespace: str, container_id: str, bundle: str) -> int:
@@ -90,7 +87,7 @@ def cleanup(namespace: str, container_id: str, bundle: str) -> int:
 
 def _teardown_sandbox(state_dir: Path, record) -> None:
     from shim.netns import teardown_state
-    from shim.sandbox.mounts import unmount_all_under
+    from shim.sandbox.cleanup import remove_state
     from shim.vmm import kill_from_state
 
     kill_from_state(state_dir)
@@ -98,20 +95,14 @@ def _teardown_sandbox(state_dir: Path, record) -> None:
         teardown_state(state_dir)
     except Exception as exc:  # still remove the rest
         sys.stderr.write(f"containerd-shim-pykata-v2 delete: network cleanup failed: {exc}\n")
-    if record is not None:
-        for container in record.containers.values():
-            _unmount_rootfs(container.bundle)
-    unmount_all_under(str(state_dir))
-    shutil.rmtree(state_dir, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        state_dir.parent.rmdir()
+    bundles = [c.bundle for c in record.containers.values()] if record is not None else []
+    remove_state(state_dir, bundles)
 
 
 def _forget_container(state_dir: Path, record, container_id: str) -> None:
-    from shim.sandbox.mounts import unmount_all_under
+    from shim.sandbox.shared_fs import SharedDir
 
-    unmount_all_under(str(state_dir / "mounts" / container_id))
-    shutil.rmtree(state_dir / "mounts" / container_id, ignore_errors=True)
+    SharedDir(state_dir).unshare_container(container_id)
     container = record.containers.pop(container_id, None)
     if container is not None:
         _unmount_rootfs(container.bundle)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 from typing import Any
 
 import structlog
@@ -14,7 +13,8 @@ import ttrpc
 from protos.kata import agent_pb2
 from shim.config import Config
 from shim.paths import sandbox_dir
-from shim.sandbox.mounts import MountSpec, mount_all, unmount_all_under
+from shim.sandbox.cleanup import remove_state, unmount_rootfs
+from shim.sandbox.mounts import MountSpec, mount_all
 from shim.sandbox.shared_fs import GUEST_SHARED_DIR, VIRTIOFS_TAG, SharedDir
 from shim.sandbox.state import ContainerRecord, SandboxRecord
 
@@ -153,7 +153,7 @@ class Sandbox:
         self.shared.unshare_container(container_id)
         record = self.record.containers.pop(container_id, None)
         if record is not None and record.rootfs_mounted:
-            unmount_all_under(os.path.join(record.bundle, "rootfs"))
+            unmount_rootfs(record.bundle)
         if self.state_dir.exists():
             self.record.save(self.state_dir)
 
@@ -193,10 +193,7 @@ class Sandbox:
         for container_id in list(self.record.containers):
             self.remove_container(container_id)
         self.shared.teardown()
-        unmount_all_under(str(self.state_dir))
-        shutil.rmtree(self.state_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self.state_dir.parent.rmdir()  # the namespace folder, when empty
+        remove_state(self.state_dir)
 
 
 def network_namespace(spec: dict[str, Any]) -> str | None:
