@@ -18,6 +18,7 @@ log = structlog.get_logger(__name__)
 EVENTS = events_pb2.DESCRIPTOR.services_by_name["Events"]
 NAMESPACE_KEY = "containerd-namespace-ttrpc"
 FORWARD_TIMEOUT = 5.0
+PUBLISHED_KEPT = 64
 
 
 def pack_event(event: Message) -> Any:
@@ -45,7 +46,8 @@ class EventPublisher:
         self._queue: asyncio.Queue[events_pb2.Envelope | None] = asyncio.Queue()
         self._client: ttrpc.Client | None = None
         self._worker: asyncio.Task[None] | None = None
-        self.published: list[str] = []  # topics sent, in order (for tests and debugging)
+        # the last topics sent, in order (for tests and debugging); bounded, the daemon lives long
+        self.published: list[str] = []
 
     def publish(self, topic: str, event: Message) -> None:
         """Queue an event for containerd."""
@@ -89,6 +91,7 @@ class EventPublisher:
                 client = await self._connect()
                 await ttrpc.Stub(client, EVENTS).Forward(request, timeout=FORWARD_TIMEOUT)
                 self.published.append(envelope.topic)
+                del self.published[:-PUBLISHED_KEPT]
                 return
             except (ttrpc.TTRPCError, OSError) as exc:
                 log.warning(

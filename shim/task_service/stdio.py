@@ -60,11 +60,20 @@ class OutputCopier:
             try:
                 written = os.write(self._fd, view)
                 view = view[written:]
-            except BlockingIOError:
-                await asyncio.sleep(0.005)  # the reader is slow; the pipe is full
+            except BlockingIOError:  # the reader is slow and the pipe full: wait for room
+                await self._writable()
             except OSError as exc:
                 log.warning("dropping output: FIFO write failed", stream=self.name, error=str(exc))
                 return
+
+    async def _writable(self) -> None:
+        loop = asyncio.get_running_loop()
+        room = loop.create_future()
+        loop.add_writer(self._fd, room.set_result, None)
+        try:
+            await room
+        finally:
+            loop.remove_writer(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:
