@@ -43,7 +43,6 @@ class Channel(asyncio.Protocol):
         # asyncio grows by copying) stays near the high-water mark.
         self._backlog: deque[bytes] = deque()
         self._closed = False
-        self.made = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -53,8 +52,6 @@ class Channel(asyncio.Protocol):
                 self.write_transport = transport
         else:
             self._extra_transports.append(transport)
-        if not self.made.done():
-            self.made.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -122,9 +119,6 @@ class Channel(asyncio.Protocol):
 
     def close(self, reason: str | None = None) -> None:
         """Close every transport of this channel; on_closed runs once."""
-        for transport in (self.transport, *self._extra_transports):
-            if transport is not None and not transport.is_closing():
-                transport.close()
         self._finish(reason)
 
     def _finish(self, reason: str | None) -> None:
