@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from guest.ui import BuildError
@@ -35,7 +35,6 @@ class BootResult:
     wall: float  # seconds from QEMU launch to the PYKATA-SELFTEST line
     share_token: str = ""
     exit_wall: float = 0.0  # seconds from launch to QEMU's exit
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def parse_line(line: str) -> dict[str, str]:
