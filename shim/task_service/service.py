@@ -356,6 +356,12 @@ class TaskService:
                 log.warning("output did not end after the exit", stream=copier.name)
         if process.stdin_copier is not None:
             process.stdin_copier.stop()
+        self._exited(process, status)
+
+    def _exited(self, process: Process, status: int) -> None:
+        """Record an exit and tell containerd (/tasks/exit), once."""
+        if process.exited.is_set():
+            return
         process.set_exited(status)
         self.publisher.publish(
             "/tasks/exit",
@@ -444,8 +450,8 @@ class TaskService:
         if process.state == State.STOPPED:
             raise TTRPCError(Code.NOT_FOUND, f"process {process.agent_exec_id} already finished")
         if process.state == State.CREATED and not process.exec_id:
-            # never started: nothing runs in the guest yet; mark it gone
-            process.set_exited(128 + (request.signal or 9))
+            # never started: nothing runs in the guest yet; it is gone all the same
+            self._exited(process, 128 + (request.signal or 9))
             return EMPTY
         await self._agent().SignalProcess(
             agent_pb2.SignalProcessRequest(
