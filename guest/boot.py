@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from guest.builder import INITRD_NAME, KERNEL_LINK
 from guest.ui import BuildError
 
 SHARE_FILE = "pykata-selftest.txt"
@@ -46,8 +47,8 @@ def qemu_command(out: Path, tmp: Path, memory_mb: int, vfs_socket: Path | None,
                  append: str, qemu: str = "qemu-system-x86_64") -> list[str]:
     """The QEMU command line of a self-test boot."""
     cmd = [qemu, "-machine", "q35,accel=tcg", "-m", f"{memory_mb}M", "-nographic",
-           "-no-reboot", "-kernel", str(out / "vmlinuz"),
-           "-initrd", str(out / "pykata-initrd.img"), "-append", append,
+           "-no-reboot", "-kernel", str(out / KERNEL_LINK),
+           "-initrd", str(out / INITRD_NAME), "-append", append,
            "-device", "virtio-serial-pci",
            "-chardev", f"socket,id=agent,path={tmp / 'agent.sock'},server=on,wait=off",
            "-device", "virtserialport,chardev=agent,name=agent.channel.0,id=channel0",
@@ -100,7 +101,7 @@ def boot_selftest(out: Path, virtiofsd: Path | None = None, timeout: float = 120
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
         raise BuildError("qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
-    for name in ("vmlinuz", "pykata-initrd.img"):
+    for name in (KERNEL_LINK, INITRD_NAME):
         if not (out / name).exists():
             raise BuildError(f"{out / name} missing: run pykata-image build --out {out}")
     tmp = Path(tempfile.mkdtemp(prefix="pykata-boot-"))
