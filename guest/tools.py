@@ -11,10 +11,14 @@ from guest.spec import HOST_TOOLS
 from guest.ui import BuildError
 
 
+def _which(cmd: str) -> str | None:
+    """shutil.which on PATH plus /usr/sbin and /sbin (depmod is there for non-root users)."""
+    return shutil.which(cmd, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+
+
 def missing_tools(tools: dict[str, str]) -> dict[str, str]:
     """The commands of ``tools`` (command -> package) that are not on PATH."""
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    return {cmd: pkg for cmd, pkg in tools.items() if shutil.which(cmd, path=path) is None}
+    return {cmd: pkg for cmd, pkg in tools.items() if _which(cmd) is None}
 
 
 def ensure_tools(tools: dict[str, str] | None = None) -> None:
@@ -44,7 +48,7 @@ def ensure_tools(tools: dict[str, str] | None = None) -> None:
 
 def tool(cmd: str) -> str:
     """Absolute path of a build tool (also looks in /usr/sbin and /sbin)."""
-    found = shutil.which(cmd, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    found = _which(cmd)
     if found is None:
         raise BuildError(f"build tool {cmd} not found (package {HOST_TOOLS.get(cmd, '?')})")
     return found
