@@ -40,10 +40,10 @@ def _inputs(debs: dict[str, Any], compression: str) -> tuple[dict[str, Any], lis
     return inputs, trees
 
 
-def _install_kernel(src: Path, out: Path, release: str) -> Path:
-    """vmlinuz-<release> (copied only if different) and the vmlinuz symlink."""
+def _install_kernel(data: bytes, out: Path, release: str) -> Path:
+    """vmlinuz-<release> (written only if different) and the vmlinuz symlink."""
     dest = out / f"vmlinuz-{release}"
-    manifest.write_if_changed(dest, src.read_bytes())
+    manifest.write_if_changed(dest, data)
     link = out / KERNEL_LINK
     if not (link.is_symlink() and os.readlink(link) == dest.name):
         tmp = out / f".{KERNEL_LINK}.tmp"
@@ -143,14 +143,15 @@ def build(out: Path = DEFAULT_OUT, cache: Path | None = None, force: bool = Fals
         changed = manifest.write_if_changed(out / INITRD_NAME, data)
         ui.info(f"{entries} entries, {ui.size(raw_size)} -> {ui.size(len(data))}"
                 + ("" if changed else " (unchanged)"))
-        kfile = _install_kernel(kernel.vmlinuz(roots[kpkg]), out, release)
+        kdata = kernel.vmlinuz(roots[kpkg]).read_bytes()
+        kfile = _install_kernel(kdata, out, release)
 
     m: dict[str, Any] = {
         "format": manifest.FORMAT,
         "fingerprint": fp,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "kernel": {**manifest.file_record(kfile), "release": release, "package": kpkg},
-        "initrd": {**manifest.file_record(out / INITRD_NAME), "compression": compression,
+        "kernel": {**manifest.file_record(kfile, kdata), "release": release, "package": kpkg},
+        "initrd": {**manifest.file_record(out / INITRD_NAME, data), "compression": compression,
                    "uncompressed_size": raw_size, "entries": entries},
         "packages": {n: d.version for n, d in sorted(debs.items())},
         "modules": modules,

@@ -21,9 +21,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def file_record(path: Path) -> dict[str, Any]:
-    """{file, sha256, size} of an output file."""
-    return {"file": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}
+def file_record(path: Path, data: bytes | None = None) -> dict[str, Any]:
+    """{file, sha256, size} of an output file; ``data``: its bytes, already in memory."""
+    if data is None:
+        return {"file": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}
+    return {"file": path.name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
 def tree_digest(paths: list[Path], h: Any = None) -> str:
