@@ -84,8 +84,3 @@ class Journal:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
-
-
-def has_changes(state_dir: Path | str) -> bool:
-    """Whether a teardown has anything to undo (cheap: no pyroute2)."""
-    return (Path(state_dir) / STATE_FILE).exists()

@@ -15,8 +15,6 @@ CLSACT_INGRESS_PARENT = 0xFFFFFFF2
 DEFAULT_PRIO = 49152  # what tc picks when no prio is given (Kata's filters have it)
 ETH_P_ALL = 0x0003
 NUD_PERMANENT = 0x80
-RT_SCOPE_LINK = 253
-RTPROT_KERNEL = 2
 
 
 @dataclass(frozen=True)

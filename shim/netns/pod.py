@@ -21,7 +21,6 @@ from shim.netns.journal import Journal
 from shim.netns.model import Model, NetnsScan, NetworkPlan
 from shim.netns.nsenter import in_own_thread
 from shim.netns.plan import build_plan, fallbacks, marker, nic_specs
-from shim.netns.undo import teardown_state
 
 log = structlog.get_logger(__name__)
 VHOST_NET = "/dev/vhost-net"
@@ -79,11 +78,6 @@ class PodNetwork:
             neighbors=len(self.guest.neighbors),
             seconds=round(time.monotonic() - t0, 3),
         )
-
-    async def teardown(self) -> list[str]:
-        """Undo our changes to the pod netns (idempotent)."""
-        self.release_fds()
-        return await in_own_thread(teardown_state, self.state_dir)
 
 
 async def _call(method: Any, request: Any, what: str) -> Any:

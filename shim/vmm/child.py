@@ -8,8 +8,6 @@ import os
 import signal
 import subprocess
 
-from shim.vmm.procs import start_time
-
 
 class ChildProcess:
     """A child we spawned (subprocess.Popen), with an awaitable exit.
@@ -22,7 +20,6 @@ class ChildProcess:
         self.popen = popen
         self.name = name
         self.pid = popen.pid
-        self.started = start_time(popen.pid)
         self._loop = asyncio.get_running_loop()
         self._exited: asyncio.Future[int] = self._loop.create_future()
         self._pidfd: int | None = None
