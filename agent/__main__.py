@@ -47,7 +47,7 @@ async def serve(config: Config) -> int:
     import signal
 
     from agent import channel
-    from agent.children import Reaper, which
+    from agent.children import Reaper
     from agent.health import HealthService
     from agent.sandbox import Sandbox
     from agent.service import AgentService
@@ -67,11 +67,7 @@ async def serve(config: Config) -> int:
         except OSError as exc:
             log.warning("not a child subreaper (%s): container exit codes may be lost", exc)
 
-    runc_path = which(config.runc)
-    if runc_path is None:
-        log.error("%s not found: containers cannot be created", config.runc)
-        runc_path = config.runc
-    sandbox = Sandbox(config, reaper, runc_path)
+    sandbox = Sandbox(config, reaper)
     server = Server()
     server.register(health_pb2.DESCRIPTOR.services_by_name["Health"], HealthService())
     server.register(

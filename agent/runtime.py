@@ -48,8 +48,8 @@ def choose(configured: str, environ: Mapping[str, str] | None = None) -> str:
     if wanted and wanted != "auto":
         return which(wanted) or wanted
     if os.path.basename(configured) != "runc":
-        return configured
-    return which("crun") or configured
+        return which(configured) or configured
+    return which("crun") or which(configured) or configured
 
 
 def last_error(log_path: str) -> str:
@@ -134,6 +134,8 @@ class Runc:
     def __init__(self, reaper: Reaper, binary: str, root: str, timeout: float = 60.0) -> None:
         self.reaper = reaper
         self.binary = choose(binary)
+        if which(self.binary) is None:
+            log.error("%s not found: containers cannot be created", self.binary)
         self.name = os.path.basename(self.binary)  # for messages: "crun create: ..."
         self.root = root
         self.timeout = timeout

@@ -47,10 +47,9 @@ def resolv_conf_lines(entries: list[str]) -> str:
 class Sandbox:
     """Everything the agent knows about its pod."""
 
-    def __init__(self, config: Config, reaper: Reaper, runc_binary: str | None = None) -> None:
+    def __init__(self, config: Config, reaper: Reaper) -> None:
         self.config = config
         self.reaper = reaper
-        self._runc_binary = runc_binary or config.runc
         self._runc: Runc | None = None
         self.id = ""
         self.hostname = ""
@@ -69,7 +68,7 @@ class Sandbox:
         if self._runc is None:
             from agent.runtime import Runc
 
-            self._runc = Runc(self.reaper, self._runc_binary, self.config.runc_root)
+            self._runc = Runc(self.reaper, self.config.runc, self.config.runc_root)
         return self._runc
 
     @property
