@@ -51,6 +51,7 @@ class Container:
         reaper: Reaper,
         output_limit: int,
         consoles: str,
+        cgroup_root: str,
     ) -> None:
         self.id = cid
         self.bundle = bundle
@@ -59,6 +60,7 @@ class Container:
         self.reaper = reaper
         self.output_limit = output_limit
         self.consoles = consoles  # folder for console sockets (short paths)
+        self.cgroup_root = cgroup_root  # where the cgroup files are read (stats)
         self.init = Process("", init=True, terminal=bool(config["process"].get("terminal")))
         self.execs: dict[str, Process] = {}
         self.mounts: list[str] = []  # storage mount points this container holds
@@ -228,7 +230,7 @@ class Container:
             raise precondition(f"container {self.id} is stopped: no cgroup figures")
         from agent.stats import read_cgroup
 
-        return read_cgroup(self.cgroups_path)
+        return read_cgroup(self.cgroups_path, root=self.cgroup_root)
 
     async def destroy(self, timeout: float | None = None) -> None:
         """Kill every process, `runc delete`, close stdio, remove the bundle."""

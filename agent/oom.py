@@ -15,16 +15,12 @@ import contextlib
 import logging
 import os
 
+from agent.stats import CGROUP_ROOT, unified
+
 log = logging.getLogger("agent.oom")
 
-CGROUP_ROOT = "/sys/fs/cgroup"
 V2_POLL = 0.5
 QUEUE_LIMIT = 256
-
-
-def unified(root: str = CGROUP_ROOT) -> bool:
-    """Whether the cgroup hierarchy is v2 only."""
-    return os.path.exists(os.path.join(root, "cgroup.controllers"))
 
 
 def oom_kills(path: str) -> int | None:

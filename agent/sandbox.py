@@ -197,6 +197,7 @@ class Sandbox:
                 reaper=self.reaper,
                 output_limit=self.config.output_limit,
                 consoles=self._consoles,
+                cgroup_root=self.config.cgroup_root,
             )
             if os.path.exists(container.bundle):  # left by an agent that crashed
                 with contextlib.suppress(RuncError):

@@ -416,6 +416,11 @@ def _read_v2(folder: str, page_sizes: list[str]) -> dict[str, Any]:
     return data
 
 
+def unified(root: str = CGROUP_ROOT) -> bool:
+    """Whether the cgroup hierarchy is v2 only (cgroup.controllers at the root)."""
+    return os.path.exists(os.path.join(root, "cgroup.controllers"))
+
+
 def read_cgroup(
     cgroups_path: str, root: str = CGROUP_ROOT, hugepages: str = HUGEPAGES
 ) -> dict[str, Any]:
@@ -427,6 +432,6 @@ def read_cgroup(
     """
     cgroup = cgroups_path.strip("/")
     page_sizes = _page_sizes(hugepages)
-    if os.path.exists(os.path.join(root, "cgroup.controllers")):
+    if unified(root):
         return _read_v2(os.path.join(root, cgroup), page_sizes)
     return _read_v1(root, cgroup, page_sizes)
