@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from shim.netns.journal import STATE_FILE, Journal, netns_id
-from shim.netns.model import ETH_P_ALL
 
 GONE = {errno.ENODEV, errno.ENOENT, errno.EINVAL, errno.ESRCH}
 
@@ -46,6 +45,8 @@ def _ours(entry: dict[str, Any], index: int, kind: str, alias: str, marker: str)
 
 
 def _undo(ipr: Any, journal: Journal) -> list[str]:
+    from shim.netns.model import ETH_P_ALL  # here: `delete` with nothing to undo skips it
+
     done: list[str] = []
     links = _links(ipr)
     by_name = {name: index for index, (name, _, _) in links.items()}
