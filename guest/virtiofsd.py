@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from guest import spec, ui
+from guest import manifest, spec, ui
 from guest.debs import Apt
 from guest.ui import BuildError
 
@@ -60,10 +60,9 @@ def preferences_text() -> str:
 
 
 def _write(path: Path, text: str) -> bool:
-    if path.is_file() and path.read_text() == text:
-        return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    if not manifest.write_if_changed(path, text.encode()):
+        return False
     ui.info(f"wrote {path}")
     return True
 
