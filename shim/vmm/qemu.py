@@ -51,7 +51,6 @@ def launch(
     stderr_path: Path,
     netns: str | None = None,
     pass_fds: list[int] | tuple[int, ...] = (),
-    cwd: Path | None = None,
 ) -> ChildProcess:
     """Start QEMU; stdout and stderr go to `stderr_path` so errors are never lost."""
     full = netns_prefix(netns) + argv
@@ -64,7 +63,6 @@ def launch(
             pass_fds=tuple(pass_fds),
             start_new_session=True,
             close_fds=True,
-            cwd=cwd,
         )
     log.debug("qemu launched", pid=popen.pid, netns=netns, argv=" ".join(full))
     return ChildProcess(popen, "qemu")

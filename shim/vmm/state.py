@@ -83,6 +83,11 @@ def load_record(state_dir: Path) -> VMRecord | None:
     )
 
 
+def _names_dir(pid: int, state_dir: Path) -> bool:
+    """Whether the process's argv mentions `state_dir` (ownership without a start time)."""
+    return any(str(state_dir) in arg for arg in procs.cmdline(pid))
+
+
 def _from_pidfiles(paths: VMPaths) -> dict[str, ProcRecord]:
     """Processes named only by pid files (no vm.json): trusted only if their argv
     names this state dir, since there is no start time to compare."""
@@ -92,7 +97,7 @@ def _from_pidfiles(paths: VMPaths) -> dict[str, ProcRecord]:
             pid = int((paths.state_dir / f"{name}.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             continue
-        if any(str(paths.state_dir) in arg for arg in procs.cmdline(pid)):
+        if _names_dir(pid, paths.state_dir):
             found[name] = ProcRecord(pid=pid, start_time=procs.start_time(pid))
     return found
 
@@ -113,9 +118,7 @@ def kill_from_state(state_dir: Path | str, grace: float = 2.0) -> list[str]:
     ]
     for name in names:
         rec = processes[name]
-        if rec.start_time is None and not any(
-            str(paths.state_dir) in arg for arg in procs.cmdline(rec.pid)
-        ):
+        if rec.start_time is None and not _names_dir(rec.pid, paths.state_dir):
             continue  # no start time recorded and argv is not ours: not provably ours
         if procs.is_running(rec.pid, rec.start_time):
             outcome = procs.terminate(rec.pid, rec.start_time, grace)

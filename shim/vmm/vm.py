@@ -273,7 +273,7 @@ def _channel(config: VMConfig, paths: VMPaths, st: _Start) -> qemu_args.AgentCha
     return qemu_args.VsockChannel(cid, st.vhostfd)
 
 
-async def _wait_port(st: _Start, qmp: QMP, listener: Any) -> None:
+async def _wait_port(st: _Start, listener: Any) -> None:
     """Wait for VSERPORT_CHANGE open=true of the agent port."""
     while True:
         event = await listener.get()
@@ -388,7 +388,7 @@ async def start_vm(
         await st.guard(st.qmp.execute("cont"), "starting the vCPUs", agent=False)
         st.mark("qmp_ready")
         if listener is not None:
-            await st.guard(_wait_port(st, st.qmp, listener), "waiting for the agent port")
+            await st.guard(_wait_port(st, listener), "waiting for the agent port")
             st.qmp.unlisten(listener)
             st.port_opened = True
             st.mark("port_open")
