@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 
-from agent.stats import CGROUP_ROOT, unified
+from agent.stats import CGROUP_ROOT, pairs, unified
 
 log = logging.getLogger("agent.oom")
 
@@ -25,15 +25,7 @@ QUEUE_LIMIT = 256
 
 def oom_kills(path: str) -> int | None:
     """The `oom_kill` counter of a memory.oom_control (v1) or memory.events (v2) file."""
-    try:
-        with open(path) as counters:
-            for line in counters:
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-    except (OSError, ValueError):
-        return None
-    return 0
+    return pairs(path).get("oom_kill")
 
 
 class _Watch:

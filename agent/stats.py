@@ -155,7 +155,7 @@ def _number(path: str) -> int | None:
         return None
 
 
-def _pairs(path: str) -> dict[str, int]:
+def pairs(path: str) -> dict[str, int]:
     """A flat-keyed file ("key value" lines: memory.stat, cpu.stat, cpuacct.stat)."""
     found: dict[str, int] = {}
     for line in (_text(path) or "").splitlines():
@@ -285,13 +285,13 @@ def _read_v1(root: str, cgroup: str, page_sizes: list[str]) -> dict[str, Any]:
             usage["total"] = total
         percpu = (_text(os.path.join(folder, "cpuacct.usage_percpu")) or "").split()
         usage["percpu"] = [int(v) for v in percpu if v.isdigit()]
-        ticks = _pairs(os.path.join(folder, "cpuacct.stat"))
+        ticks = pairs(os.path.join(folder, "cpuacct.stat"))
         hertz = os.sysconf("SC_CLK_TCK") or 100
         usage["kernel"] = ticks.get("system", 0) * 1_000_000_000 // hertz
         usage["user"] = ticks.get("user", 0) * 1_000_000_000 // hertz
     throttling: dict[str, int] = {}
     if "cpu" in where:
-        stat = _pairs(os.path.join(where["cpu"], "cpu.stat"))
+        stat = pairs(os.path.join(where["cpu"], "cpu.stat"))
         throttling = {
             "periods": stat.get("nr_periods", 0),
             "throttled_periods": stat.get("nr_throttled", 0),
@@ -301,7 +301,7 @@ def _read_v1(root: str, cgroup: str, page_sizes: list[str]) -> dict[str, Any]:
 
     if "memory" in where:
         folder = where["memory"]
-        raw = _pairs(os.path.join(folder, "memory.stat"))
+        raw = pairs(os.path.join(folder, "memory.stat"))
         data["memory"] = {
             "cache": raw.get("cache", 0),
             "usage": _v1_memory_entry(folder, "memory"),
@@ -348,7 +348,7 @@ def _read_v1(root: str, cgroup: str, page_sizes: list[str]) -> dict[str, Any]:
 
 def _read_v2(folder: str, page_sizes: list[str]) -> dict[str, Any]:
     data: dict[str, Any] = {}
-    stat = _pairs(os.path.join(folder, "cpu.stat"))
+    stat = pairs(os.path.join(folder, "cpu.stat"))
     data["cpu"] = {
         "usage": {
             "total": stat.get("usage_usec", 0) * 1000,
@@ -362,7 +362,7 @@ def _read_v2(folder: str, page_sizes: list[str]) -> dict[str, Any]:
         },
     }
 
-    raw = _pairs(os.path.join(folder, "memory.stat"))
+    raw = pairs(os.path.join(folder, "memory.stat"))
     usage = {
         "usage": _number(os.path.join(folder, "memory.current")) or 0,
         "limit": _number(os.path.join(folder, "memory.max")) or 0,
@@ -410,7 +410,7 @@ def _read_v2(folder: str, page_sizes: list[str]) -> dict[str, Any]:
         current = _number(stem + "current")
         if current is None:
             continue
-        events = _pairs(stem + "events")
+        events = pairs(stem + "events")
         hugetlb[size] = {"usage": current, "failcnt": events.get("max", 0)}
     data["hugetlb"] = hugetlb
     return data
