@@ -51,7 +51,7 @@ async def start_vm(config: VMConfig, state_dir: Path, shared_dir: Path, **kwargs
     """Boot a VM (QEMU + virtiofsd) and return it once its agent answers Health/Check.
 
     Keyword options: `timeout` (default config.agent_timeout), `cache_dir` (host
-    probe cache, default /run/pykata). Raises VMStartError after tearing down
+    probe cache, default shim.paths.STATE_ROOT). Raises VMStartError after tearing down
     whatever it had started.
     """
     from shim.vmm.vm import start_vm as _start_vm

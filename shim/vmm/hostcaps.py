@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CACHE_DIR = Path("/run/pykata")
+from shim.paths import STATE_ROOT
+
+DEFAULT_CACHE_DIR = STATE_ROOT  # next to the sandboxes' state (PYKATA_STATE_ROOT moves both)
 CACHE_FILE = "host-caps.json"
 
 
