@@ -52,7 +52,6 @@ class Sandbox:
         self.reaper = reaper
         self._runc: Runc | None = None
         self.id = ""
-        self.hostname = ""
         self.created = False
         self.sandbox_pidns = False
         self.containers: dict[str, Container] = {}
@@ -105,7 +104,6 @@ class Sandbox:
                 raise TTRPCError(
                     Code.INTERNAL, f"set hostname {request.hostname!r}: {exc.strerror}"
                 ) from None
-            self.hostname = request.hostname
         if request.dns:
             # In place (no rename): /etc/resolv.conf may be a bind mount.
             with open(self.config.resolv_conf, "w") as out:
