@@ -36,12 +36,10 @@ class PodNetwork:
         plan: NetworkPlan,
         guest: GuestNetwork,
         fds: dict[str, list[int]],
-        state_dir: Path,
     ) -> None:
         self.plan = plan
         self.guest = guest
         self.fds = fds
-        self.state_dir = state_dir
 
     @property
     def nics(self) -> list[Any]:
@@ -165,5 +163,5 @@ async def setup(
             _setup_sync, model, netns, Path(state_dir), sandbox_id, vcpus
         )
     _log_plan(plan, time.monotonic() - t0)
-    return PodNetwork(plan, guest_network(plan, scanned), fds, Path(state_dir))
+    return PodNetwork(plan, guest_network(plan, scanned), fds)
 

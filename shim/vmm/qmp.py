@@ -31,11 +31,6 @@ class QMP:
         self._client = QMPClient(name)
         self._listeners: list[EventListener] = []
 
-    @property
-    def client(self) -> QMPClient:
-        """The underlying qemu.qmp client (for what this wrapper does not cover)."""
-        return self._client
-
     async def connect(self, *, timeout: float, alive: Callable[[], bool]) -> None:
         """Connect as soon as QEMU's QMP socket accepts; give up if QEMU died or on timeout."""
         loop = asyncio.get_running_loop()
