@@ -36,10 +36,6 @@ READ_MAX = 1 << 20
 POWER_OFF_DELAY = 0.2  # s between answering DestroySandbox and powering off
 
 
-def _error(code: Code, message: str) -> TTRPCError:
-    return TTRPCError(code, message)
-
-
 class AgentService:
     """The handlers; the state lives in the Sandbox."""
 
@@ -106,13 +102,15 @@ class AgentService:
         import time
 
         if request.Sec < 0 or not 0 <= request.Usec < 1_000_000:
-            raise _error(Code.INVALID_ARGUMENT, f"bad time: Sec={request.Sec} Usec={request.Usec}")
+            raise TTRPCError(
+                Code.INVALID_ARGUMENT, f"bad time: Sec={request.Sec} Usec={request.Usec}"
+            )
         try:
             time.clock_settime_ns(
                 time.CLOCK_REALTIME, request.Sec * 1_000_000_000 + request.Usec * 1000
             )
         except OSError as exc:
-            raise _error(Code.INTERNAL, f"clock_settime: {exc.strerror}") from None
+            raise TTRPCError(Code.INTERNAL, f"clock_settime: {exc.strerror}") from None
         return Empty()
 
     async def CopyFile(self, request: Any, context: Any) -> Empty:
@@ -174,16 +172,16 @@ class AgentService:
 
         container = self.sandbox.get(request.container_id)
         if not request.exec_id:
-            raise _error(Code.INVALID_ARGUMENT, "ExecProcess without an exec id")
+            raise TTRPCError(Code.INVALID_ARGUMENT, "ExecProcess without an exec id")
         if not request.HasField("process"):
-            raise _error(Code.INVALID_ARGUMENT, f"exec {request.exec_id}: no process")
+            raise TTRPCError(Code.INVALID_ARGUMENT, f"exec {request.exec_id}: no process")
         process = oci.process_json(request.process, what=f"exec {request.exec_id}")
         await container.exec(request.exec_id, process)
         return Empty()
 
     async def SignalProcess(self, request: Any, context: Any) -> Empty:
         if not 0 <= request.signal <= 64:
-            raise _error(Code.INVALID_ARGUMENT, f"bad signal number {request.signal}")
+            raise TTRPCError(Code.INVALID_ARGUMENT, f"bad signal number {request.signal}")
         await self.sandbox.get(request.container_id).signal(request.exec_id, request.signal)
         return Empty()
 
@@ -195,11 +193,11 @@ class AgentService:
     async def WriteStdin(self, request: Any, context: Any) -> Any:
         process = self._process(request.container_id, request.exec_id)
         if process.stdin is None or process.stdin.closed:
-            raise _error(Code.FAILED_PRECONDITION, "stdin is closed")
+            raise TTRPCError(Code.FAILED_PRECONDITION, "stdin is closed")
         try:
             written = await process.stdin.write(request.data)
         except OSError as exc:
-            raise _error(Code.FAILED_PRECONDITION, f"stdin: {exc.strerror or exc}") from None
+            raise TTRPCError(Code.FAILED_PRECONDITION, f"stdin: {exc.strerror or exc}") from None
         return agent_pb2.WriteStreamResponse(len=written)
 
     async def ReadStdout(self, request: Any, context: Any) -> Any:
@@ -215,7 +213,7 @@ class AgentService:
         if stream is not None:
             data = await stream.read(min(request.len or READ_DEFAULT, READ_MAX))
         if not data:
-            raise _error(Code.OUT_OF_RANGE, "eof")
+            raise TTRPCError(Code.OUT_OF_RANGE, "eof")
         return agent_pb2.ReadStreamResponse(data=data)
 
     async def CloseStdin(self, request: Any, context: Any) -> Empty:
@@ -229,9 +227,9 @@ class AgentService:
         try:
             resized = process.resize(request.row, request.column)
         except OSError as exc:
-            raise _error(Code.INTERNAL, f"resize: {exc.strerror}") from None
+            raise TTRPCError(Code.INTERNAL, f"resize: {exc.strerror}") from None
         if not resized:
-            raise _error(Code.FAILED_PRECONDITION, "the process has no terminal")
+            raise TTRPCError(Code.FAILED_PRECONDITION, "the process has no terminal")
         return Empty()
 
     # -- network ---------------------------------------------------------------------
@@ -271,8 +269,8 @@ def _net(call: Any, *args: Any) -> Any:
     try:
         return call(*args)
     except NoSuchLink as exc:
-        raise _error(Code.NOT_FOUND, str(exc)) from None
+        raise TTRPCError(Code.NOT_FOUND, str(exc)) from None
     except NetworkError as exc:
-        raise _error(Code.INVALID_ARGUMENT, str(exc)) from None
+        raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
     except OSError as exc:
-        raise _error(Code.INTERNAL, f"netlink: {exc.strerror or exc}") from None
+        raise TTRPCError(Code.INTERNAL, f"netlink: {exc.strerror or exc}") from None
