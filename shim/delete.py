@@ -44,20 +44,13 @@ def _find_sandbox(namespace: str, container_id: str, bundle: str) -> Path | None
     return None
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0 or pid == os.getpid():
+def _shim_alive(record) -> bool:
+    """Is the daemon that recorded this sandbox still running (not a recycled pid)?"""
+    from shim.vmm import procs
+
+    if record.shim_pid <= 0 or record.shim_pid == os.getpid():
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"containerd-shim-pykata-v2" in f.read()
-    except OSError:
-        return False
+    return procs.is_running(record.shim_pid, record.shim_started or None)
 
 
 def _unmount_rootfs(bundle: str) -> None:
@@ -76,7 +69,7 @@ def cleanup(namespace: str, container_id: str, bundle: str) -> int:
         record = SandboxRecord.load(state_dir)
         with contextlib.suppress(OSError, ValueError):
             qemu_pid = int((state_dir / "qemu.pid").read_text().strip() or 0)
-        if record is None or not _alive(record.shim_pid):
+        if record is None or not _shim_alive(record):
             _teardown_sandbox(state_dir, record)
         else:
             _forget_container(state_dir, record, container_id)

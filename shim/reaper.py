@@ -19,18 +19,15 @@ def set_subreaper() -> None:
 
 def zombie_children() -> set[int]:
     """Our children that have exited and not been waited for."""
+    from shim.vmm import procs
+
     me = str(os.getpid())
     found: set[int] = set()
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == "Z" and fields[1] == me:
-            found.add(int(entry))
+        if entry.isdigit():
+            fields = procs.stat_fields(int(entry))
+            if fields and fields[0] == "Z" and fields[1] == me:
+                found.add(int(entry))
     return found
 
 

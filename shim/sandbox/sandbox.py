@@ -17,6 +17,7 @@ from shim.sandbox.cleanup import remove_state, unmount_rootfs
 from shim.sandbox.mounts import MountSpec, mount_all
 from shim.sandbox.shared_fs import GUEST_SHARED_DIR, VIRTIOFS_TAG, SharedDir
 from shim.sandbox.state import ContainerRecord, SandboxRecord
+from shim.vmm import procs
 
 log = structlog.get_logger(__name__)
 AGENT_CALL_TIMEOUT = 60.0
@@ -60,7 +61,9 @@ class Sandbox:
         self.config = config
         self.state_dir = sandbox_dir(namespace, sandbox_id)
         self.shared = SharedDir(self.state_dir)
-        self.record = SandboxRecord(namespace, sandbox_id, os.getpid())
+        self.record = SandboxRecord(
+            namespace, sandbox_id, os.getpid(), procs.start_time(os.getpid()) or 0
+        )
         self.vm: Any = None
         self.agent: Any = None  # ttrpc.Stub for grpc.AgentService
         self.network: Any = None  # shim.netns.pod.PodNetwork

@@ -25,6 +25,7 @@ class SandboxRecord:
     namespace: str
     sandbox_id: str
     shim_pid: int
+    shim_started: int = 0  # the shim's /proc start time: a recycled pid is not the shim
     containers: dict[str, ContainerRecord] = field(default_factory=dict)
 
     def save(self, state_dir: Path) -> None:
@@ -46,5 +47,6 @@ class SandboxRecord:
             namespace=data["namespace"],
             sandbox_id=data["sandbox_id"],
             shim_pid=int(data.get("shim_pid", 0)),
+            shim_started=int(data.get("shim_started", 0)),
             containers=containers,
         )

@@ -10,7 +10,7 @@ import signal
 import time
 
 
-def _stat_fields(pid: int) -> list[str] | None:
+def stat_fields(pid: int) -> list[str] | None:
     """Fields 3.. of /proc/<pid>/stat (after the parenthesised comm), or None if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -22,13 +22,13 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (field 22), or None if gone."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return int(fields[19]) if fields else None
 
 
 def state(pid: int) -> str | None:
     """The one-letter process state (R, S, Z...), or None if gone."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return fields[0] if fields else None
 
 
@@ -43,7 +43,7 @@ def cmdline(pid: int) -> list[str]:
 
 def is_running(pid: int, started: int | None) -> bool:
     """True if `pid` is the process that started at `started` and is not a zombie."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     if not fields or fields[0] in ("Z", "X"):
         return False
     return started is None or int(fields[19]) == started
