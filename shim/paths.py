@@ -61,3 +61,11 @@ def group_of(spec: dict, container_id: str) -> str:
         if value:
             return value
     return container_id
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Replace a file in one step (a crash never leaves half of it); the temp name is per pid."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -14,19 +14,12 @@ import socket
 import sys
 
 from shim.cli import ShimArgs
-from shim.paths import group_of, socket_address
+from shim.paths import group_of, socket_address, write_atomic
 
 
 def _read_spec(bundle: str) -> dict:
     with open(os.path.join(bundle, "config.json"), "rb") as f:
         return json.load(f)
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path))
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.rename(tmp, path)
 
 
 def _can_connect(path: str) -> bool:
@@ -121,7 +114,7 @@ def start(args: ShimArgs) -> int:
                 os.unlink(path)
                 raise
             listener.close()
-        _write_atomic(os.path.join(bundle, "address"), address)
+        write_atomic(os.path.join(bundle, "address"), address)
     except Exception as exc:
         sys.stderr.write(f"containerd-shim-pykata-v2 start: {exc}\n")
         return 1

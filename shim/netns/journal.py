@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shim.paths import write_atomic
+
 STATE_FILE = "network.json"
 FORMAT = 1
 
@@ -78,9 +80,7 @@ class Journal:
             "model": self.model,
             "entries": self.entries,
         }
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(data, indent=1) + "\n")
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

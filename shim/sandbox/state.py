@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from shim.paths import write_atomic
 
 STATE_FILE = "sandbox.json"
 
@@ -30,9 +31,7 @@ class SandboxRecord:
 
     def save(self, state_dir: Path) -> None:
         """Write atomically (a crash never leaves half a file)."""
-        tmp = state_dir / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, state_dir / STATE_FILE)
+        write_atomic(state_dir / STATE_FILE, json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, state_dir: Path) -> SandboxRecord | None:

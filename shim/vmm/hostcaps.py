@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from shim.paths import STATE_ROOT
+from shim.paths import STATE_ROOT, write_atomic
 
 DEFAULT_CACHE_DIR = STATE_ROOT  # next to the sandboxes' state (PYKATA_STATE_ROOT moves both)
 CACHE_FILE = "host-caps.json"
@@ -66,9 +66,7 @@ class HostCapsCache:
         text = json.dumps({"boot_id": boot_id(), "entries": entries}, indent=2, sort_keys=True)
         with contextlib.suppress(OSError):  # a cache that cannot be written is only slower
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(text + "\n")
-            os.replace(tmp, self.path)
+            write_atomic(self.path, text + "\n")
 
 
 def probe_seccomp(qemu: str, cache: HostCapsCache | None = None) -> tuple[bool, str]:

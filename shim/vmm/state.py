@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from shim.paths import write_atomic
 from shim.vmm import procs
 from shim.vmm.layout import VMPaths
 
@@ -48,7 +48,7 @@ class StateWriter:
     def add_process(self, name: str, pid: int, argv0: str = "") -> ProcRecord:
         rec = ProcRecord(pid=pid, start_time=procs.start_time(pid), argv0=argv0)
         self.record.processes[name] = rec
-        _write_atomic(self.paths.state_dir / f"{name}.pid", f"{pid}\n")
+        write_atomic(self.paths.state_dir / f"{name}.pid", f"{pid}\n")
         self.save()
         return rec
 
@@ -62,13 +62,7 @@ class StateWriter:
             "agent": self.record.agent,
             "processes": {k: asdict(v) for k, v in self.record.processes.items()},
         }
-        _write_atomic(self.paths.vm_json, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        write_atomic(self.paths.vm_json, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def load_record(state_dir: Path) -> VMRecord | None:
