@@ -27,12 +27,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from integration.containerd_env import PrivateContainerd, import_busybox  # noqa: E402
-from integration.pykata_env import RUNTIME, ensure_guest_assets, ensure_shim_on_path  # noqa: E402
+from integration.containerd_env import (  # noqa: E402
+    PrivateContainerd,
+    bare_python_dir,
+    import_busybox,
+)
+from integration.pykata_env import (  # noqa: E402
+    RUNTIME,
+    SHIM_NAME,
+    ensure_guest_assets,
+    ensure_shim_on_path,
+)
 from shim.paths import socket_address  # noqa: E402
 
-# the interpreter directly, as the installed script runs (a pyenv shim would add ~40 ms)
-SHIM = [sys.executable, str(ROOT / "containerd-shim-pykata-v2")]
 ASSETS = Path("/usr/share/pykata")
 
 
@@ -77,7 +84,7 @@ def bare_boot(runs: int) -> list[float]:
     return times
 
 
-def start_reuse(runs: int) -> list[float]:
+def start_reuse(shim: list[str], runs: int) -> list[float]:
     """`start` when the pod's daemon already listens: what every extra container pays."""
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp)
@@ -90,7 +97,7 @@ def start_reuse(runs: int) -> list[float]:
         listener.listen()
         try:
             argv = [
-                *SHIM,
+                *shim,
                 "-namespace",
                 "bench",
                 "-address",
@@ -105,9 +112,9 @@ def start_reuse(runs: int) -> list[float]:
             os.unlink(path)
 
 
-def delete_missing(runs: int) -> list[float]:
+def delete_missing(shim: list[str], runs: int) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
-        argv = [*SHIM, "-namespace", "bench", "-id", "nothing-here", "-bundle", tmp, "delete"]
+        argv = [*shim, "-namespace", "bench", "-id", "nothing-here", "-bundle", tmp, "delete"]
         return [timed(argv, cwd=tmp) for _ in range(runs)]
 
 
@@ -146,6 +153,13 @@ def idle_rss(cd: PrivateContainerd, image: str) -> dict[str, int]:
         run.wait(timeout=120)
 
 
+def _editable() -> bool:
+    """Is pykata installed editable (`make dev`)? Its import hook costs every start ~10 ms."""
+    import sysconfig
+
+    return any(Path(sysconfig.get_paths()["purelib"]).glob("__editable__*pykata*"))
+
+
 def line(label: str, values: list[float], unit: str = "s") -> str:
     scale = 1000 if unit == "ms" else 1
     med = statistics.median(values) * scale
@@ -159,7 +173,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     options = parser.parse_args()
-    ensure_shim_on_path()
+    installed = [ensure_shim_on_path()]
     ensure_guest_assets()
     with PrivateContainerd() as cd:
         image = import_busybox(cd)
@@ -167,15 +181,25 @@ def main() -> int:
         pykata = ctr_run_true(cd, image, RUNTIME, options.runs)
         rss = idle_rss(cd, image)
     boot = bare_boot(options.runs)
-    start = start_reuse(options.runs * 4)
-    delete = delete_missing(options.runs * 4)
+    start = start_reuse(installed, options.runs * 4)
+    delete = delete_missing(installed, options.runs * 4)
+    # the checkout's script under a python3 without packages: it re-executes itself
+    # with pykata's interpreter (what a containerd started in the checkout pays)
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = [str(bare_python_dir(Path(tmp)) / "python3"), str(ROOT / SHIM_NAME)]
+        start_bare = start_reuse(bare, options.runs * 4)
+        delete_bare = delete_missing(bare, options.runs * 4)
+    kind = "editable install" if _editable() else "regular install"
     print(line("ctr run --rm true (runc)", runc))
     print(line("ctr run --rm true (pykata)", pykata))
     print(line("bare QEMU boot, same kernel+initrd", boot))
     print(f"{'pykata / runc':<44} {statistics.median(pykata) / statistics.median(runc):8.1f}x")
     print(f"{'pykata / bare boot':<44} {statistics.median(pykata) / statistics.median(boot):8.2f}x")
+    print(f"shim as installed: {installed[0]} ({kind})")
     print(line("shim start (daemon already running)", start, "ms"))
     print(line("shim delete (nothing to clean)", delete, "ms"))
+    print(line("checkout's shim, bare python3: start", start_bare, "ms"))
+    print(line("checkout's shim, bare python3: delete", delete_bare, "ms"))
     for name, kib in rss.items():
         print(f"{'RSS, idle pod: ' + name:<44} {kib / 1024:8.1f} MiB")
     return 0

@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -106,6 +107,20 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
+def bare_python_dir(where: Path) -> Path:
+    """A bin directory whose ``python3`` has the standard library and no packages.
+
+    A venv made without pip from this interpreter's base: what a fresh machine's
+    global ``python3`` offers pykata (nothing).
+    """
+    bin_dir = where / "bin"
+    if not (bin_dir / "python3").exists():
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", "--without-pip", str(where)], check=True,
+                       capture_output=True, timeout=120)
+    return bin_dir
+
+
 class PrivateContainerd:
     """A containerd with its own root, state and sockets under a temp dir.
 
@@ -124,9 +139,19 @@ class PrivateContainerd:
         ctr_bin: str = "ctr",
         log_level: str = "info",
         start_timeout: float = 20.0,
+        cwd: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+        bare_python_first: bool = True,
     ) -> None:
         """``wrapper`` prefixes the command (e.g. ``["nsenter", "--net=/run/netns/x"]``);
-        ``extra_toml`` is appended to config.toml (e.g. a CRI or runtime section)."""
+        ``extra_toml`` is appended to config.toml (e.g. a CRI or runtime section).
+
+        containerd runs in ``cwd`` (default: a directory of its own; 1.6 looks for
+        shims in its working directory before PATH) with ``env`` added to ours.
+        With ``bare_python_first`` its PATH starts with a ``python3`` that has no
+        packages at all, as on a fresh machine, so that nothing passes only
+        because the global interpreter happens to have pykata's dependencies.
+        """
         # Short paths: unix socket paths must stay below 108 bytes.
         self.dir = Path(tempfile.mkdtemp(prefix="pkc-", dir=base_dir or "/tmp"))
         self.root = self.dir / "root"
@@ -145,6 +170,9 @@ class PrivateContainerd:
         self.ctr_bin = ctr_bin
         self.log_level = log_level
         self.start_timeout = start_timeout
+        self.cwd = Path(cwd) if cwd is not None else self.dir / "cwd"
+        self.extra_env = dict(env or {})
+        self.bare_python_first = bare_python_first
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_seconds: float | None = None
         self._log_file: io.BufferedWriter | None = None
@@ -195,7 +223,11 @@ class PrivateContainerd:
             raise RuntimeError("already started")
         for d in (self.root, self.state, self.fifo_dir, self.runc_root, self.dir / "tmp"):
             d.mkdir(parents=True, exist_ok=True)
+        self.cwd.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text())
+        env = {**os.environ, **self.extra_env}
+        if self.bare_python_first:
+            env["PATH"] = f"{bare_python_dir(self.dir / 'bare-python')}:{env.get('PATH', '')}"
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
@@ -204,6 +236,8 @@ class PrivateContainerd:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=self.cwd,
+            env=env,
         )
         atexit.register(self.stop)
         try:

@@ -1,21 +1,54 @@
-"""The long-lived shim daemon: serves the Task API on the socket `start` handed over as fd 3."""
+"""The long-lived shim daemon: serves the Task API on the socket `start` handed over as fd 3.
+
+`start` gives the daemon the bundle's `log` FIFO as stderr (as Go shims do), so
+anything it says, a traceback at import included, lands in containerd's log;
+and a readiness pipe, answered once the daemon serves or with the reason it
+could not, so that `ctr` shows that reason.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import faulthandler
 import os
 import signal
 import sys
+import traceback
 
 from shim.cli import ShimArgs
-from shim.paths import socket_address
+from shim.start import LISTENER_FD, READY_ENV, READY_WORD
 
-LISTENER_FD = 3
 SHUTDOWN_GRACE = 5.0
 
 
-async def serve(args: ShimArgs) -> int:
+class Readiness:
+    """The write end of `start`'s readiness pipe (absent when run by hand)."""
+
+    def __init__(self) -> None:
+        value = os.environ.pop(READY_ENV, "")
+        self._fd = int(value) if value.isdigit() else None
+        if self._fd is not None:
+            os.set_inheritable(self._fd, False)
+
+    def _say(self, text: str) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.write(self._fd, text.encode()[:4000])
+        except OSError:
+            pass  # start gave up waiting
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def ready(self) -> None:
+        self._say(READY_WORD)
+
+    def failed(self, reason: str) -> None:
+        self._say(reason)
+
+
+async def serve(args: ShimArgs, readiness: Readiness) -> int:
     import structlog
 
     import ttrpc
@@ -31,11 +64,13 @@ async def serve(args: ShimArgs) -> int:
     service = TaskService(args.namespace, publisher, shutdown)
     server = ttrpc.Server(authorize=ttrpc.require_same_uid)
     server.register(shim_pb2.DESCRIPTOR.services_by_name["Task"], service)
-    await server.serve_fd(LISTENER_FD)
+    # the socket start bound (its address is in the bundle): removed at shutdown
+    await server.serve_fd(LISTENER_FD, unlink_on_shutdown=True)
     loop.add_signal_handler(signal.SIGTERM, shutdown.set)
     loop.add_signal_handler(signal.SIGINT, shutdown.set)
     reaper = loop.create_task(reap_orphans_forever())
     log.info("shim serving", pid=os.getpid())
+    readiness.ready()
     await shutdown.wait()
     log.info("shim shutting down")
     for container in list(service.containers.values()):
@@ -46,33 +81,40 @@ async def serve(args: ShimArgs) -> int:
     reaper.cancel()
     await server.shutdown(SHUTDOWN_GRACE)
     await publisher.close()
-    address = args.socket or socket_address(args.address, args.namespace, args.id)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(address.removeprefix("unix://"))
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(exc)).strip().replace("\n", " ")
 
 
 def run(args: ShimArgs) -> int:
     """Entry of the daemon process (the shim binary run without an action)."""
-    from shim import log as shim_log
+    readiness = Readiness()
+    faulthandler.enable()  # a crash in C still leaves a trace on stderr (containerd's log)
+    try:
+        from shim import log as shim_log
 
-    bundle = args.bundle or os.getcwd()
-    stream = shim_log.open_log_fifo(bundle)
-    shim_log.configure(stream, debug=args.debug, namespace=args.namespace, id=args.id)
+        shim_log.configure(sys.stderr, debug=args.debug, namespace=args.namespace, id=args.id)
+    except BaseException as exc:
+        traceback.print_exc()
+        readiness.failed(f"logging set-up failed: {_one_line(exc)}")
+        return 1
+    import structlog
+
+    log = structlog.get_logger("shim.daemon")
     try:
         from shim.reaper import set_subreaper
 
         set_subreaper()
     except OSError as exc:
-        import structlog
-
-        structlog.get_logger("shim.daemon").warning("not a subreaper", error=str(exc))
+        log.warning("not a subreaper", error=str(exc))
     try:
-        return asyncio.run(serve(args))
-    except Exception:
-        import structlog
-
-        structlog.get_logger("shim.daemon").exception("shim daemon failed")
+        return asyncio.run(serve(args, readiness))
+    except Exception as exc:
+        log.exception("shim daemon failed")
+        readiness.failed(_one_line(exc))
         return 1
     finally:
         sys.stdout.flush()
+        sys.stderr.flush()

@@ -54,6 +54,10 @@ def _shim_alive(record) -> bool:
 
 
 def _unmount_rootfs(bundle: str) -> None:
+    from shim.mountinfo import mounted_under
+
+    if not mounted_under(os.path.join(bundle, "rootfs")):
+        return  # the usual case: the daemon unmounted it; skip loading the mount code
     from shim.sandbox.cleanup import unmount_rootfs
 
     unmount_rootfs(bundle)

@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import sys
 from typing import TextIO
 
 import structlog
-
-
-def open_log_fifo(bundle: str) -> TextIO | None:
-    """Open the bundle's `log` FIFO that containerd reads, if it has a reader."""
-    path = os.path.join(bundle, "log")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno in (errno.ENXIO, errno.ENOENT):
-            return None
-        raise
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "w", buffering=1)
 
 
 def configure(stream: TextIO | None, *, debug: bool = False, **context: str) -> None:

@@ -7,14 +7,23 @@ daemon neither our stdout nor our stderr.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import select
 import socket
 import sys
+import time
 
 from shim.cli import ShimArgs
 from shim.paths import group_of, socket_address, write_atomic
+
+LISTENER_FD = 3  # containerd's convention for the shim's socket
+READY_FD = 4
+READY_ENV = "PYKATA_READY_FD"
+READY_WORD = "ready"
+READY_TIMEOUT = 30.0
 
 
 def _read_spec(bundle: str) -> dict:
@@ -65,7 +74,18 @@ def _drain_stdin() -> None:
         pass
 
 
-def _spawn_daemon(args: ShimArgs, listener: socket.socket, bundle: str, address: str) -> int:
+def _open_log_fifo(bundle: str) -> int:
+    """The bundle's `log` FIFO that containerd reads (Go shims put it on stderr), else /dev/null."""
+    try:
+        fd = os.open(os.path.join(bundle, "log"), os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return os.open(os.devnull, os.O_WRONLY)
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _spawn_daemon(args: ShimArgs, listener: socket.socket, bundle: str) -> tuple[int, int]:
+    """Fork the daemon; returns its pid and the read end of its readiness pipe."""
     argv = [
         sys.executable,
         os.path.abspath(sys.argv[0]),
@@ -80,21 +100,67 @@ def _spawn_daemon(args: ShimArgs, listener: socket.socket, bundle: str, address:
     ]
     if args.debug:
         argv.append("-debug")
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid:
-        return pid
-    try:  # child: new session, socket on fd 3, no inherited stdio
+        os.close(ready_w)
+        return pid, ready_r
+    try:  # child: new session, socket on fd 3, readiness pipe on fd 4, stdio to the log
         os.setsid()
         os.chdir(bundle)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.dup2(listener.fileno(), 3)
-        os.set_inheritable(3, True)
-        os.closerange(4, 1024)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        log = _open_log_fifo(bundle)
+        os.dup2(devnull, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.dup2(listener.fileno(), LISTENER_FD)
+        os.dup2(ready_w, READY_FD)
+        os.set_inheritable(LISTENER_FD, True)
+        os.set_inheritable(READY_FD, True)
+        os.closerange(READY_FD + 1, 1024)
+        os.environ[READY_ENV] = str(READY_FD)
         os.execv(argv[0], argv)
     finally:
         os._exit(127)
+
+
+def _exit_reason(pid: int) -> str:
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return "it exited"
+    if os.WIFSIGNALED(status):
+        return f"it was killed by signal {os.WTERMSIG(status)}"
+    return f"it exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def _await_ready(pid: int, ready_fd: int) -> None:
+    """Wait until the daemon serves; raise with its own words if it dies first.
+
+    containerd would connect right after `start` anyway and wait for the first
+    answer, so this costs a new pod nothing, and a daemon that cannot start
+    becomes an error `ctr` shows instead of "ttrpc: closed".
+    """
+    chunks = []
+    deadline = time.monotonic() + READY_TIMEOUT
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([ready_fd], [], [], left)[0]:
+                return  # slow, not dead: containerd's own timeouts take over
+            chunk = os.read(ready_fd, 4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(ready_fd)
+    said = b"".join(chunks).decode(errors="replace").strip()
+    if said == READY_WORD:
+        return
+    reason = said or _exit_reason(pid)
+    raise RuntimeError(
+        f"shim daemon failed to start: {reason} (its log is in containerd's log)"
+    )
 
 
 def start(args: ShimArgs) -> int:
@@ -108,12 +174,14 @@ def start(args: ShimArgs) -> int:
         listener = _listen(path)
         if listener is not None:
             try:
-                _spawn_daemon(args, listener, bundle, address)
+                pid, ready_fd = _spawn_daemon(args, listener, bundle)
+                listener.close()
+                _await_ready(pid, ready_fd)
             except BaseException:
                 listener.close()
-                os.unlink(path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
                 raise
-            listener.close()
         write_atomic(os.path.join(bundle, "address"), address)
     except Exception as exc:
         sys.stderr.write(f"containerd-shim-pykata-v2 start: {exc}\n")

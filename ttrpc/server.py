@@ -83,9 +83,18 @@ class Server:
         if not path.startswith("\0"):
             self._socket_paths.append(path)
 
-    async def serve_fd(self, fd: int) -> None:
-        """Listen on an inherited listening socket fd (containerd passes 3)."""
-        await self.serve_listener(listener_from_fd(fd))
+    async def serve_fd(self, fd: int, *, unlink_on_shutdown: bool = False) -> None:
+        """Listen on an inherited listening socket fd (containerd passes 3).
+
+        With `unlink_on_shutdown`, the Unix socket file it is bound to is
+        removed by `shutdown`, as for sockets this server bound itself.
+        """
+        sock = listener_from_fd(fd)
+        if unlink_on_shutdown and sock.family == socket.AF_UNIX:
+            name = sock.getsockname()
+            if isinstance(name, str) and name and not name.startswith("\0"):
+                self._socket_paths.append(name)
+        await self.serve_listener(sock)
 
     async def serve_listener(self, sock: socket.socket) -> None:
         """Accept connections on a listening stream socket of any family."""

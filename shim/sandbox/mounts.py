@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from shim.mountinfo import mounted_under
+
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -146,18 +148,6 @@ def mount_all(specs: Iterable[MountSpec], target: str) -> None:
 def set_propagation(target: str, propagation: int, recursive: bool = False) -> None:
     """Make a mount point shared, slave or private."""
     mount("", target, None, propagation | (MS_REC if recursive else 0))
-
-
-def mounted_under(prefix: str) -> list[str]:
-    """Mount points at or below prefix, deepest first (from /proc/self/mountinfo)."""
-    prefix = os.path.realpath(prefix)
-    found: list[str] = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split()[4].replace("\\040", " ")
-            if point == prefix or point.startswith(prefix.rstrip("/") + "/"):
-                found.append(point)
-    return sorted(found, key=lambda p: p.count("/"), reverse=True)
 
 
 def unmount_all_under(prefix: str) -> list[str]:
