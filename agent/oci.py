@@ -46,7 +46,12 @@ RLIMITS = frozenset(
     )
 )
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]+\Z")
-DEFAULT_OCI_VERSION = "1.0.2"
+# The JSON written here holds only fields of Kata's grpc.Spec, all of runtime-spec
+# 1.0.2, so that is its version whatever the host's spec said (the host checked
+# that version and refused fields Kata's proto cannot carry). crun 1.8.1, the
+# guest's, refuses any ociVersion that does not contain "1.0" (1.2.0 from
+# containerd 1.7 and 2.x: "unknown version specified").
+GUEST_OCI_VERSION = "1.0.2"
 
 
 def invalid(message: str) -> TTRPCError:
@@ -136,7 +141,7 @@ def container_config(
     if not spec.HasField("Process"):
         raise invalid("OCI spec has no Process")
     config = to_json(spec)
-    config["ociVersion"] = config.get("ociVersion") or DEFAULT_OCI_VERSION
+    config["ociVersion"] = GUEST_OCI_VERSION
     config["process"] = process_json(spec.Process)
 
     root = config.setdefault("root", {})

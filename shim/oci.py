@@ -3,7 +3,9 @@
 Kata's oci.proto names fields after the Go structs (`UID`, `OOMScoreAdj`,
 `Terminal`), the JSON spec in lower camel case (`uid`, `oomScoreAdj`,
 `terminal`): matching names without regard to case maps one onto the other.
-Keys Kata's proto lacks (e.g. `scheduler`, `personality`) are dropped.
+Keys Kata's proto lacks are dropped here, after shim.spec_support has refused
+any spec whose known fields Kata's proto lacks are set (`scheduler`,
+`personality`...).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from protos.kata import oci_pb2
+from shim.spec_support import SpecError, check_process, check_resources, check_spec
 
 _SCALAR_INT = {
     FieldDescriptor.TYPE_INT32,
@@ -28,10 +31,6 @@ _SCALAR_INT = {
 _FIELD_INDEX: dict[str, dict[str, FieldDescriptor]] = {}
 # JSON keys whose Kata field is not the same word
 _ALIASES = {"ociversion": "version"}
-
-
-class SpecError(ValueError):
-    """The OCI spec holds something that cannot be carried to the guest."""
 
 
 def _fields(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
@@ -104,15 +103,18 @@ def fill_message(message: Message, data: dict[str, Any], where: str = "spec") ->
 
 
 def spec_to_kata(spec: dict[str, Any]) -> oci_pb2.Spec:
-    """An OCI config.json (parsed) as Kata's grpc.Spec."""
+    """An OCI config.json (parsed) as Kata's grpc.Spec; refuses what it cannot carry."""
+    check_spec(spec)
     return fill_message(oci_pb2.Spec(), spec)
 
 
 def process_to_kata(process: dict[str, Any]) -> oci_pb2.Process:
     """An OCI process object (Exec's spec) as Kata's grpc.Process."""
+    check_process(process)
     return fill_message(oci_pb2.Process(), process, "process")
 
 
 def resources_to_kata(resources: dict[str, Any]) -> oci_pb2.LinuxResources:
     """OCI linux.resources (Update's resources) as Kata's grpc.LinuxResources."""
+    check_resources(resources)
     return fill_message(oci_pb2.LinuxResources(), resources, "resources")

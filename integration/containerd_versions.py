@@ -1,0 +1,115 @@
+"""containerd 1.6, 1.7 and 2.x for the test matrix: each from its Debian package.
+
+1.6 is the host's (bookworm). 1.7 is trixie's and 2.x sid's: both run on
+bookworm's libc as they are, so they are downloaded with a private apt set-up
+(its own sources list, lists and cache under the cache dir; the host's apt
+sources are never touched), unpacked with `dpkg-deb -x` and cached.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from integration.containerd_env import default_cache_dir
+
+# Which Debian suite carries which containerd line.
+SUITES = {"1.7": "trixie", "2": "sid"}
+PACKAGES = ("containerd",)  # ctr ships in the containerd package
+
+
+@dataclass(frozen=True)
+class ContainerdBinaries:
+    """Where one containerd version's `containerd` and `ctr` are, and its version."""
+
+    line: str  # "1.6", "1.7", "2"
+    containerd: str
+    ctr: str
+    version: str
+
+
+def _version_of(containerd: str) -> str:
+    out = subprocess.run([containerd, "--version"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    match = re.search(r"\s(v?\d+\.\d+\.\d+\S*)", out)
+    return match.group(1).lstrip("v") if match else out.strip()
+
+
+def host_containerd() -> ContainerdBinaries:
+    """The host's containerd (bookworm: 1.6)."""
+    containerd, ctr = shutil.which("containerd"), shutil.which("ctr")
+    if not containerd or not ctr:
+        raise RuntimeError("containerd/ctr not installed: run `make host-packages`")
+    version = _version_of(containerd)
+    return ContainerdBinaries(".".join(version.split(".")[:2]), containerd, ctr, version)
+
+
+def _apt(apt_dir: Path, *args: str, cwd: Path | None = None) -> None:
+    options = [
+        "-o", f"Dir::Etc::sourcelist={apt_dir / 'sources.list'}",
+        "-o", "Dir::Etc::sourceparts=-",
+        "-o", f"Dir::State::Lists={apt_dir / 'lists'}",
+        "-o", f"Dir::Cache={apt_dir / 'cache'}",
+        "-o", f"Dir::State::status={apt_dir / 'status'}",  # empty: the host's installs ignored
+        "-o", "APT::Get::List-Cleanup=0",
+        "-o", "Debug::NoLocking=1",
+    ]
+    result = subprocess.run(["apt-get", "-q", *options, *args], cwd=cwd, capture_output=True,
+                            text=True, timeout=900)
+    if result.returncode != 0:
+        raise RuntimeError(f"apt-get {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+
+
+def _fetch(suite: str, dest: Path) -> None:
+    from guest.virtiofsd import debian_mirror
+
+    uri, keyring = debian_mirror()
+    work = Path(tempfile.mkdtemp(prefix=f".fetch-{suite}-", dir=dest.parent))
+    try:
+        apt_dir = work / "apt"
+        for sub in ("lists/partial", "cache/archives/partial"):
+            (apt_dir / sub).mkdir(parents=True)
+        (apt_dir / "status").write_text("")
+        (apt_dir / "sources.list").write_text(f"deb [signed-by={keyring}] {uri} {suite} main\n")
+        _apt(apt_dir, "update")
+        debs = work / "debs"
+        debs.mkdir()
+        _apt(apt_dir, "download", *(f"{p}/{suite}" for p in PACKAGES), cwd=debs)
+        root = work / "root"
+        for deb in sorted(debs.glob("*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, timeout=300)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(root, dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def suite_containerd(line: str, cache_dir: Path | None = None) -> ContainerdBinaries:
+    """containerd `line` ("1.7" or "2") from its Debian suite, downloaded once and cached."""
+    suite = SUITES[line]
+    base = (cache_dir or default_cache_dir()) / "containerd"
+    base.mkdir(parents=True, exist_ok=True)
+    dest = base / suite
+    containerd, ctr = dest / "usr/bin/containerd", dest / "usr/bin/ctr"
+    if not (containerd.exists() and ctr.exists()):
+        _fetch(suite, dest)
+    version = _version_of(str(containerd))
+    if not version.startswith(line):
+        raise RuntimeError(f"{suite} ships containerd {version}, not {line}.x")
+    return ContainerdBinaries(line, str(containerd), str(ctr), version)
+
+
+def containerd_for(line: str) -> ContainerdBinaries:
+    """The containerd of a version line: "1.6" (host), "1.7" or "2"."""
+    if line == "1.6":
+        found = host_containerd()
+        if found.line != "1.6":
+            raise RuntimeError(f"the host's containerd is {found.version}, not 1.6")
+        return found
+    return suite_containerd(line)
