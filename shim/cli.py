@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.version:
         print(f"{os.path.basename(sys.argv[0])}:\n  Runtime: {RUNTIME_NAME}\n  Version: {VERSION}")
         return 0
+    if args.info:  # containerd 2.x: no other flags, options (or nothing) on stdin
+        from shim.info import info
+
+        return info()
     if not args.namespace:
         sys.stderr.write("containerd-shim-pykata-v2: shim namespace cannot be empty\n")
         return 1

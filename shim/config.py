@@ -121,8 +121,18 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     return config
 
 
-def load_config(config_path: str = "") -> Config:
-    """Read the configuration the search order selects (defaults when there is none)."""
+def load_config(config_path: str = "", config_body: bytes = b"") -> Config:
+    """Read the configuration the search order selects (defaults when there is none).
+
+    `config_body` (containerd 1.7+'s CRI option) is the file's text itself, used
+    when no `config_path` is given.
+    """
+    if config_body and not config_path:
+        try:
+            text = config_body.decode()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"runtime option config_body is not UTF-8 text: {exc}") from None
+        return parse_config(text, "runtime option config_body")
     path = find_config_file(config_path)
     if path is None:
         return Config()

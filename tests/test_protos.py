@@ -69,6 +69,7 @@ def test_every_expected_module_exists() -> None:
         "protos.containerd.events.task_pb2",
         "protos.containerd.services.events.ttrpc.v1.events_pb2",
         "protos.containerd.runtimeoptions.v1.api_pb2",
+        "protos.containerd.types.introspection_pb2",
         "protos.kata.health_pb2",
         "protos.kata.types_pb2",
         "protos.kata.oci_pb2",

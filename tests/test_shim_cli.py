@@ -183,3 +183,44 @@ def test_hand_encoded_delete_response_matches_protobuf(pid):
     stamp.FromNanoseconds(now_ns)
     expected = shim_pb2.DeleteResponse(pid=pid, exit_status=137, exited_at=stamp)
     assert _delete_response(pid, 137, now_ns) == expected.SerializeToString()
+
+
+def test_info_prints_a_runtime_info_with_the_features_document(tmp_path):
+    """containerd 2.x: `-info` alone, options (an Any) on stdin, RuntimeInfo on stdout."""
+    from google.protobuf.any_pb2 import Any
+
+    from protos.containerd.types import introspection_pb2
+
+    options = Any(type_url="runtimeoptions.v1.Options", value=b"\x12\x05/x.tm")
+    for stdin in (b"", options.SerializeToString()):
+        result = run_shim("-info", cwd=tmp_path, stdin=stdin)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == b""
+        info = introspection_pb2.RuntimeInfo.FromString(result.stdout)
+        assert info.name == "io.containerd.pykata.v2"
+        assert info.version.version == "0.1.0"
+        assert info.HasField("options") == bool(stdin)
+        if stdin:
+            assert info.options == options
+        assert info.features.type_url == (
+            "types.containerd.io/opencontainers/runtime-spec/1/features/Features"
+        )
+        features = json.loads(info.features.value)
+        assert features["ociVersionMin"] == "1.0.0"
+        assert features["ociVersionMax"].startswith("1.2.")
+        assert features["linux"]["mountExtensions"]["idmap"]["enabled"] is False
+        assert "rro" not in features["mountOptions"]
+        assert info.annotations["io.containerd.pykata.v2.version"] == "0.1.0"
+
+
+def test_delete_takes_the_flags_of_newer_containerds(tmp_path):
+    """1.7+ passes -debug to delete; unknown flags never make it fail."""
+    env = {"PYKATA_STATE_ROOT": str(tmp_path / "state")}
+    result = run_shim(
+        "-namespace", "n", "-address", "/run/c.sock", "-publish-binary", "/usr/bin/containerd",
+        "-id", "gone", "-bundle", str(tmp_path), "-debug", "-future-flag", "v",
+        "-another-bool", "delete", cwd=tmp_path,
+        env={**env, "GRPC_ADDRESS": "/run/c.sock", "NAMESPACE": "n", "MAX_SHIM_VERSION": "2"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert shim_pb2.DeleteResponse.FromString(result.stdout).exit_status == 137

@@ -95,6 +95,25 @@ async def test_create_with_a_bad_config_file_names_it(task, tmp_path):
     assert "missing.toml does not exist" in message
 
 
+async def test_create_reads_a_config_body_and_names_it_in_errors(task, tmp_path):
+    """containerd 1.7+ CRI may send the TOML itself (config_body) instead of a path."""
+    stub, _ = task
+    (tmp_path / "config.json").write_text(json.dumps({"process": {"args": ["true"]}}))
+    from protos.containerd.runtimeoptions.v1 import api_pb2 as runtimeoptions
+
+    options = Any(
+        type_url="runtimeoptions.v1.Options",
+        value=runtimeoptions.Options(
+            config_body=b'[hypervisor.qemu]\nshared_fs = "nfs"\n'
+        ).SerializeToString(),
+    )
+    code, message = await code_of(
+        stub.Create(api.CreateTaskRequest(id="c1", bundle=str(tmp_path), options=options))
+    )
+    assert code == Code.INVALID_ARGUMENT
+    assert "runtime option config_body" in message and "shared_fs = 'nfs'" in message
+
+
 async def test_checkpoint_restore_is_refused(task, tmp_path):
     stub, _ = task
     code, _ = await code_of(

@@ -91,13 +91,19 @@ def _shares_pod_pidns(spec: dict[str, Any]) -> bool:
     return any(ns.get("type") == "pid" and ns.get("path") for ns in namespaces)
 
 
-def _config_path(options: Any) -> str:
-    """runtimeoptions.v1.Options{config_path} from Create's options Any (CRI sends it)."""
+def _runtime_options(options: Any) -> tuple[str, bytes]:
+    """(config_path, config_body) of runtimeoptions.v1.Options in Create's options Any.
+
+    CRI sends it for runtimes other than runc; containerd 1.7+ may fill
+    config_body (the TOML text) instead of config_path. Absent or of another
+    type (ctr sends none, or runc's options): nothing.
+    """
     if options is None or not options.value:
-        return ""
+        return "", b""
     if not options.type_url.endswith("runtimeoptions.v1.Options"):
-        return ""
-    return runtimeoptions.Options.FromString(options.value).config_path
+        return "", b""
+    parsed = runtimeoptions.Options.FromString(options.value)
+    return parsed.config_path, parsed.config_body
 
 
 class TaskService:
@@ -183,7 +189,7 @@ class TaskService:
 
     async def _start_sandbox(self, request: api.CreateTaskRequest, spec: dict[str, Any]) -> None:
         try:
-            config: Config = load_config(_config_path(request.options))
+            config: Config = load_config(*_runtime_options(request.options))
         except ConfigError as exc:
             raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
         sandbox_id = group_of(spec, request.id)
