@@ -173,6 +173,38 @@ def container_config(
     return config
 
 
+def take_pod_sysctls(config: dict[str, Any]) -> dict[str, str]:
+    """Remove the `net.*` sysctls from config and return them.
+
+    The network namespace is the VM's own (container_config drops the spec's),
+    shared by every container of the pod, so a network sysctl is a pod setting
+    the agent writes there itself: crun refuses `net.*` sysctls for a container
+    without a network namespace of its own (containerd 2.x's CRI sets
+    `net.ipv4.ip_unprivileged_port_start` on every pod container).
+    """
+    sysctls = config.get("linux", {}).get("sysctl") or {}
+    taken = {key: value for key, value in sysctls.items() if key.startswith("net.")}
+    for key in taken:
+        del sysctls[key]
+    return taken
+
+
+def apply_sysctls(sysctls: dict[str, str], proc_sys: str = "/proc/sys") -> None:
+    """Write sysctls in this process's namespaces; a bad one is an INVALID_ARGUMENT."""
+    for key, value in sysctls.items():
+        if not re.fullmatch(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_-]+)+", key):
+            raise invalid(f"sysctl name {key!r} is not valid")
+        path = os.path.join(proc_sys, *key.split("."))
+        try:  # no O_CREAT: an unknown sysctl is an error, not a new file
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise invalid(f"cannot set sysctl {key}={value!r}: {exc.strerror}") from None
+
+
 def resources_json(resources: Message) -> dict[str, Any]:
     """The OCI `linux.resources` object for `runc update -r -`."""
     return to_json(resources)

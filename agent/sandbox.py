@@ -187,6 +187,7 @@ class Sandbox:
                 cgroups_path=f"{self.config.cgroup_parent}/{cid}",
                 pid_namespace=self._pid_namespace(request.sandbox_pidns),
             )
+            oci.apply_sysctls(oci.take_pod_sysctls(config))
             container = Container(
                 cid,
                 os.path.join(self.config.run_dir, cid),

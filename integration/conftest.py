@@ -24,6 +24,7 @@ from integration.containerd_env import (  # noqa: E402
     _pids_with_arg,
     import_busybox,
 )
+from integration.containerd_versions import containerd_for  # noqa: E402
 
 
 def _require(*binaries: str) -> None:
@@ -52,6 +53,41 @@ def containerd() -> Iterator[PrivateContainerd]:
         bad = {k: v for k, v in leftovers.items() if v}
         if bad:
             raise AssertionError(f"private containerd left things behind: {bad}")
+
+
+def _check_stopped(cd: PrivateContainerd) -> None:
+    leftovers = {
+        "containerd alive": cd.proc is not None and cd.proc.poll() is None,
+        "processes": _pids_with_arg(cd.address),
+        "mounts": _mounts_under(cd.dir),
+        "dir exists": cd.dir.exists(),
+    }
+    bad = {k: v for k, v in leftovers.items() if v}
+    if bad:
+        raise AssertionError(f"private containerd left things behind: {bad}")
+
+
+@pytest.fixture(scope="session")
+def containerd_of_line() -> Iterator:
+    """get(line) -> (a started private containerd of that line, its busybox image)."""
+    _require("runc")
+    started: dict[str, tuple[PrivateContainerd, str]] = {}
+
+    def get(line: str) -> tuple[PrivateContainerd, str]:
+        if line not in started:
+            binaries = containerd_for(line)
+            cd = PrivateContainerd(containerd_bin=binaries.containerd, ctr_bin=binaries.ctr)
+            cd.start()
+            started[line] = (cd, import_busybox(cd))
+        return started[line]
+
+    try:
+        yield get
+    finally:
+        for cd, _ in started.values():
+            cd.stop()
+        for cd, _ in started.values():
+            _check_stopped(cd)
 
 
 @pytest.fixture(scope="session")

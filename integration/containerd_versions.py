@@ -18,6 +18,9 @@ from pathlib import Path
 
 from integration.containerd_env import default_cache_dir
 
+# The containerd lines the end-to-end matrix runs under: bookworm's 1.6, trixie's
+# 1.7 and sid's 2.x.
+CONTAINERD_LINES = ("1.6", "1.7", "2")
 # Which Debian suite carries which containerd line.
 SUITES = {"1.7": "trixie", "2": "sid"}
 PACKAGES = ("containerd",)  # ctr ships in the containerd package

@@ -117,10 +117,12 @@ def _cni_conflist(data_dir: Path) -> dict[str, Any]:
 class CriNode:
     """The node netns + a CRI-enabled private containerd inside it + images."""
 
-    def __init__(self, *, restrict_oom_score_adj: bool = True) -> None:
+    def __init__(self, *, restrict_oom_score_adj: bool = True, line: str = "1.6") -> None:
         """restrict_oom_score_adj=False: CRI asks the guest for negative scores (-998 for
-        the pause container), which runc on this host could not apply."""
+        the pause container), which runc on this host could not apply. ``line``: the
+        containerd to run ("1.6", "1.7", "2"; 2.x migrates this version 2 config)."""
         self.restrict_oom_score_adj = restrict_oom_score_adj
+        self.line = line
         self.tag = uuid.uuid4().hex[:6]
         self.netns = f"pkcri-{self.tag}"
         self.netns_path = os.path.join(NETNS_DIR, self.netns)
@@ -168,7 +170,12 @@ class CriNode:
             self.cni_data.mkdir()
             (self.cni_conf / "10-pykata.conflist").write_text(
                 json.dumps(_cni_conflist(self.cni_data), indent=1))
+            from integration.containerd_versions import containerd_for
+
+            binaries = containerd_for(self.line)
             self.containerd = PrivateContainerd(
+                containerd_bin=binaries.containerd,
+                ctr_bin=binaries.ctr,
                 enable_cri=True,
                 extra_toml=self.extra_toml(),
                 wrapper=["nsenter", f"--net={self.netns_path}", "--"],

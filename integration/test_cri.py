@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from integration.containerd_env import BUSYBOX_IMAGE, _mounts_under, _pids_with_arg
+from integration.containerd_versions import CONTAINERD_LINES
 from integration.cri_env import CRI_NAMESPACE, CriClient, CriNode
 from integration.pykata_env import STATE_ROOT, ensure_guest_assets, ensure_shim_on_path
 
@@ -30,13 +31,13 @@ FIND_SLEEP = ("for d in /proc/[0-9]*; do [ \"$(tr '\\0' ' ' < $d/cmdline)\" = 's
               "&& cat $d/oom_score_adj; done")
 
 
-@pytest.fixture(scope="module")
-def node():
+@pytest.fixture(scope="module", params=CONTAINERD_LINES, ids=lambda line: f"containerd-{line}")
+def node(request):
     ensure_shim_on_path()
     ensure_guest_assets()
     if not os.path.exists("/usr/lib/cni/bridge"):
         pytest.fail("CNI plugins missing: apt-get install containernetworking-plugins")
-    with CriNode() as made:
+    with CriNode(line=request.param) as made:
         yield made
     assert not os.path.exists(made.netns_path)
 

@@ -1,6 +1,7 @@
 """The product, end to end: containerd runs containers inside pykata VMs via `ctr`.
 
-A private containerd 1.6, the real shim on PATH, real QEMU (TCG here), the real
+Under each containerd line users run (1.6, 1.7, 2.x: a private containerd from
+its Debian package), the real shim on PATH, real QEMU (TCG here), the real
 guest kernel + initrd and agent. After every test nothing of pykata is left.
 """
 
@@ -16,17 +17,19 @@ import uuid
 
 import pytest
 
+from integration.containerd_versions import CONTAINERD_LINES
 from integration.pykata_env import RUNTIME, ensure_guest_assets, ensure_shim_on_path, leftovers
 
 pytestmark = pytest.mark.integration
 RUN_TIMEOUT = 240
 
 
-@pytest.fixture(scope="module")
-def pykata(containerd, busybox_image):
+@pytest.fixture(scope="module", params=CONTAINERD_LINES, ids=lambda line: f"containerd-{line}")
+def pykata(request, containerd_of_line):
+    """(private containerd, busybox image), once for each containerd line of the matrix."""
     ensure_shim_on_path()
     ensure_guest_assets()
-    return containerd, busybox_image
+    return containerd_of_line(request.param)
 
 
 @pytest.fixture(autouse=True)

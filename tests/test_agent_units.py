@@ -283,3 +283,21 @@ async def test_oom_watcher_v2_counts_new_kills(tmp_path, monkeypatch):
     assert await asyncio.wait_for(waiting, 2) == "c1"
     assert await asyncio.wait_for(watcher.next(), 2) == "c1"  # two new kills, two events
     watcher.close()
+
+
+def test_network_sysctls_are_the_pods_and_written_by_the_agent(tmp_path):
+    """crun refuses net.* sysctls without a netns of the container's own; the VM's is the pod's."""
+    config = {"linux": {"sysctl": {"net.ipv4.ip_unprivileged_port_start": "0",
+                                   "kernel.shm_rmid_forced": "1"}}}
+    taken = oci.take_pod_sysctls(config)
+    assert taken == {"net.ipv4.ip_unprivileged_port_start": "0"}
+    assert config["linux"]["sysctl"] == {"kernel.shm_rmid_forced": "1"}
+    (tmp_path / "net" / "ipv4").mkdir(parents=True)
+    (tmp_path / "net/ipv4/ip_unprivileged_port_start").write_text("1024")
+    oci.apply_sysctls(taken, proc_sys=str(tmp_path))
+    assert (tmp_path / "net/ipv4/ip_unprivileged_port_start").read_text() == "0"
+    with pytest.raises(TTRPCError) as caught:
+        oci.apply_sysctls({"net.ipv4.no_such_knob": "1"}, proc_sys=str(tmp_path))
+    assert caught.value.code == Code.INVALID_ARGUMENT and "no_such_knob" in caught.value.message
+    with pytest.raises(TTRPCError, match="not valid"):
+        oci.apply_sysctls({"net/../../etc": "1"}, proc_sys=str(tmp_path))
