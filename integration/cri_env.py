@@ -117,12 +117,17 @@ def _cni_conflist(data_dir: Path) -> dict[str, Any]:
 class CriNode:
     """The node netns + a CRI-enabled private containerd inside it + images."""
 
-    def __init__(self, *, restrict_oom_score_adj: bool = True, line: str = "1.6") -> None:
+    def __init__(
+        self, *, restrict_oom_score_adj: bool = True, line: str = "1.6", sandboxer: str = ""
+    ) -> None:
         """restrict_oom_score_adj=False: CRI asks the guest for negative scores (-998 for
         the pause container), which runc on this host could not apply. ``line``: the
-        containerd to run ("1.6", "1.7", "2"; 2.x migrates this version 2 config)."""
+        containerd to run ("1.6", "1.7", "2"; 2.x migrates this version 2 config).
+        ``sandboxer``: 2.x's per-runtime choice, "podsandbox" (a pause container, the
+        default) or "shim" (the pod through the shim's Sandbox API)."""
         self.restrict_oom_score_adj = restrict_oom_score_adj
         self.line = line
+        self.sandboxer = sandboxer
         self.tag = uuid.uuid4().hex[:6]
         self.netns = f"pkcri-{self.tag}"
         self.netns_path = os.path.join(NETNS_DIR, self.netns)
@@ -152,6 +157,7 @@ class CriNode:
             f"  Root = {_toml_str(str(self.dir / 'runc'))}",
             f"{runtimes}.{RUNTIME_HANDLER}]",
             '  runtime_type = "io.containerd.pykata.v2"',
+            *([f"  sandboxer = {_toml_str(self.sandboxer)}"] if self.sandboxer else []),
             f'{cri[:-1]}.cni]',
             f"  bin_dir = {_toml_str(CNI_BIN_DIR)}",
             f"  conf_dir = {_toml_str(str(self.cni_conf))}",

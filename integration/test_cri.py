@@ -447,3 +447,68 @@ def test_a_host_network_pod_runs_in_a_vm_without_a_nic(node):
     while pod_leftovers(node, pod_id) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not pod_leftovers(node, pod_id)
+
+
+def test_containerd_2_sandbox_api_runs_a_pod_without_a_pause_container():
+    """`sandboxer = "shim"`: containerd asks the shim for the pod; no pause container."""
+    with CriNode(line="2", sandboxer="shim") as node, CriClient(node.address) as cri:
+        api = cri.api
+        pod_config = api.PodSandboxConfig(
+            metadata=api.PodSandboxMetadata(name="nopause", namespace="default",
+                                            uid=f"uid-{node.tag}", attempt=0),
+            hostname="sandbox-api-pod",
+            log_directory=str(node.dir / "logs"),
+            dns_config=api.DNSConfig(servers=["198.18.4.53"], searches=["pod.test"]),
+            linux=api.LinuxPodSandboxConfig(),
+        )
+        pod_id = cri.run_pod(pod_config)
+        try:
+            status = cri.runtime.PodSandboxStatus(
+                api.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=30).status
+            assert status.state == api.SANDBOX_READY
+            assert status.network.ip.startswith("198.18.4."), status.network.ip
+            [qemu] = qemu_pids(pod_id)
+            # no pause container anywhere: containerd holds no container for the pod itself
+            assert node.containerd.ctr("containers", "ls", "-q").stdout.split() == []
+            ids = []
+            for name in ("one", "two"):
+                config = api.ContainerConfig(
+                    metadata=api.ContainerMetadata(name=name, attempt=0),
+                    image=api.ImageSpec(image=BUSYBOX_IMAGE),
+                    command=["sh", "-c", f"echo {name} > /tmp/me; sleep 600"],
+                    log_path=f"{name}.log",
+                    linux=api.LinuxContainerConfig(),
+                )
+                ids.append(cri.start_container(pod_id, pod_config, config))
+            assert qemu_pids(pod_id) == [qemu], "both containers run in the pod's one VM"
+            code, out, err = exec_sync(cri, ids[0], "sh", "-c",
+                                       "uname -r; hostname; cat /etc/resolv.conf")
+            assert code == 0, err
+            kernel, hostname, *resolv = out.splitlines()
+            assert kernel.startswith("6.1.0-") and kernel != os.uname().release
+            assert hostname == "sandbox-api-pod"
+            assert "nameserver 198.18.4.53" in resolv and "search pod.test" in resolv
+            code, out, _ = exec_sync(cri, ids[1], "cat", "/tmp/me")
+            assert (code, out.strip()) == (0, "two")
+            listed = cri.runtime.ListContainers(api.ListContainersRequest(), timeout=30)
+            assert sorted(c.id for c in listed.containers) == sorted(ids)
+
+            cri.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id),
+                                       timeout=CALL_TIMEOUT)
+            deadline = time.monotonic() + 30
+            while qemu_pids(pod_id) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert not qemu_pids(pod_id), "StopSandbox left the VM running"
+            status = cri.runtime.PodSandboxStatus(
+                api.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=30).status
+            assert status.state == api.SANDBOX_NOTREADY
+        finally:
+            cri.remove_pod(pod_id)
+        deadline = time.monotonic() + 30
+        left = pod_leftovers(node, pod_id)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.5)
+            left = pod_leftovers(node, pod_id)
+        assert not left, f"pod left things behind: {left}"
+        log = node.containerd.log_path.read_text(errors="replace")
+        assert "failed to load runtime info" not in log

@@ -52,9 +52,11 @@ async def serve(args: ShimArgs, readiness: Readiness) -> int:
     import structlog
 
     import ttrpc
+    from protos.containerd.runtime.sandbox.v1 import sandbox_pb2
     from protos.containerd.task.v2 import shim_pb2
     from shim.reaper import reap_orphans_forever
     from shim.task_service.events import EventPublisher
+    from shim.task_service.sandbox_service import SandboxService
     from shim.task_service.service import TaskService
 
     log = structlog.get_logger("shim.daemon")
@@ -64,6 +66,10 @@ async def serve(args: ShimArgs, readiness: Readiness) -> int:
     service = TaskService(args.namespace, publisher, shutdown)
     server = ttrpc.Server(authorize=ttrpc.require_same_uid)
     server.register(shim_pb2.DESCRIPTOR.services_by_name["Task"], service)
+    # containerd 2.x, CRI `sandboxer = "shim"`: the pod itself, on the same socket
+    server.register(
+        sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"], SandboxService(service, shutdown)
+    )
     # the socket start bound (its address is in the bundle): removed at shutdown
     await server.serve_fd(LISTENER_FD, unlink_on_shutdown=True)
     loop.add_signal_handler(signal.SIGTERM, shutdown.set)

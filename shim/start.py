@@ -24,11 +24,19 @@ READY_FD = 4
 READY_ENV = "PYKATA_READY_FD"
 READY_WORD = "ready"
 READY_TIMEOUT = 30.0
+OPTIONS_ENV = "PYKATA_START_OPTIONS"  # read by shim.task_service.sandbox_service
+MAX_OPTIONS = 48 * 1024  # hex doubles it; one environment string holds at most 128 KiB
 
 
 def _read_spec(bundle: str) -> dict:
-    with open(os.path.join(bundle, "config.json"), "rb") as f:
-        return json.load(f)
+    """The bundle's spec; none for containerd 2.x's sandbox bundle (CRI `sandboxer = "shim"`)."""
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        if os.path.isdir(os.path.join(bundle, "rootfs")):
+            return {}  # a sandbox bundle: the -id is the pod's
+        raise
 
 
 def _can_connect(path: str) -> bool:
@@ -64,14 +72,16 @@ def _listen(path: str) -> socket.socket | None:
     raise OSError(errno.EADDRINUSE, f"cannot bind shim socket {path}")
 
 
-def _drain_stdin() -> None:
-    """containerd may write the runtime options to our stdin; consume them."""
+def _read_stdin() -> bytes:
+    """containerd may write the runtime options (an Any) to our stdin: read them."""
+    chunks = []
     try:
         if not os.isatty(0):
-            while os.read(0, 65536):
-                pass
+            while chunk := os.read(0, 65536):
+                chunks.append(chunk)
     except OSError:
         pass
+    return b"".join(chunks)
 
 
 def _open_log_fifo(bundle: str) -> int:
@@ -84,7 +94,9 @@ def _open_log_fifo(bundle: str) -> int:
     return fd
 
 
-def _spawn_daemon(args: ShimArgs, listener: socket.socket, bundle: str) -> tuple[int, int]:
+def _spawn_daemon(
+    args: ShimArgs, listener: socket.socket, bundle: str, options: bytes
+) -> tuple[int, int]:
     """Fork the daemon; returns its pid and the read end of its readiness pipe."""
     argv = [
         sys.executable,
@@ -119,6 +131,9 @@ def _spawn_daemon(args: ShimArgs, listener: socket.socket, bundle: str) -> tuple
         os.set_inheritable(READY_FD, True)
         os.closerange(READY_FD + 1, 1024)
         os.environ[READY_ENV] = str(READY_FD)
+        if options and len(options) <= MAX_OPTIONS:
+            # the Sandbox API's CreateSandbox carries the pod, not these options
+            os.environ[OPTIONS_ENV] = options.hex()
         os.execv(argv[0], argv)
     finally:
         os._exit(127)
@@ -170,11 +185,11 @@ def start(args: ShimArgs) -> int:
         group = group_of(_read_spec(bundle), args.id)
         address = socket_address(args.address, args.namespace, group)
         path = address.removeprefix("unix://")
-        _drain_stdin()
+        options = _read_stdin()
         listener = _listen(path)
         if listener is not None:
             try:
-                pid, ready_fd = _spawn_daemon(args, listener, bundle)
+                pid, ready_fd = _spawn_daemon(args, listener, bundle, options)
                 listener.close()
                 _await_ready(pid, ready_fd)
             except BaseException:

@@ -74,8 +74,14 @@ class Sandbox:
         """QEMU's pid: what the Task API reports for every process of the pod."""
         return self.vm.pid if self.vm is not None else 0
 
-    async def start(self, spec: dict[str, Any]) -> None:
-        """Boot the VM and create the agent's sandbox; on failure undo everything."""
+    async def start(
+        self, *, netns: str | None, hostname: str = "", dns: list[str] | None = None
+    ) -> None:
+        """Boot the VM and create the agent's sandbox; on failure undo everything.
+
+        netns: the pod's network namespace (None: no network); hostname and dns
+        (resolv.conf lines) are the pod's, given to the agent.
+        """
         if self.state_dir.exists() and any(self.state_dir.iterdir()):
             raise SandboxError(f"sandbox state {self.state_dir} already exists")
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -86,7 +92,6 @@ class Sandbox:
             from shim.netns.pod import setup as setup_network
             from shim.vmm import start_vm
 
-            netns = network_namespace(spec)
             self.network = await setup_network(
                 model=self.config.runtime.internetworking_model,
                 netns=netns,
@@ -104,12 +109,12 @@ class Sandbox:
                 self.network.release_fds()  # QEMU has its own copies of the macvtap queues
             self.agent = self.vm.agent.agent
             await self.network.configure_guest(self.agent)
-            await self._create_agent_sandbox(spec)
+            await self._create_agent_sandbox(hostname, dns or [])
         except BaseException:
             await self.stop()
             raise
 
-    async def _create_agent_sandbox(self, spec: dict[str, Any]) -> None:
+    async def _create_agent_sandbox(self, hostname: str, dns: list[str]) -> None:
         storages = []
         if self.config.hypervisor.shared_fs == "virtio-fs":
             storages.append(
@@ -122,7 +127,8 @@ class Sandbox:
                 )
             )
         request = agent_pb2.CreateSandboxRequest(
-            hostname=spec.get("hostname", "") or "",
+            hostname=hostname,
+            dns=dns,
             storages=storages,
             sandbox_id=self.id,
         )

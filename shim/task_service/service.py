@@ -28,7 +28,7 @@ from shim.config import Config, ConfigError, load_config
 from shim.oci import SpecError, process_to_kata, resources_to_kata, spec_to_kata
 from shim.paths import CONTAINER_TYPE_ANNOTATION, InvalidIdentifier, check_identifier, group_of
 from shim.sandbox.mounts import MountError, MountSpec
-from shim.sandbox.sandbox import Sandbox, SandboxError
+from shim.sandbox.sandbox import Sandbox, SandboxError, network_namespace
 from shim.task_service.events import EventPublisher
 from shim.task_service.process import Process, State, Stdio
 from shim.task_service.stdio import CHUNK, InputCopier, OutputCopier
@@ -114,6 +114,9 @@ class TaskService:
         self.publisher = publisher
         self._shutdown = shutdown
         self.sandbox: Sandbox | None = None
+        # True when containerd's Sandbox API made the pod (CRI `sandboxer = "shim"`):
+        # then the pod outlives its containers and only ShutdownSandbox ends it
+        self.sandbox_api_owns_pod = False
         self.containers: dict[str, Container] = {}
         self._lock = asyncio.Lock()  # Create/Delete change the sandbox one at a time
         self._oom_watcher: asyncio.Task[None] | None = None
@@ -151,6 +154,8 @@ class TaskService:
             spec = _read_spec(request.bundle)
             stdio = Stdio(request.stdin, request.stdout, request.stderr, request.terminal)
             first = self.sandbox is None
+            if first and self.sandbox_api_owns_pod:
+                raise TTRPCError(Code.FAILED_PRECONDITION, "the pod's sandbox is stopped")
             if first:
                 await self._start_sandbox(request, spec)
             elif (spec.get("annotations") or {}).get(CONTAINER_TYPE_ANNOTATION) == "sandbox":
@@ -192,14 +197,30 @@ class TaskService:
             config: Config = load_config(*_runtime_options(request.options))
         except ConfigError as exc:
             raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
-        sandbox_id = group_of(spec, request.id)
+        await self.boot_sandbox(
+            group_of(spec, request.id),
+            config,
+            netns=network_namespace(spec),
+            hostname=spec.get("hostname", "") or "",
+        )
+
+    async def boot_sandbox(
+        self,
+        sandbox_id: str,
+        config: Config,
+        *,
+        netns: str | None,
+        hostname: str = "",
+        dns: list[str] | None = None,
+    ) -> Sandbox:
+        """Boot the pod's VM (for its first container, or for the Sandbox API)."""
         try:
             sandbox = Sandbox(self.namespace, sandbox_id, config)
         except InvalidIdentifier as exc:
             raise _invalid(exc) from None
         log.info("starting sandbox VM", sandbox=sandbox_id, config=config.source)
         try:
-            await sandbox.start(spec)
+            await sandbox.start(netns=netns, hostname=hostname, dns=dns)
         except (SandboxError, MountError, OSError) as exc:
             raise TTRPCError(Code.UNAVAILABLE, f"cannot start the sandbox VM: {exc}") from exc
         except Exception as exc:
@@ -207,6 +228,12 @@ class TaskService:
             raise TTRPCError(Code.UNAVAILABLE, f"cannot start the sandbox VM: {exc}") from exc
         self.sandbox = sandbox
         self._oom_watcher = asyncio.get_running_loop().create_task(self._watch_oom(sandbox))
+        return sandbox
+
+    async def stop_sandbox(self) -> None:
+        """Stop the pod's VM (Sandbox API: StopSandbox), with its containers' guest side."""
+        async with self._lock:
+            await self._stop_sandbox()
 
     async def _stop_sandbox(self) -> None:
         if self._oom_watcher is not None:
@@ -562,7 +589,7 @@ class TaskService:
             if self.sandbox is not None:
                 self.sandbox.remove_container(container.id)
             del self.containers[container.id]
-            if not self.containers:
+            if not self.containers and not self.sandbox_api_owns_pod:
                 await self._stop_sandbox()
 
     async def Pids(self, request: api.PidsRequest, context) -> api.PidsResponse:
@@ -575,6 +602,9 @@ class TaskService:
 
     async def Shutdown(self, request: api.ShutdownRequest, context) -> empty_pb2.Empty:
         if self.containers and not request.now:
+            return EMPTY
+        if self.sandbox_api_owns_pod and not request.now:
+            # containerd 2.1.2+ sends one per deleted container; ShutdownSandbox ends us
             return EMPTY
         if request.now:
             for container in list(self.containers.values()):

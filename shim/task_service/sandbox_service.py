@@ -1,0 +1,244 @@
+"""containerd 2.x's Sandbox API (`containerd.runtime.sandbox.v1.Sandbox`): a pod, no pause.
+
+With CRI's `sandboxer = "shim"`, containerd asks the shim itself for the pod:
+CreateSandbox (the pod's CRI config and netns), StartSandbox (boot the VM),
+WaitSandbox (returns when the pod stops), SandboxStatus and Platform (before
+each app container), StopSandbox, ShutdownSandbox (then the shim exits). App
+containers then arrive through the Task API like any grouped container. Both
+doors lead to the same place: the VM is booted and stopped by TaskService's
+boot_sandbox/stop_sandbox, so there is one sandbox layer behind them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from protos.containerd.runtime.sandbox.v1 import sandbox_pb2 as api
+from protos.containerd.runtimeoptions.v1 import api_pb2 as runtimeoptions
+from protos.containerd.types import platform_pb2
+from protos.kubernetes import cri_pod_pb2
+from shim.config import ConfigError, load_config
+from shim.paths import InvalidIdentifier, check_identifier
+from shim.start import OPTIONS_ENV
+from ttrpc import Code, TTRPCError
+
+log = structlog.get_logger(__name__)
+
+POD_CONFIG_TYPE = "runtime.v1.PodSandboxConfig"
+# `start` hands the daemon the runtime options containerd wrote on its stdin
+# (an Any: runtimeoptions.v1.Options with ConfigPath or config_body), hex-encoded
+START_OPTIONS_ENV = OPTIONS_ENV
+READY, NOT_READY = "SANDBOX_READY", "SANDBOX_NOTREADY"
+_GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
+            "s390x": "s390x", "riscv64": "riscv64"}
+
+
+def _timestamp(ns: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(ns)
+    return stamp
+
+
+def start_options() -> tuple[str, bytes]:
+    """(config_path, config_body) from the options `start` passed on (popped from env)."""
+    raw = os.environ.pop(START_OPTIONS_ENV, "")
+    if not raw:
+        return "", b""
+    try:
+        from google.protobuf.any_pb2 import Any as AnyMessage
+
+        wrapped = AnyMessage.FromString(bytes.fromhex(raw))
+    except ValueError:
+        log.warning("runtime options from start are not an Any; ignored")
+        return "", b""
+    if not wrapped.type_url.endswith("runtimeoptions.v1.Options"):
+        return "", b""
+    options = runtimeoptions.Options.FromString(wrapped.value)
+    return options.config_path, options.config_body
+
+
+def pod_config(options: Any) -> cri_pod_pb2.PodSandboxConfig:
+    """The CRI PodSandboxConfig in CreateSandboxRequest.options (empty when absent)."""
+    if options is None or not options.value:
+        return cri_pod_pb2.PodSandboxConfig()
+    if options.type_url.removeprefix("type.googleapis.com/") != POD_CONFIG_TYPE:
+        raise TTRPCError(
+            Code.INVALID_ARGUMENT,
+            f"CreateSandbox options are {options.type_url!r}, expected {POD_CONFIG_TYPE}",
+        )
+    try:
+        return cri_pod_pb2.PodSandboxConfig.FromString(options.value)
+    except Exception as exc:
+        raise TTRPCError(Code.INVALID_ARGUMENT, f"bad PodSandboxConfig: {exc}") from None
+
+
+def dns_lines(config: cri_pod_pb2.PodSandboxConfig) -> list[str]:
+    """resolv.conf lines for the agent from the pod's DNSConfig."""
+    dns = config.dns_config
+    lines = [f"nameserver {server}" for server in dns.servers]
+    if dns.searches:
+        lines.append("search " + " ".join(dns.searches))
+    if dns.options:
+        lines.append("options " + " ".join(dns.options))
+    return lines
+
+
+@dataclass
+class _Pod:
+    """What CreateSandbox asked for, and how the pod's life went."""
+
+    id: str
+    config: Any
+    netns: str | None
+    hostname: str
+    dns: list[str]
+    created_ns: int = 0
+    exited_ns: int = 0
+    exit_status: int = 0
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class SandboxService:
+    """The Sandbox API of one pod, over the TaskService that owns its VM."""
+
+    def __init__(self, tasks: Any, shutdown: asyncio.Event) -> None:
+        self.tasks = tasks
+        self._shutdown = shutdown
+        self._options = start_options()
+        self._pod: _Pod | None = None
+        self._lock = asyncio.Lock()
+
+    def _known(self, sandbox_id: str) -> _Pod:
+        try:
+            check_identifier("sandbox id", sandbox_id)
+        except InvalidIdentifier as exc:
+            raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
+        if self._pod is None or self._pod.id != sandbox_id:
+            raise TTRPCError(Code.NOT_FOUND, f"sandbox {sandbox_id} not found")
+        return self._pod
+
+    def _running(self, pod: _Pod) -> bool:
+        sandbox = self.tasks.sandbox
+        return sandbox is not None and sandbox.id == pod.id and not pod.stopped.is_set()
+
+    async def CreateSandbox(self, request: api.CreateSandboxRequest, context) -> Any:
+        try:
+            check_identifier("sandbox id", request.sandbox_id)
+        except InvalidIdentifier as exc:
+            raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
+        async with self._lock:
+            if self._pod is not None or self.tasks.sandbox is not None:
+                raise TTRPCError(Code.ALREADY_EXISTS, "this shim already serves a sandbox")
+            cri = pod_config(request.options)
+            try:
+                config = load_config(*self._options)
+            except ConfigError as exc:
+                raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
+            self._pod = _Pod(
+                id=request.sandbox_id,
+                config=config,
+                netns=request.netns_path or None,
+                hostname=cri.hostname,
+                dns=dns_lines(cri),
+            )
+            self.tasks.sandbox_api_owns_pod = True
+        log.info("sandbox created", sandbox=request.sandbox_id, netns=request.netns_path,
+                 pod=cri.metadata.name, pod_namespace=cri.metadata.namespace)
+        return api.CreateSandboxResponse()
+
+    async def StartSandbox(self, request: api.StartSandboxRequest, context) -> Any:
+        pod = self._known(request.sandbox_id)
+        async with self._lock:
+            if pod.stopped.is_set():
+                raise TTRPCError(Code.FAILED_PRECONDITION, f"sandbox {pod.id} was stopped")
+            if self.tasks.sandbox is None:
+                await self.tasks.boot_sandbox(
+                    pod.id, pod.config, netns=pod.netns, hostname=pod.hostname, dns=pod.dns
+                )
+                pod.created_ns = time.time_ns()
+                asyncio.get_running_loop().create_task(self._watch_vm(pod))
+        return api.StartSandboxResponse(pid=self.tasks.sandbox.pid,
+                                        created_at=_timestamp(pod.created_ns))
+
+    async def _watch_vm(self, pod: _Pod) -> None:
+        """A VM that exits by itself (crash, guest panic) ends the pod: WaitSandbox returns."""
+        sandbox = self.tasks.sandbox
+        if sandbox is None or sandbox.vm is None:
+            return
+        status = await sandbox.vm.wait_exited()
+        if not pod.stopped.is_set():
+            log.warning("the pod's VM exited", sandbox=pod.id, status=status)
+            self._mark_stopped(pod, 255 if status else 0)
+
+    def _mark_stopped(self, pod: _Pod, status: int) -> None:
+        if not pod.stopped.is_set():
+            pod.exit_status = status
+            pod.exited_ns = time.time_ns()
+            pod.stopped.set()
+
+    async def Platform(self, request: api.PlatformRequest, context) -> Any:
+        self._known(request.sandbox_id)
+        machine = platform.machine()
+        return api.PlatformResponse(
+            platform=platform_pb2.Platform(os="linux", architecture=_GO_ARCH.get(machine, machine))
+        )
+
+    async def StopSandbox(self, request: api.StopSandboxRequest, context) -> Any:
+        pod = self._known(request.sandbox_id)
+        async with self._lock:
+            if not pod.stopped.is_set():
+                self._mark_stopped(pod, 0)  # asked for: not a crash
+            await self.tasks.stop_sandbox()
+        log.info("sandbox stopped", sandbox=pod.id)
+        return api.StopSandboxResponse()
+
+    async def WaitSandbox(self, request: api.WaitSandboxRequest, context) -> Any:
+        pod = self._known(request.sandbox_id)
+        await pod.stopped.wait()
+        return api.WaitSandboxResponse(exit_status=pod.exit_status,
+                                       exited_at=_timestamp(pod.exited_ns))
+
+    async def SandboxStatus(self, request: api.SandboxStatusRequest, context) -> Any:
+        pod = self._known(request.sandbox_id)
+        running = self._running(pod)
+        response = api.SandboxStatusResponse(
+            sandbox_id=pod.id,
+            pid=self.tasks.sandbox.pid if running else 0,
+            state=READY if running else NOT_READY,
+        )
+        if pod.created_ns:
+            response.created_at.CopyFrom(_timestamp(pod.created_ns))
+        if pod.exited_ns:
+            response.exited_at.CopyFrom(_timestamp(pod.exited_ns))
+        if request.verbose and running:
+            response.info["qemu_pid"] = str(self.tasks.sandbox.pid)
+            response.info["state_dir"] = str(self.tasks.sandbox.state_dir)
+        return response
+
+    async def PingSandbox(self, request: api.PingRequest, context) -> Any:
+        pod = self._known(request.sandbox_id)
+        if not self._running(pod):
+            raise TTRPCError(Code.UNAVAILABLE, f"sandbox {pod.id} is not running")
+        return api.PingResponse()
+
+    async def ShutdownSandbox(self, request: api.ShutdownSandboxRequest, context) -> Any:
+        pod = self._known(request.sandbox_id)
+        async with self._lock:
+            self._mark_stopped(pod, pod.exit_status)
+            await self.tasks.stop_sandbox()
+        log.info("sandbox shut down", sandbox=pod.id)
+        self._shutdown.set()
+        return api.ShutdownSandboxResponse()
+
+    async def SandboxMetrics(self, request: api.SandboxMetricsRequest, context) -> Any:
+        self._known(request.sandbox_id)
+        raise TTRPCError(Code.UNIMPLEMENTED, "SandboxMetrics: pykata reports metrics per task "
+                         "(Task.Stats); no sandbox-level metrics yet")

@@ -1,0 +1,130 @@
+"""containerd 2.x's Sandbox API on the shim's socket, over ttrpc, before any VM is involved."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from google.protobuf.any_pb2 import Any
+
+import ttrpc
+from protos.containerd.runtime.sandbox.v1 import sandbox_pb2 as sapi
+from protos.containerd.runtimeoptions.v1 import api_pb2 as runtimeoptions
+from protos.containerd.task.v2 import shim_pb2 as tapi
+from protos.kubernetes import cri_pod_pb2
+from shim.task_service import sandbox_service
+from shim.task_service.events import EventPublisher
+from shim.task_service.sandbox_service import SandboxService, dns_lines, pod_config
+from shim.task_service.service import TaskService
+
+SANDBOX = sapi.DESCRIPTOR.services_by_name["Sandbox"]
+TASK = tapi.DESCRIPTOR.services_by_name["Task"]
+Code = ttrpc.Code
+
+
+def _pod_options(**fields) -> Any:
+    return Any(type_url="runtime.v1.PodSandboxConfig",
+               value=cri_pod_pb2.PodSandboxConfig(**fields).SerializeToString())
+
+
+@pytest.fixture
+async def services(tmp_path, monkeypatch):
+    shutdown = asyncio.Event()
+    tasks = TaskService("pykata-test", EventPublisher("", "pykata-test"), shutdown)
+    server = ttrpc.Server()
+    server.register(TASK, tasks)
+    server.register(SANDBOX, SandboxService(tasks, shutdown))
+    await server.serve_unix(str(tmp_path / "s.sock"))
+    client = await ttrpc.Client.connect(str(tmp_path / "s.sock"))
+    yield ttrpc.Stub(client, SANDBOX), ttrpc.Stub(client, TASK), tasks, shutdown
+    await client.close()
+    await server.shutdown()
+
+
+async def code_of(call) -> tuple[Code, str]:
+    with pytest.raises(ttrpc.TTRPCError) as caught:
+        await call
+    return caught.value.code, caught.value.message
+
+
+@pytest.mark.parametrize("method", ["StartSandbox", "Platform", "StopSandbox", "WaitSandbox",
+                                    "SandboxStatus", "PingSandbox", "ShutdownSandbox",
+                                    "SandboxMetrics"])
+async def test_an_unknown_sandbox_is_not_found(services, method):
+    stub = services[0]
+    request = SANDBOX.methods_by_name[method].input_type._concrete_class(sandbox_id="nope")
+    code, message = await code_of(getattr(stub, method)(request))
+    assert (code, message) == (Code.NOT_FOUND, "sandbox nope not found")
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "x" * 300, "a\0b"])
+async def test_a_sandbox_id_with_path_characters_is_refused(services, bad):
+    code, message = await code_of(services[0].CreateSandbox(
+        sapi.CreateSandboxRequest(sandbox_id=bad)))
+    assert code == Code.INVALID_ARGUMENT and "sandbox id" in message
+
+
+async def test_options_of_another_type_are_refused(services):
+    code, message = await code_of(services[0].CreateSandbox(sapi.CreateSandboxRequest(
+        sandbox_id="pod1", options=Any(type_url="runc.v1.Options", value=b"\x08\x01"))))
+    assert code == Code.INVALID_ARGUMENT
+    assert "expected runtime.v1.PodSandboxConfig" in message
+
+
+async def test_a_created_pod_answers_status_platform_and_one_create_only(services):
+    stub, _, tasks, _ = services
+    await stub.CreateSandbox(sapi.CreateSandboxRequest(
+        sandbox_id="pod1", netns_path="/var/run/netns/cni-x",
+        options=_pod_options(hostname="h1")))
+    assert tasks.sandbox_api_owns_pod
+    status = await stub.SandboxStatus(sapi.SandboxStatusRequest(sandbox_id="pod1"))
+    assert (status.sandbox_id, status.state, status.pid) == ("pod1", "SANDBOX_NOTREADY", 0)
+    answer = await stub.Platform(sapi.PlatformRequest(sandbox_id="pod1"))
+    assert answer.platform.os == "linux" and answer.platform.architecture in ("amd64", "arm64")
+    code, _ = await code_of(stub.CreateSandbox(sapi.CreateSandboxRequest(sandbox_id="pod2")))
+    assert code == Code.ALREADY_EXISTS
+    code, message = await code_of(stub.PingSandbox(sapi.PingRequest(sandbox_id="pod1")))
+    assert code == Code.UNAVAILABLE and "not running" in message
+    code, message = await code_of(stub.SandboxMetrics(
+        sapi.SandboxMetricsRequest(sandbox_id="pod1")))
+    assert code == Code.UNIMPLEMENTED and "Task.Stats" in message
+
+
+async def test_wait_returns_after_stop_and_only_shutdown_sandbox_ends_the_shim(services):
+    stub, task, _, shutdown = services
+    await stub.CreateSandbox(sapi.CreateSandboxRequest(sandbox_id="pod1"))
+    waiting = asyncio.ensure_future(stub.WaitSandbox(sapi.WaitSandboxRequest(sandbox_id="pod1")))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await stub.StopSandbox(sapi.StopSandboxRequest(sandbox_id="pod1"))
+    answer = await asyncio.wait_for(waiting, 5)
+    assert answer.exit_status == 0 and answer.exited_at.seconds > 0
+    # containerd 2.1.2+ sends Task.Shutdown after each container's Delete: not the end
+    await task.Shutdown(tapi.ShutdownRequest(id="some-container"))
+    assert not shutdown.is_set()
+    code, message = await code_of(stub.StartSandbox(sapi.StartSandboxRequest(sandbox_id="pod1")))
+    assert code == Code.FAILED_PRECONDITION and "stopped" in message
+    await stub.ShutdownSandbox(sapi.ShutdownSandboxRequest(sandbox_id="pod1"))
+    assert shutdown.is_set()
+
+
+def test_pod_config_gives_the_agent_hostname_and_resolv_conf():
+    config = pod_config(_pod_options(
+        hostname="h1", dns_config=cri_pod_pb2.DNSConfig(
+            servers=["198.18.0.53"], searches=["a.test", "b.test"], options=["ndots:5"])))
+    assert config.hostname == "h1"
+    assert dns_lines(config) == ["nameserver 198.18.0.53", "search a.test b.test",
+                                 "options ndots:5"]
+    assert dns_lines(pod_config(None)) == []
+
+
+def test_start_options_reach_the_daemon_through_its_environment(monkeypatch):
+    body = b'[hypervisor.qemu]\ndefault_memory = 256\n'
+    wrapped = Any(type_url="runtimeoptions.v1.Options",
+                  value=runtimeoptions.Options(config_body=body).SerializeToString())
+    monkeypatch.setenv(sandbox_service.START_OPTIONS_ENV, wrapped.SerializeToString().hex())
+    assert sandbox_service.start_options() == ("", body)
+    assert sandbox_service.START_OPTIONS_ENV not in os.environ
+    monkeypatch.setenv(sandbox_service.START_OPTIONS_ENV, "not hex")
+    assert sandbox_service.start_options() == ("", b"")
