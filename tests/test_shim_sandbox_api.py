@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import pytest
 from google.protobuf.any_pb2 import Any
@@ -128,3 +129,13 @@ def test_start_options_reach_the_daemon_through_its_environment(monkeypatch):
     assert sandbox_service.START_OPTIONS_ENV not in os.environ
     monkeypatch.setenv(sandbox_service.START_OPTIONS_ENV, "not hex")
     assert sandbox_service.start_options() == ("", b"")
+
+
+def test_pod_files_give_containers_a_hostname_hosts_and_resolver(tmp_path):
+    made = sandbox_service.write_pod_files(tmp_path / "pod", "h1", ["nameserver 198.18.0.53"])
+    assert sorted(made) == ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"]
+    assert Path(made["/etc/hostname"]).read_text() == "h1\n"
+    assert "127.0.1.1\th1" in Path(made["/etc/hosts"]).read_text()
+    assert Path(made["/etc/resolv.conf"]).read_text() == "nameserver 198.18.0.53\n"
+    bare = sandbox_service.write_pod_files(tmp_path / "bare", "", [])
+    assert sorted(bare) == ["/etc/hosts"]

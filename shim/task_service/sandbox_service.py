@@ -16,6 +16,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -91,6 +92,31 @@ def dns_lines(config: cri_pod_pb2.PodSandboxConfig) -> list[str]:
     return lines
 
 
+def write_pod_files(folder: Path, hostname: str, dns: list[str]) -> dict[str, str]:
+    """/etc/hostname, /etc/hosts and (with DNS) /etc/resolv.conf for the pod's containers.
+
+    containerd 2.x's shim sandboxer makes none of the files its pause-container
+    sandboxer makes under CRI's sandbox dir, so the containers of such a pod
+    would have no resolver: the shim writes them and binds them into each one.
+    """
+    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    files = {
+        "/etc/hostname": f"{hostname}\n" if hostname else "",
+        "/etc/hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        + (f"127.0.1.1\t{hostname}\n" if hostname else ""),
+    }
+    if dns:
+        files["/etc/resolv.conf"] = "\n".join(dns) + "\n"
+    made = {}
+    for destination, text in files.items():
+        if destination == "/etc/hostname" and not text:
+            continue
+        path = folder / os.path.basename(destination)
+        path.write_text(text)
+        made[destination] = str(path)
+    return made
+
+
 @dataclass
 class _Pod:
     """What CreateSandbox asked for, and how the pod's life went."""
@@ -164,6 +190,9 @@ class SandboxService:
                     pod.id, pod.config, netns=pod.netns, hostname=pod.hostname, dns=pod.dns
                 )
                 pod.created_ns = time.time_ns()
+                self.tasks.pod_files = write_pod_files(
+                    self.tasks.sandbox.state_dir / "pod", pod.hostname, pod.dns
+                )
                 asyncio.get_running_loop().create_task(self._watch_vm(pod))
         return api.StartSandboxResponse(pid=self.tasks.sandbox.pid,
                                         created_at=_timestamp(pod.created_ns))

@@ -117,6 +117,9 @@ class TaskService:
         # True when containerd's Sandbox API made the pod (CRI `sandboxer = "shim"`):
         # then the pod outlives its containers and only ShutdownSandbox ends it
         self.sandbox_api_owns_pod = False
+        # destination -> host file, bound into every container that has no such mount:
+        # what kubelet's files under CRI's sandbox dir are to a pause-container pod
+        self.pod_files: dict[str, str] = {}
         self.containers: dict[str, Container] = {}
         self._lock = asyncio.Lock()  # Create/Delete change the sandbox one at a time
         self._oom_watcher: asyncio.Task[None] | None = None
@@ -319,6 +322,11 @@ class TaskService:
                     raise SpecError(f"bind mount source {source} does not exist")
                 entry = dict(entry, source=self.sandbox.share_mount(container.id, index, source))
             mounts.append(entry)
+        for destination, source in self.pod_files.items():
+            if not any(entry.get("destination") == destination for entry in mounts):
+                shared = self.sandbox.share_mount(container.id, len(mounts), source)
+                mounts.append({"destination": destination, "type": "bind", "source": shared,
+                               "options": ["rbind", "rw"]})
         spec["mounts"] = mounts
         return spec_to_kata(spec)
 
