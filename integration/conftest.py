@@ -61,6 +61,7 @@ def _check_stopped(cd: PrivateContainerd) -> None:
         "processes": _pids_with_arg(cd.address),
         "mounts": _mounts_under(cd.dir),
         "dir exists": cd.dir.exists(),
+        "shim sockets still served": cd.left_sockets,
     }
     bad = {k: v for k, v in leftovers.items() if v}
     if bad:

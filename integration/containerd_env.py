@@ -177,6 +177,7 @@ class PrivateContainerd:
         self.startup_seconds: float | None = None
         self._log_file: io.BufferedWriter | None = None
         self._stopped = False
+        self.left_sockets: list[str] = []
 
     # ------------------------------------------------------------------ config
 
@@ -299,6 +300,7 @@ class PrivateContainerd:
                     _kill(self.proc.pid, signal.SIGKILL)
                     self.proc.wait(5)
             self._kill_leftovers()
+            self.left_sockets = self._remove_dead_shim_sockets()
         finally:
             if self._log_file is not None:
                 self._log_file.close()
@@ -317,6 +319,30 @@ class PrivateContainerd:
                 self.ctr("tasks", "delete", "-f", task, namespace=ns, timeout=15)
             for c in self.ctr("containers", "ls", "-q", namespace=ns, timeout=10).stdout.split():
                 self.ctr("containers", "rm", c, namespace=ns, timeout=15)
+
+    def _remove_dead_shim_sockets(self) -> list[str]:
+        """Remove the sockets of shims killed above (a killed shim cannot remove its own;
+        they live in the global /run/containerd/s); returns those still served."""
+        import errno
+        import socket
+
+        still = []
+        for address_file in self.state.glob("**/address"):
+            with contextlib.suppress(OSError):
+                path = address_file.read_text().strip().removeprefix("unix://")
+                if not path.startswith("/run/containerd/s/") or not os.path.exists(path):
+                    continue
+                probe = socket.socket(socket.AF_UNIX)
+                probe.settimeout(0.5)
+                try:
+                    probe.connect(path)
+                    still.append(path)
+                except OSError as exc:
+                    if exc.errno == errno.ECONNREFUSED:
+                        os.unlink(path)
+                finally:
+                    probe.close()
+        return still
 
     def _kill_leftovers(self) -> None:
         """Kill shims started for this instance (their argv holds our socket path)

@@ -224,6 +224,9 @@ def test_shim_killed_mid_run_is_cleaned_up_by_containerd(pykata):
     )
     try:
         wait_running(cd, cid, run)
+        bundle = cd.state / "io.containerd.runtime.v2.task" / cd.namespace / cid
+        socket_path = (bundle / "address").read_text().removeprefix("unix://")
+        assert os.path.exists(socket_path)
         shim_pids = [
             int(p)
             for p in subprocess.run(
@@ -238,6 +241,8 @@ def test_shim_killed_mid_run_is_cleaned_up_by_containerd(pykata):
         # containerd notices the dead shim, runs `shim delete`, and reports the task gone
         run.wait(timeout=120)
         assert run.returncode != 0
+        # ... and `delete` removed the socket the killed daemon could not
+        assert not os.path.exists(socket_path), f"{socket_path} left in /run/containerd/s"
     finally:
         force_remove(cd, cid, run)
 

@@ -139,6 +139,37 @@ def _delete_response(pid: int, exit_status: int = SIGKILL_EXIT, now_ns: int | No
     return out + b"\x1a" + _varint(len(stamp)) + stamp
 
 
+def _remove_dead_socket(bundle: str) -> None:
+    """Remove the shim socket named in the bundle's `address` when nobody serves it.
+
+    containerd runs `delete` when the daemon is gone (killed, crashed): its socket
+    file stays behind in /run/containerd/s otherwise. A socket that still
+    answers belongs to a live daemon of the same pod and is kept.
+    """
+    import errno
+    import socket
+
+    from shim.paths import SHIM_SOCKET_DIR
+
+    try:
+        with open(os.path.join(bundle, "address")) as f:
+            path = f.read().strip().removeprefix("unix://")
+    except OSError:
+        return
+    if os.path.dirname(path) != SHIM_SOCKET_DIR or not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno == errno.ECONNREFUSED:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    finally:
+        probe.close()
+
+
 def delete(args: ShimArgs) -> int:
     """Run the delete action; returns the process exit code."""
     bundle = os.path.abspath(args.bundle or os.getcwd())
@@ -146,6 +177,7 @@ def delete(args: ShimArgs) -> int:
         check_identifier("namespace", args.namespace)
         check_identifier("container id", args.id)
         pid = cleanup(args.namespace, args.id, bundle)
+        _remove_dead_socket(bundle)
     except InvalidIdentifier as exc:
         sys.stderr.write(f"containerd-shim-pykata-v2 delete: {exc}\n")
         return 1

@@ -1,5 +1,6 @@
 """The shim binary contract: flags, socket addresses, identifiers, the start and delete actions."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -224,3 +225,36 @@ def test_delete_takes_the_flags_of_newer_containerds(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert shim_pb2.DeleteResponse.FromString(result.stdout).exit_status == 137
+
+
+def test_delete_removes_the_socket_of_a_dead_daemon_only(tmp_path):
+    """containerd runs delete when the daemon is gone: its socket file must not stay behind."""
+    from shim.delete import _remove_dead_socket
+    from shim.paths import SHIM_SOCKET_DIR
+
+    os.makedirs(SHIM_SOCKET_DIR, exist_ok=True)
+    dead = os.path.join(SHIM_SOCKET_DIR, f"pykata-test-dead-{os.getpid()}")
+    live = os.path.join(SHIM_SOCKET_DIR, f"pykata-test-live-{os.getpid()}")
+    outside = tmp_path / "elsewhere.sock"
+    sockets = []
+    try:
+        for path in (dead, live, str(outside)):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.bind(path)
+            sockets.append(sock)
+        sockets[1].listen()
+        sockets[0].close()  # the file stays, nobody listens: a killed daemon's socket
+        sockets[2].close()
+        for index, (path, kept) in enumerate(((dead, False), (live, True), (str(outside), True))):
+            bundle = tmp_path / f"bundle-{index}"
+            bundle.mkdir()
+            (bundle / "address").write_text(f"unix://{path}")
+            _remove_dead_socket(str(bundle))
+            assert os.path.exists(path) == kept, path
+        _remove_dead_socket(str(tmp_path / "no-such-bundle"))  # no address file: nothing to do
+    finally:
+        for sock in sockets:
+            sock.close()
+        for path in (dead, live):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
