@@ -242,6 +242,9 @@ def test_shim_killed_mid_run_is_cleaned_up_by_containerd(pykata):
         run.wait(timeout=120)
         assert run.returncode != 0
         # ... and `delete` removed the socket the killed daemon could not
+        deadline = time.monotonic() + 20
+        while os.path.exists(socket_path) and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert not os.path.exists(socket_path), f"{socket_path} left in /run/containerd/s"
     finally:
         force_remove(cd, cid, run)

@@ -122,6 +122,7 @@ class AgentClient:
         self._client: ttrpc.Client | None = None
         self._lock = asyncio.Lock()
         self._closed = False
+        self._closed_reason = "agent client closed"
         self.agent = Stub(self, AGENT_SERVICE)
         self.health = Stub(self, HEALTH_SERVICE)
 
@@ -152,7 +153,7 @@ class AgentClient:
 
     async def _ensure(self) -> ttrpc.Client:
         if self._closed:
-            raise ttrpc.TTRPCError(ttrpc.Code.UNAVAILABLE, "agent client closed")
+            raise ttrpc.TTRPCError(ttrpc.Code.UNAVAILABLE, self._closed_reason)
         client = self._client
         if client is not None and not client.closed:
             return client
@@ -199,13 +200,15 @@ class AgentClient:
         """grpc.Health/Check; raises TTRPCError if the agent does not answer in time."""
         return await self.health.Check(health_pb2.CheckRequest(), timeout=timeout)
 
-    async def reset(self) -> None:
+    async def reset(self, reason: str = "client closed") -> None:
         """Drop the current connection (the next call opens a new one)."""
         client, self._client = self._client, None
         if client is not None:
-            await client.close()
+            await client.close(reason)
 
-    async def close(self) -> None:
-        """Close for good."""
-        self._closed = True
-        await self.reset()
+    async def close(self, reason: str = "agent client closed") -> None:
+        """Close for good: calls in flight and later ones fail with UNAVAILABLE `reason`."""
+        if not self._closed:
+            self._closed = True
+            self._closed_reason = reason
+        await self.reset(self._closed_reason)

@@ -134,9 +134,9 @@ class Client:
         finally:
             self._pending.pop(stream_id, None)
 
-    async def close(self) -> None:
-        """Close the connection; calls still waiting fail with UNAVAILABLE."""
-        self._channel.close("client closed")
+    async def close(self, reason: str = "client closed") -> None:
+        """Close the connection; calls still waiting fail with UNAVAILABLE (and `reason`)."""
+        self._channel.close(reason)
         await asyncio.shield(self._closed)
 
     async def wait_closed(self) -> None:

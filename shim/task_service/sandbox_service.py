@@ -193,19 +193,9 @@ class SandboxService:
                 self.tasks.pod_files = write_pod_files(
                     self.tasks.sandbox.state_dir / "pod", pod.hostname, pod.dns
                 )
-                asyncio.get_running_loop().create_task(self._watch_vm(pod))
+                self.tasks.death_listeners.append(lambda reason: self._mark_stopped(pod, 255))
         return api.StartSandboxResponse(pid=self.tasks.sandbox.pid,
                                         created_at=_timestamp(pod.created_ns))
-
-    async def _watch_vm(self, pod: _Pod) -> None:
-        """A VM that exits by itself (crash, guest panic) ends the pod: WaitSandbox returns."""
-        sandbox = self.tasks.sandbox
-        if sandbox is None or sandbox.vm is None:
-            return
-        status = await sandbox.vm.wait_exited()
-        if not pod.stopped.is_set():
-            log.warning("the pod's VM exited", sandbox=pod.id, status=status)
-            self._mark_stopped(pod, 255 if status else 0)
 
     def _mark_stopped(self, pod: _Pod, status: int) -> None:
         if not pod.stopped.is_set():

@@ -39,6 +39,7 @@ TTRPCError = ttrpc.TTRPCError
 EMPTY = empty_pb2.Empty()
 IO_DRAIN_TIMEOUT = 10.0  # after an exit, how long output may still arrive
 AGENT_TIMEOUT = 60.0
+DEAD_VM_STATUS = 255  # the exit status of a process whose VM died under it
 SHIM_VERSION = "pykata 0.1.0"
 
 
@@ -123,6 +124,9 @@ class TaskService:
         self.containers: dict[str, Container] = {}
         self._lock = asyncio.Lock()  # Create/Delete change the sandbox one at a time
         self._oom_watcher: asyncio.Task[None] | None = None
+        self._death_watcher: asyncio.Task[None] | None = None
+        # called with the reason when the pod's VM dies (the Sandbox API's WaitSandbox)
+        self.death_listeners: list[Any] = []
 
     # -- helpers ---------------------------------------------------------------
     def _container(self, container_id: str) -> Container:
@@ -230,8 +234,34 @@ class TaskService:
             # the vmm layer's own errors (QEMU died, agent silent) name their cause
             raise TTRPCError(Code.UNAVAILABLE, f"cannot start the sandbox VM: {exc}") from exc
         self.sandbox = sandbox
-        self._oom_watcher = asyncio.get_running_loop().create_task(self._watch_oom(sandbox))
+        loop = asyncio.get_running_loop()
+        self._oom_watcher = loop.create_task(self._watch_oom(sandbox))
+        self._death_watcher = loop.create_task(self._watch_death(sandbox))
         return sandbox
+
+    async def _watch_death(self, sandbox: Sandbox) -> None:
+        """Deaths flow up: QEMU or virtiofsd gone (a crash, a kill, a guest panic).
+
+        Agent calls in flight fail at once with the reason, every process of the
+        pod gets exit status 255 (/tasks/exit once each), and the VM's remains
+        are torn down; containerd then deletes the tasks as usual.
+        """
+        reason = await sandbox.vm.wait_death()
+        if reason is None or self.sandbox is not sandbox:
+            return
+        log.error("the pod's VM died", sandbox=sandbox.id, reason=reason)
+        await sandbox.vm.agent.close(f"the pod's VM died: {reason}")
+        for container in list(self.containers.values()):
+            for process in (container.init, *container.execs.values()):
+                if not process.exited.is_set():
+                    process.close_io()
+                    self._exited(process, DEAD_VM_STATUS)
+        for listener in self.death_listeners:
+            listener(reason)
+        async with self._lock:
+            if self.sandbox is sandbox:
+                self._death_watcher = None  # this task: not to be cancelled by the stop
+                await self._stop_sandbox()
 
     async def stop_sandbox(self) -> None:
         """Stop the pod's VM (Sandbox API: StopSandbox), with its containers' guest side."""
@@ -239,9 +269,10 @@ class TaskService:
             await self._stop_sandbox()
 
     async def _stop_sandbox(self) -> None:
-        if self._oom_watcher is not None:
-            self._oom_watcher.cancel()
-            self._oom_watcher = None
+        for watcher in (self._oom_watcher, self._death_watcher):
+            if watcher is not None:
+                watcher.cancel()
+        self._oom_watcher = self._death_watcher = None
         if self.sandbox is not None:
             await self.sandbox.stop()
             self.sandbox = None

@@ -88,6 +88,35 @@ class RunningVM:
                 stderr=tail(self.paths.qemu_stderr, max_lines=5),
             )
 
+    async def wait_death(self) -> str | None:
+        """Wait until QEMU or virtiofsd ends by itself; why, or None when stop() ended it.
+
+        A guest kernel panic is a QEMU exit too: the guest runs with `panic=-1`
+        and QEMU with `-no-reboot`, so the panic's reboot ends QEMU.
+        """
+        watched = {self.qemu.exited}
+        if self.virtiofsd is not None:
+            watched.add(self.virtiofsd.exited)
+        await asyncio.wait({asyncio.shield(f) for f in watched},
+                           return_when=asyncio.FIRST_COMPLETED)
+        if self._stopping is not None:
+            return None
+        if not self.qemu.exited.done():
+            # virtiofsd leaves by itself once QEMU hangs up: see whether QEMU went first
+            await self.qemu.wait(VIRTIOFSD_EXIT_GRACE)
+        if self.qemu.exited.done():
+            status = self.qemu.returncode
+            panic = [line for line in tail(self.paths.console_log, max_lines=60).splitlines()
+                     if "Kernel panic" in line]
+            if panic:
+                return f"the guest kernel panicked ({panic[-1].strip()})"
+            if status == 0:
+                return "QEMU exited by itself (status 0): the guest rebooted or powered off"
+            return f"QEMU (pid {self.pid}) exited with status {status}"
+        assert self.virtiofsd is not None
+        return (f"virtiofsd (pid {self.virtiofsd.pid}) exited with status "
+                f"{self.virtiofsd.returncode}: the guest lost its shared filesystem")
+
     async def wait_exited(self) -> int:
         """Wait for QEMU to exit; its exit status (negative: the signal that killed it)."""
         return await asyncio.shield(self.qemu.exited)
