@@ -321,27 +321,18 @@ class PrivateContainerd:
                 self.ctr("containers", "rm", c, namespace=ns, timeout=15)
 
     def _remove_dead_shim_sockets(self) -> list[str]:
-        """Remove the sockets of shims killed above (a killed shim cannot remove its own;
-        they live in the global /run/containerd/s); returns those still served."""
-        import errno
-        import socket
+        """Remove the sockets of shims killed above, as `containerd-shim-pykata-v2 delete`
+        does (a killed shim cannot; they live in the global /run/containerd/s); returns
+        those still served."""
+        from shim.delete import remove_dead_socket
 
         still = []
         for address_file in self.state.glob("**/address"):
+            remove_dead_socket(str(address_file.parent))
             with contextlib.suppress(OSError):
                 path = address_file.read_text().strip().removeprefix("unix://")
-                if not path.startswith("/run/containerd/s/") or not os.path.exists(path):
-                    continue
-                probe = socket.socket(socket.AF_UNIX)
-                probe.settimeout(0.5)
-                try:
-                    probe.connect(path)
+                if path.startswith("/run/containerd/s/") and os.path.exists(path):
                     still.append(path)
-                except OSError as exc:
-                    if exc.errno == errno.ECONNREFUSED:
-                        os.unlink(path)
-                finally:
-                    probe.close()
         return still
 
     def _kill_leftovers(self) -> None:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from integration.containerd_env import _mounts_under, _pids_with_arg
@@ -51,3 +52,14 @@ def leftovers() -> dict[str, list[str] | list[int]]:
         "state": [str(p) for p in STATE_ROOT.glob("*/*")] if STATE_ROOT.exists() else [],
     }
     return {k: v for k, v in found.items() if v}
+
+
+def assert_nothing_left(timeout: float = 20.0) -> None:
+    """Wait up to `timeout` for pykata's leftovers to go (teardown is asynchronous), then
+    fail naming whatever is still there."""
+    deadline = time.monotonic() + timeout
+    left = leftovers()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = leftovers()
+    assert not left, f"pykata left things behind: {left}"

@@ -17,7 +17,12 @@ import uuid
 import pytest
 
 from integration.containerd_versions import CONTAINERD_LINES
-from integration.pykata_env import RUNTIME, ensure_guest_assets, ensure_shim_on_path, leftovers
+from integration.pykata_env import (
+    RUNTIME,
+    assert_nothing_left,
+    ensure_guest_assets,
+    ensure_shim_on_path,
+)
 
 pytestmark = pytest.mark.integration
 # the runtime-spec version each line writes into config.json
@@ -29,12 +34,7 @@ def assets_and_no_leftovers():
     ensure_shim_on_path()
     ensure_guest_assets()
     yield
-    deadline = time.monotonic() + 20
-    left = leftovers()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.5)
-        left = leftovers()
-    assert not left, f"pykata left things behind: {left}"
+    assert_nothing_left()
 
 
 @pytest.mark.parametrize("line", CONTAINERD_LINES, ids=lambda line: f"containerd-{line}")

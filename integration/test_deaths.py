@@ -24,9 +24,9 @@ from integration.containerd_env import _pids_with_arg
 from integration.pykata_env import (
     RUNTIME,
     STATE_ROOT,
+    assert_nothing_left,
     ensure_guest_assets,
     ensure_shim_on_path,
-    leftovers,
 )
 
 pytestmark = pytest.mark.integration
@@ -148,13 +148,7 @@ def finish(cd, cid: str, inflight: subprocess.Popen) -> None:
     assert removed.returncode == 0 or "not found" in removed.stderr, removed.stderr
     assert cd.ctr("container", "rm", cid, timeout=60).returncode == 0
     print(f"late exec + rm done after {time.monotonic() - t0:.2f} s")
-    deadline = time.monotonic() + 20
-    left = leftovers()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.5)
-        left = leftovers()
-    print(f"leftover check done after {time.monotonic() - t0:.2f} s: {left}")
-    assert not left, f"pykata left things behind: {left}"
+    assert_nothing_left()
 
 
 def force_cleanup(cd, cid: str, inflight: subprocess.Popen | None) -> None:

@@ -18,7 +18,12 @@ import uuid
 import pytest
 
 from integration.containerd_versions import CONTAINERD_LINES
-from integration.pykata_env import RUNTIME, ensure_guest_assets, ensure_shim_on_path, leftovers
+from integration.pykata_env import (
+    RUNTIME,
+    assert_nothing_left,
+    ensure_guest_assets,
+    ensure_shim_on_path,
+)
 
 pytestmark = pytest.mark.integration
 RUN_TIMEOUT = 240
@@ -37,12 +42,7 @@ def nothing_left_behind(request):
     yield
     if "pykata" not in request.fixturenames:
         return
-    deadline = time.monotonic() + 20
-    left = leftovers()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.5)
-        left = leftovers()
-    assert not left, f"pykata left things behind: {left}"
+    assert_nothing_left()
 
 
 def force_remove(cd, cid: str, run: subprocess.Popen | None = None) -> None:

@@ -23,22 +23,13 @@ from integration.pykata_env import (
     ROOT,
     RUNTIME,
     SHIM_NAME,
+    assert_nothing_left,
     ensure_guest_assets,
     ensure_shim_on_path,
-    leftovers,
 )
 
 pytestmark = pytest.mark.integration
 PLANTED = "planted failure: this structlog is broken on purpose"
-
-
-def _wait_for_no_leftovers(timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    left = leftovers()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.5)
-        left = leftovers()
-    assert not left, f"pykata left things behind: {left}"
 
 
 def _shim_script_of(pid: int) -> str:
@@ -100,7 +91,7 @@ def test_containerd_in_any_directory_runs_a_working_shim(assets, where, tmp_path
             assert kernel.startswith("6.1.0-") and kernel != platform.release(), kernel
         finally:
             _remove(cd, cid)
-    _wait_for_no_leftovers()
+    assert_nothing_left()
 
 
 def test_daemon_that_cannot_start_says_why_in_containerd_log_and_ctr(assets):
@@ -126,7 +117,7 @@ def test_daemon_that_cannot_start_says_why_in_containerd_log_and_ctr(assets):
             cd.ctr("container", "delete", cid)
             digest = hashlib.sha256(f"{cd.address}/{cd.namespace}/{cid}".encode()).hexdigest()
             assert not Path("/run/containerd/s", digest).exists(), "daemon socket left behind"
-    _wait_for_no_leftovers()
+    assert_nothing_left()
 
 
 def test_grouped_container_daemon_removes_the_socket_it_served(assets):
@@ -146,4 +137,4 @@ def test_grouped_container_daemon_removes_the_socket_it_served(assets):
         while socket.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not socket.exists(), f"{socket} (the group's socket) left behind"
-    _wait_for_no_leftovers()
+    assert_nothing_left()

@@ -139,7 +139,7 @@ def _delete_response(pid: int, exit_status: int = SIGKILL_EXIT, now_ns: int | No
     return out + b"\x1a" + _varint(len(stamp)) + stamp
 
 
-def _remove_dead_socket(bundle: str) -> None:
+def remove_dead_socket(bundle: str) -> None:
     """Remove the shim socket named in the bundle's `address` when nobody serves it.
 
     containerd runs `delete` when the daemon is gone (killed, crashed): its socket
@@ -177,7 +177,7 @@ def delete(args: ShimArgs) -> int:
         check_identifier("namespace", args.namespace)
         check_identifier("container id", args.id)
         pid = cleanup(args.namespace, args.id, bundle)
-        _remove_dead_socket(bundle)
+        remove_dead_socket(bundle)
     except InvalidIdentifier as exc:
         sys.stderr.write(f"containerd-shim-pykata-v2 delete: {exc}\n")
         return 1

@@ -229,7 +229,7 @@ def test_delete_takes_the_flags_of_newer_containerds(tmp_path):
 
 def test_delete_removes_the_socket_of_a_dead_daemon_only(tmp_path):
     """containerd runs delete when the daemon is gone: its socket file must not stay behind."""
-    from shim.delete import _remove_dead_socket
+    from shim.delete import remove_dead_socket
     from shim.paths import SHIM_SOCKET_DIR
 
     os.makedirs(SHIM_SOCKET_DIR, exist_ok=True)
@@ -249,9 +249,9 @@ def test_delete_removes_the_socket_of_a_dead_daemon_only(tmp_path):
             bundle = tmp_path / f"bundle-{index}"
             bundle.mkdir()
             (bundle / "address").write_text(f"unix://{path}")
-            _remove_dead_socket(str(bundle))
+            remove_dead_socket(str(bundle))
             assert os.path.exists(path) == kept, path
-        _remove_dead_socket(str(tmp_path / "no-such-bundle"))  # no address file: nothing to do
+        remove_dead_socket(str(tmp_path / "no-such-bundle"))  # no address file: nothing to do
     finally:
         for sock in sockets:
             sock.close()
