@@ -12,6 +12,7 @@ from shim.task_service.events import EventPublisher
 from shim.task_service.service import TaskService
 
 TASK = api.DESCRIPTOR.services_by_name["Task"]
+MINIMAL_SPEC = {"process": {"args": ["true"]}, "root": {"path": "rootfs"}}
 Code = ttrpc.Code
 
 
@@ -79,7 +80,7 @@ async def test_create_without_config_json_is_invalid_argument(task, tmp_path):
 
 async def test_create_with_a_bad_config_file_names_it(task, tmp_path):
     stub, _ = task
-    (tmp_path / "config.json").write_text(json.dumps({"process": {"args": ["true"]}}))
+    (tmp_path / "config.json").write_text(json.dumps(MINIMAL_SPEC))
     from protos.containerd.runtimeoptions.v1 import api_pb2 as runtimeoptions
 
     options = Any(
@@ -98,7 +99,7 @@ async def test_create_with_a_bad_config_file_names_it(task, tmp_path):
 async def test_create_reads_a_config_body_and_names_it_in_errors(task, tmp_path):
     """containerd 1.7+ CRI may send the TOML itself (config_body) instead of a path."""
     stub, _ = task
-    (tmp_path / "config.json").write_text(json.dumps({"process": {"args": ["true"]}}))
+    (tmp_path / "config.json").write_text(json.dumps(MINIMAL_SPEC))
     from protos.containerd.runtimeoptions.v1 import api_pb2 as runtimeoptions
 
     options = Any(
@@ -128,3 +129,29 @@ async def test_shutdown_with_no_containers_ends_the_daemon(task):
     assert connect.shim_pid > 0 and connect.version.startswith("pykata")
     await stub.Shutdown(api.ShutdownRequest(id="c1"))
     assert shutdown.is_set()
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"{not json", "is not valid JSON"),
+    (b"[1, 2]", "must hold a JSON object"),
+    (json.dumps({"process": {"args": ["true"]}}).encode(), "has no 'root' object"),
+    (json.dumps({"root": {"path": "rootfs"}}).encode(), "has no 'process' object"),
+    (b'{"process": {}, "root": {}, "pad": "' + b"x" * (16 << 20) + b'"}', "larger than 2 MiB"),
+])
+async def test_a_bad_config_json_is_refused_before_any_vm(task, tmp_path, content, words):
+    stub, _ = task
+    (tmp_path / "config.json").write_bytes(content)
+    code, message = await code_of(stub.Create(api.CreateTaskRequest(id="c1", bundle=str(tmp_path))))
+    assert code == Code.INVALID_ARGUMENT
+    assert words in message and "config.json" in message
+
+
+@pytest.mark.parametrize("bad", ["a/b", "../etc", "a\0b", "x" * 300, ""])
+async def test_ids_with_path_characters_are_refused(task, tmp_path, bad):
+    stub, _ = task
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    code, message = await code_of(stub.Create(api.CreateTaskRequest(id=bad, bundle=str(bundle))))
+    assert code == Code.INVALID_ARGUMENT
+    assert "container id" in message
+    assert not any(bundle.iterdir()), "nothing may be created for a refused id"

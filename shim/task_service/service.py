@@ -39,6 +39,7 @@ TTRPCError = ttrpc.TTRPCError
 EMPTY = empty_pb2.Empty()
 IO_DRAIN_TIMEOUT = 10.0  # after an exit, how long output may still arrive
 AGENT_TIMEOUT = 60.0
+MAX_SPEC_BYTES = 2 << 20  # an agent message (a ttrpc frame) holds at most 4 MiB
 DEAD_VM_STATUS = 255  # the exit status of a process whose VM died under it
 SHIM_VERSION = "pykata 0.1.0"
 
@@ -68,15 +69,33 @@ def _invalid(exc: Exception) -> TTRPCError:
 
 
 def _read_spec(bundle: str) -> dict[str, Any]:
+    """The bundle's config.json, checked for what the shim relies on before any VM exists."""
+    path = os.path.join(bundle, "config.json")
     try:
-        with open(os.path.join(bundle, "config.json"), "rb") as f:
-            return json.load(f)
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise TTRPCError(Code.INVALID_ARGUMENT, f"no config.json in bundle {bundle}") from None
-    except ValueError as exc:
+    except OSError as exc:
+        raise TTRPCError(Code.INVALID_ARGUMENT, f"cannot read {path}: {exc}") from None
+    if len(data) > MAX_SPEC_BYTES:
         raise TTRPCError(
-            Code.INVALID_ARGUMENT, f"bundle {bundle}: bad config.json: {exc}"
-        ) from None
+            Code.INVALID_ARGUMENT,
+            f"{path} is larger than {MAX_SPEC_BYTES >> 20} MiB: the spec must reach the guest "
+            "in one agent message; trim its env, annotations or mounts",
+        )
+    try:
+        spec = json.loads(data)
+    except ValueError as exc:
+        raise TTRPCError(Code.INVALID_ARGUMENT, f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise TTRPCError(Code.INVALID_ARGUMENT, f"{path} must hold a JSON object")
+    for key in ("process", "root"):
+        if not isinstance(spec.get(key), dict):
+            raise TTRPCError(
+                Code.INVALID_ARGUMENT, f"{path} has no {key!r} object: not a container spec"
+            )
+    return spec
 
 
 def _shares_pod_pidns(spec: dict[str, Any]) -> bool:
