@@ -503,7 +503,11 @@ def test_containerd_2_sandbox_api_runs_a_pod_without_a_pause_container():
                 api.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=30).status
             assert status.state == api.SANDBOX_NOTREADY
         finally:
-            cri.remove_pod(pod_id)
+            try:
+                cri.remove_pod(pod_id)
+            except Exception:
+                print(node.containerd.log_tail(80))
+                raise
         deadline = time.monotonic() + 30
         left = pod_leftovers(node, pod_id)
         while left and time.monotonic() < deadline:

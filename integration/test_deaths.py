@@ -117,9 +117,28 @@ def start_pod(cd, image: str, cid: str, events: Events, *, privileged: bool = Fa
     return inflight
 
 
-def pids_of(cid: str, needle: str) -> list[int]:
-    return [p for p in _pids_with_arg(f"{STATE_ROOT}/") if f"/{cid}/" in _cmdline(p)
-            and needle in _cmdline(p)]
+def pids_of(cid: str, program: str) -> list[int]:
+    """The pod's processes whose executable is `program` (QEMU's argv names
+    virtiofsd's socket too, so argv alone cannot tell them apart)."""
+    found = []
+    for pid in _pids_with_arg(f"{STATE_ROOT}/"):
+        if f"/{cid}/" not in _cmdline(pid):
+            continue
+        argv0 = _cmdline(pid).split(" ", 1)[0]
+        names = {os.path.basename(argv0), _comm(pid)}
+        if any(name.startswith(program) for name in names) or (
+                program == "virtiofsd" and "/virtiofsd " in _cmdline(pid)
+                and not any(name.startswith("qemu") for name in names)):
+            found.append(pid)
+    return found
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _cmdline(pid: int) -> str:
@@ -187,11 +206,12 @@ def test_a_vm_death_stops_every_process_of_the_pod(pykata, victim):
         print(f"exits after {time.monotonic() - t0:.2f} s: {exits}")
         assert exits.get(cid) == 255 and exits.get("inflight") == 255, exits
         assert len([e for e in events.exits if e["id"] == cid]) == 1, "exit published twice"
-        log = cd.log_path.read_text(errors="replace")
         if victim == "guest-panic":
             panic.wait(timeout=30)
         finish(cd, cid, inflight)
-        shim_log = [line for line in log.splitlines() if "the pod's VM died" in line]
+        log = cd.log_path.read_text(errors="replace")
+        shim_log = [line for line in log.splitlines()
+                    if "the pod's VM died" in line and cid in line]
         assert shim_log, "the shim did not log the death"
         expected = {"qemu": "QEMU", "virtiofsd": "virtiofsd",
                     "guest-panic": "the guest kernel panicked"}[victim]

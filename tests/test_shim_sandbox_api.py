@@ -107,7 +107,7 @@ async def test_wait_returns_after_stop_and_only_shutdown_sandbox_ends_the_shim(s
     code, message = await code_of(stub.StartSandbox(sapi.StartSandboxRequest(sandbox_id="pod1")))
     assert code == Code.FAILED_PRECONDITION and "stopped" in message
     await stub.ShutdownSandbox(sapi.ShutdownSandboxRequest(sandbox_id="pod1"))
-    assert shutdown.is_set()
+    await asyncio.wait_for(shutdown.wait(), 2)  # right after the answer went out
 
 
 def test_pod_config_gives_the_agent_hostname_and_resolv_conf():

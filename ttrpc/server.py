@@ -136,6 +136,9 @@ class Server:
                 log.warning("ttrpc: cancelled %d calls still running after %.1fs", len(late), grace)
                 await asyncio.wait(late, timeout=1.0)
         for connection in list(self._connections):
+            # answers already written may still sit in the transport's buffer
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                await asyncio.wait_for(connection.channel.drain(), 1.0)
             connection.channel.close("server shut down")
         for listener in self._listeners:
             await listener.wait_closed()

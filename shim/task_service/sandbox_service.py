@@ -254,7 +254,9 @@ class SandboxService:
             self._mark_stopped(pod, pod.exit_status)
             await self.tasks.stop_sandbox()
         log.info("sandbox shut down", sandbox=pod.id)
-        self._shutdown.set()
+        # after this answer is on its way: containerd fails RemovePodSandbox on a
+        # connection that closes before the reply
+        asyncio.get_running_loop().call_later(0.05, self._shutdown.set)
         return api.ShutdownSandboxResponse()
 
     async def SandboxMetrics(self, request: api.SandboxMetricsRequest, context) -> Any:

@@ -101,8 +101,10 @@ class RunningVM:
                            return_when=asyncio.FIRST_COMPLETED)
         if self._stopping is not None:
             return None
-        if not self.qemu.exited.done():
-            # virtiofsd leaves by itself once QEMU hangs up: see whether QEMU went first
+        if not self.qemu.exited.done() and self.virtiofsd is not None and (
+            self.virtiofsd.returncode == 0
+        ):
+            # virtiofsd leaves by itself (status 0) once QEMU hangs up: did QEMU go first?
             await self.qemu.wait(VIRTIOFSD_EXIT_GRACE)
         if self.qemu.exited.done():
             status = self.qemu.returncode
