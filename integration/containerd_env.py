@@ -323,7 +323,7 @@ class PrivateContainerd:
     def _remove_dead_shim_sockets(self) -> list[str]:
         """Remove the sockets of shims killed above, as `containerd-shim-pykata-v2 delete`
         does (a killed shim cannot; they live in the global /run/containerd/s); returns
-        those still served."""
+        those still there."""
         from shim.delete import remove_dead_socket
 
         still = []

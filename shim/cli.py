@@ -34,7 +34,7 @@ class ShimArgs:
     every `start` and `delete`.
     """
 
-    def __init__(self, **values: object) -> None:
+    def __init__(self) -> None:
         self.namespace = ""
         self.id = ""
         self.address = ""
@@ -47,13 +47,21 @@ class ShimArgs:
         self.info = False
         self.action = ""  # "start", "delete" or "" (serve)
         self.ignored: tuple[str, ...] = ()
-        for name, value in values.items():
-            if not hasattr(self, name):
-                raise TypeError(f"ShimArgs has no field {name!r}")
-            setattr(self, name, value)
 
     def __repr__(self) -> str:
         return f"ShimArgs({vars(self)!r})"
+
+
+def read_stdin() -> bytes:
+    """What containerd wrote on our stdin (the runtime options, an Any), or nothing."""
+    chunks = []
+    try:
+        if not os.isatty(0):
+            while chunk := os.read(0, 65536):
+                chunks.append(chunk)
+    except OSError:
+        pass
+    return b"".join(chunks)
 
 
 def parse_args(argv: list[str]) -> ShimArgs:

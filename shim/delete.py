@@ -106,37 +106,18 @@ def _forget_container(state_dir: Path, record, container_id: str) -> None:
         record.save(state_dir)
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _delete_response(pid: int, exit_status: int = SIGKILL_EXIT, now_ns: int | None = None) -> bytes:
     """DeleteResponse{pid=1, exit_status=2, exited_at=3 Timestamp{seconds=1, nanos=2}}.
 
     Encoded by hand: importing protobuf would double what every `delete` costs
     (tests/test_shim_cli.py checks the bytes against the generated message).
     """
+    from shim.wire import bytes_field, varint_field
+
     now_ns = time.time_ns() if now_ns is None else now_ns
     seconds, nanos = divmod(now_ns, 1_000_000_000)
-    stamp = b""
-    if seconds:
-        stamp += b"\x08" + _varint(seconds)
-    if nanos:
-        stamp += b"\x10" + _varint(nanos)
-    out = b""
-    if pid:
-        out += b"\x08" + _varint(pid)
-    if exit_status:
-        out += b"\x10" + _varint(exit_status)
-    return out + b"\x1a" + _varint(len(stamp)) + stamp
+    stamp = varint_field(1, seconds) + varint_field(2, nanos)
+    return varint_field(1, pid) + varint_field(2, exit_status) + bytes_field(3, stamp)
 
 
 def remove_dead_socket(bundle: str) -> None:
@@ -146,28 +127,16 @@ def remove_dead_socket(bundle: str) -> None:
     file stays behind in /run/containerd/s otherwise. A socket that still
     answers belongs to a live daemon of the same pod and is kept.
     """
-    import errno
-    import socket
-
-    from shim.paths import SHIM_SOCKET_DIR
+    from shim.paths import SHIM_SOCKET_DIR, socket_is_served
 
     try:
         with open(os.path.join(bundle, "address")) as f:
             path = f.read().strip().removeprefix("unix://")
     except OSError:
         return
-    if os.path.dirname(path) != SHIM_SOCKET_DIR or not os.path.exists(path):
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(0.5)
-    try:
-        probe.connect(path)
-    except OSError as exc:
-        if exc.errno == errno.ECONNREFUSED:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-    finally:
-        probe.close()
+    if os.path.dirname(path) == SHIM_SOCKET_DIR and not socket_is_served(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def delete(args: ShimArgs) -> int:

@@ -13,12 +13,13 @@ importing protobuf would cost this short-lived process more than all the rest.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
-from shim.cli import RUNTIME_NAME, VERSION
+from shim.cli import RUNTIME_NAME, VERSION, read_stdin
+from shim.wire import bytes_field
 
 FEATURES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/features/Features"
+ANNOTATIONS = {"io.containerd.pykata.v2.version": VERSION}
 
 # Mount options the guest's mount code and crun understand (features.md: mountOptions).
 _MOUNT_OPTIONS = [
@@ -64,57 +65,31 @@ def features() -> dict:
             "intelRdt": {"enabled": False},
             "mountExtensions": {"idmap": {"enabled": False}},
         },
-        "annotations": {"io.containerd.pykata.v2.version": VERSION},
+        "annotations": ANNOTATIONS,
     }
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if not value:
-            out.append(byte)
-            return bytes(out)
-        out.append(byte | 0x80)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def _any(type_url: str, value: bytes) -> bytes:
-    return _field(1, type_url.encode()) + _field(2, value)
+    return bytes_field(1, type_url.encode()) + bytes_field(2, value)
 
 
 def runtime_info(options: bytes = b"", revision: str = "") -> bytes:
     """A serialized containerd.types.RuntimeInfo; `options` is the Any given on stdin."""
-    version = _field(1, VERSION.encode()) + (_field(2, revision.encode()) if revision else b"")
-    out = _field(1, RUNTIME_NAME.encode()) + _field(2, version)
+    version = bytes_field(1, VERSION.encode())
+    if revision:
+        version += bytes_field(2, revision.encode())
+    out = bytes_field(1, RUNTIME_NAME.encode()) + bytes_field(2, version)
     if options:
-        out += _field(3, options)
+        out += bytes_field(3, options)
     document = json.dumps(features(), separators=(",", ":"), sort_keys=True).encode()
-    out += _field(4, _any(FEATURES_TYPE_URL, document))
-    for key, value in sorted({"io.containerd.pykata.v2.version": VERSION}.items()):
-        out += _field(5, _field(1, key.encode()) + _field(2, value.encode()))
+    out += bytes_field(4, _any(FEATURES_TYPE_URL, document))
+    for key, value in sorted(ANNOTATIONS.items()):
+        out += bytes_field(5, bytes_field(1, key.encode()) + bytes_field(2, value.encode()))
     return out
-
-
-def _read_stdin() -> bytes:
-    if os.isatty(0):
-        return b""
-    chunks = []
-    try:
-        while chunk := os.read(0, 65536):
-            chunks.append(chunk)
-    except OSError:
-        return b""
-    return b"".join(chunks)
 
 
 def info() -> int:
     """Run `-info`: write RuntimeInfo to stdout."""
-    sys.stdout.buffer.write(runtime_info(_read_stdin()))
+    sys.stdout.buffer.write(runtime_info(read_stdin()))
     sys.stdout.flush()
     return 0

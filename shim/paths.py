@@ -66,6 +66,26 @@ def group_of(spec: dict, container_id: str) -> str:
     return container_id
 
 
+def socket_is_served(path: str, timeout: float = 0.5) -> bool:
+    """Does a process accept connections on this Unix socket file?
+
+    False only when nobody listens (the socket of a dead daemon) or the file is
+    gone; a daemon too busy to accept in time still counts as serving it.
+    """
+    import errno
+    import socket
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(timeout)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    finally:
+        probe.close()
+    return True
+
+
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Replace a file in one step (a crash never leaves half of it); the temp name is per pid."""
     path = Path(path)

@@ -16,8 +16,8 @@ import socket
 import sys
 import time
 
-from shim.cli import ShimArgs
-from shim.paths import group_of, socket_address, write_atomic
+from shim.cli import ShimArgs, read_stdin
+from shim.paths import group_of, socket_address, socket_is_served, write_atomic
 
 LISTENER_FD = 3  # containerd's convention for the shim's socket
 READY_FD = 4
@@ -39,18 +39,6 @@ def _read_spec(bundle: str) -> dict:
         raise
 
 
-def _can_connect(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(0.1)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
 def _listen(path: str) -> socket.socket | None:
     """Bind the daemon's socket, or None when a live daemon already owns it."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -62,7 +50,7 @@ def _listen(path: str) -> socket.socket | None:
             sock.close()
             if exc.errno != errno.EADDRINUSE:
                 raise
-            if _can_connect(path):
+            if socket_is_served(path, timeout=0.1):
                 return None
             os.unlink(path)  # stale socket of a dead daemon
             continue
@@ -70,18 +58,6 @@ def _listen(path: str) -> socket.socket | None:
         sock.listen(128)
         return sock
     raise OSError(errno.EADDRINUSE, f"cannot bind shim socket {path}")
-
-
-def _read_stdin() -> bytes:
-    """containerd may write the runtime options (an Any) to our stdin: read them."""
-    chunks = []
-    try:
-        if not os.isatty(0):
-            while chunk := os.read(0, 65536):
-                chunks.append(chunk)
-    except OSError:
-        pass
-    return b"".join(chunks)
 
 
 def _open_log_fifo(bundle: str) -> int:
@@ -185,7 +161,7 @@ def start(args: ShimArgs) -> int:
         group = group_of(_read_spec(bundle), args.id)
         address = socket_address(args.address, args.namespace, group)
         path = address.removeprefix("unix://")
-        options = _read_stdin()
+        options = read_stdin()
         listener = _listen(path)
         if listener is not None:
             try:

@@ -124,10 +124,10 @@ def test_start_options_reach_the_daemon_through_its_environment(monkeypatch):
     body = b'[hypervisor.qemu]\ndefault_memory = 256\n'
     wrapped = Any(type_url="runtimeoptions.v1.Options",
                   value=runtimeoptions.Options(config_body=body).SerializeToString())
-    monkeypatch.setenv(sandbox_service.START_OPTIONS_ENV, wrapped.SerializeToString().hex())
+    monkeypatch.setenv(sandbox_service.OPTIONS_ENV, wrapped.SerializeToString().hex())
     assert sandbox_service.start_options() == ("", body)
-    assert sandbox_service.START_OPTIONS_ENV not in os.environ
-    monkeypatch.setenv(sandbox_service.START_OPTIONS_ENV, "not hex")
+    assert sandbox_service.OPTIONS_ENV not in os.environ
+    monkeypatch.setenv(sandbox_service.OPTIONS_ENV, "not hex")
     assert sandbox_service.start_options() == ("", b"")
 
 

@@ -23,20 +23,17 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos.containerd.runtime.sandbox.v1 import sandbox_pb2 as api
-from protos.containerd.runtimeoptions.v1 import api_pb2 as runtimeoptions
 from protos.containerd.types import platform_pb2
 from protos.kubernetes import cri_pod_pb2
 from shim.config import ConfigError, load_config
 from shim.paths import InvalidIdentifier, check_identifier
 from shim.start import OPTIONS_ENV
+from shim.task_service.service import DEAD_VM_STATUS, runtime_options
 from ttrpc import Code, TTRPCError
 
 log = structlog.get_logger(__name__)
 
 POD_CONFIG_TYPE = "runtime.v1.PodSandboxConfig"
-# `start` hands the daemon the runtime options containerd wrote on its stdin
-# (an Any: runtimeoptions.v1.Options with ConfigPath or config_body), hex-encoded
-START_OPTIONS_ENV = OPTIONS_ENV
 READY, NOT_READY = "SANDBOX_READY", "SANDBOX_NOTREADY"
 _GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
             "s390x": "s390x", "riscv64": "riscv64"}
@@ -49,21 +46,20 @@ def _timestamp(ns: int) -> Timestamp:
 
 
 def start_options() -> tuple[str, bytes]:
-    """(config_path, config_body) from the options `start` passed on (popped from env)."""
-    raw = os.environ.pop(START_OPTIONS_ENV, "")
+    """(config_path, config_body) from the runtime options containerd gave `start` on
+    its stdin, which `start` passes on hex-encoded in the environment (popped here)."""
+    raw = os.environ.pop(OPTIONS_ENV, "")
     if not raw:
         return "", b""
-    try:
-        from google.protobuf.any_pb2 import Any as AnyMessage
+    from google.protobuf.any_pb2 import Any as AnyMessage
+    from google.protobuf.message import DecodeError
 
+    try:
         wrapped = AnyMessage.FromString(bytes.fromhex(raw))
-    except ValueError:
+    except (ValueError, DecodeError):
         log.warning("runtime options from start are not an Any; ignored")
         return "", b""
-    if not wrapped.type_url.endswith("runtimeoptions.v1.Options"):
-        return "", b""
-    options = runtimeoptions.Options.FromString(wrapped.value)
-    return options.config_path, options.config_body
+    return runtime_options(wrapped)
 
 
 def pod_config(options: Any) -> cri_pod_pb2.PodSandboxConfig:
@@ -100,17 +96,14 @@ def write_pod_files(folder: Path, hostname: str, dns: list[str]) -> dict[str, st
     would have no resolver: the shim writes them and binds them into each one.
     """
     folder.mkdir(mode=0o755, parents=True, exist_ok=True)
-    files = {
-        "/etc/hostname": f"{hostname}\n" if hostname else "",
-        "/etc/hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-        + (f"127.0.1.1\t{hostname}\n" if hostname else ""),
-    }
+    files = {"/etc/hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"}
+    if hostname:
+        files["/etc/hostname"] = f"{hostname}\n"
+        files["/etc/hosts"] += f"127.0.1.1\t{hostname}\n"
     if dns:
         files["/etc/resolv.conf"] = "\n".join(dns) + "\n"
     made = {}
     for destination, text in files.items():
-        if destination == "/etc/hostname" and not text:
-            continue
         path = folder / os.path.basename(destination)
         path.write_text(text)
         made[destination] = str(path)
@@ -193,7 +186,9 @@ class SandboxService:
                 self.tasks.pod_files = write_pod_files(
                     self.tasks.sandbox.state_dir / "pod", pod.hostname, pod.dns
                 )
-                self.tasks.death_listeners.append(lambda reason: self._mark_stopped(pod, 255))
+                self.tasks.death_listeners.append(
+                    lambda reason: self._mark_stopped(pod, DEAD_VM_STATUS)
+                )
         return api.StartSandboxResponse(pid=self.tasks.sandbox.pid,
                                         created_at=_timestamp(pod.created_ns))
 
@@ -256,7 +251,7 @@ class SandboxService:
         log.info("sandbox shut down", sandbox=pod.id)
         # after this answer is on its way: containerd fails RemovePodSandbox on a
         # connection that closes before the reply
-        asyncio.get_running_loop().call_later(0.05, self._shutdown.set)
+        self._shutdown.set()  # the daemon ends once this reply is out (Server.shutdown)
         return api.ShutdownSandboxResponse()
 
     async def SandboxMetrics(self, request: api.SandboxMetricsRequest, context) -> Any:

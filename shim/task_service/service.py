@@ -111,7 +111,7 @@ def _shares_pod_pidns(spec: dict[str, Any]) -> bool:
     return any(ns.get("type") == "pid" and ns.get("path") for ns in namespaces)
 
 
-def _runtime_options(options: Any) -> tuple[str, bytes]:
+def runtime_options(options: Any) -> tuple[str, bytes]:
     """(config_path, config_body) of runtimeoptions.v1.Options in Create's options Any.
 
     CRI sends it for runtimes other than runc; containerd 1.7+ may fill
@@ -220,7 +220,7 @@ class TaskService:
 
     async def _start_sandbox(self, request: api.CreateTaskRequest, spec: dict[str, Any]) -> None:
         try:
-            config: Config = load_config(*_runtime_options(request.options))
+            config: Config = load_config(*runtime_options(request.options))
         except ConfigError as exc:
             raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
         await self.boot_sandbox(
@@ -659,10 +659,9 @@ class TaskService:
         return api.ConnectResponse(shim_pid=os.getpid(), task_pid=self._pid(), version=SHIM_VERSION)
 
     async def Shutdown(self, request: api.ShutdownRequest, context) -> empty_pb2.Empty:
-        if self.containers and not request.now:
-            return EMPTY
-        if self.sandbox_api_owns_pod and not request.now:
-            # containerd 2.1.2+ sends one per deleted container; ShutdownSandbox ends us
+        if not request.now and (self.containers or self.sandbox_api_owns_pod):
+            # a Sandbox API pod ends with ShutdownSandbox; containerd 2.1.2+ sends
+            # this after each of its containers' Delete
             return EMPTY
         if request.now:
             for container in list(self.containers.values()):
