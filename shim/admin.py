@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from shim.config import ConfigError, load_config
-from shim.paths import STATE_ROOT
+from shim.paths import SANDBOX_FILE, STATE_ROOT, recorded_qemu_pid
 
 
 def _line(ok: bool | None, what: str, detail: str) -> None:
@@ -85,7 +85,7 @@ def _sandboxes() -> list[Path]:
         for ns in STATE_ROOT.iterdir()
         if ns.is_dir()
         for p in ns.iterdir()
-        if (p / "sandbox.json").exists()
+        if (p / SANDBOX_FILE).exists()
     )
 
 
@@ -94,11 +94,8 @@ def list_sandboxes() -> int:
     rows = _sandboxes()
     print(f"{'NAMESPACE':<16} {'SANDBOX':<28} {'QEMU PID':>8} {'SHIM PID':>8}  CONTAINERS")
     for state in rows:
-        record = json.loads((state / "sandbox.json").read_text())
-        try:
-            qemu = (state / "qemu.pid").read_text().strip()
-        except OSError:
-            qemu = "-"
+        record = json.loads((state / SANDBOX_FILE).read_text())
+        qemu = recorded_qemu_pid(state) or "-"
         containers = ",".join(record.get("containers", {})) or "-"
         print(
             f"{state.parent.name:<16} {state.name:<28} {qemu:>8} "

@@ -16,7 +16,14 @@ import time
 from pathlib import Path
 
 from shim.cli import ShimArgs
-from shim.paths import STATE_ROOT, InvalidIdentifier, check_identifier, group_of
+from shim.paths import (
+    SANDBOX_FILE,
+    STATE_ROOT,
+    InvalidIdentifier,
+    check_identifier,
+    group_of,
+    recorded_qemu_pid,
+)
 
 SIGKILL_EXIT = 128 + 9
 
@@ -36,7 +43,7 @@ def _find_sandbox(namespace: str, container_id: str, bundle: str) -> Path | None
         return None
     for state_dir in namespace_dir.iterdir():
         try:
-            data = json.loads((state_dir / "sandbox.json").read_text())
+            data = json.loads((state_dir / SANDBOX_FILE).read_text())
         except (OSError, ValueError):
             continue
         if container_id in data.get("containers", {}) or state_dir.name == container_id:
@@ -53,57 +60,32 @@ def _shim_alive(record) -> bool:
     return procs.is_running(record.shim_pid, record.shim_started or None)
 
 
-def _unmount_rootfs(bundle: str) -> None:
-    from shim.mountinfo import mounted_under
-
-    if not mounted_under(os.path.join(bundle, "rootfs")):
-        return  # the usual case: the daemon unmounted it; skip loading the mount code
-    from shim.sandbox.cleanup import unmount_rootfs
-
-    unmount_rootfs(bundle)
+def _report(line: str) -> None:
+    sys.stderr.write(f"containerd-shim-pykata-v2 delete: {line}\n")
 
 
 def cleanup(namespace: str, container_id: str, bundle: str) -> int:
-    """Remove what pykata set up for container_id; returns the QEMU pid it found (or 0)."""
+    """Remove what pykata set up for container_id; returns the QEMU pid it found (or 0).
+
+    With its daemon dead the whole sandbox goes, by the same teardown the daemon
+    runs; with the daemon alive only this container is forgotten.
+    """
+    from shim.sandbox import teardown
+
     state_dir = _find_sandbox(namespace, container_id, bundle)
     qemu_pid = 0
     if state_dir is not None:
         from shim.sandbox.state import SandboxRecord
 
         record = SandboxRecord.load(state_dir)
-        with contextlib.suppress(OSError, ValueError):
-            qemu_pid = int((state_dir / "qemu.pid").read_text().strip() or 0)
+        qemu_pid = recorded_qemu_pid(state_dir)
         if record is None or not _shim_alive(record):
-            _teardown_sandbox(state_dir, record)
+            teardown.release(state_dir, record, _report)
         else:
-            _forget_container(state_dir, record, container_id)
+            teardown.forget_container(state_dir, record, container_id)
     if bundle:
-        _unmount_rootfs(bundle)
+        teardown.unmount_rootfs(bundle)  # as runc's shim does, whoever mounted it
     return qemu_pid
-
-
-def _teardown_sandbox(state_dir: Path, record) -> None:
-    from shim.netns import teardown_state
-    from shim.sandbox.cleanup import remove_state
-    from shim.vmm import kill_from_state
-
-    kill_from_state(state_dir)
-    try:  # the taps and filters network.json records (pyroute2 only if there are some)
-        teardown_state(state_dir)
-    except Exception as exc:  # still remove the rest
-        sys.stderr.write(f"containerd-shim-pykata-v2 delete: network cleanup failed: {exc}\n")
-    bundles = [c.bundle for c in record.containers.values()] if record is not None else []
-    remove_state(state_dir, bundles)
-
-
-def _forget_container(state_dir: Path, record, container_id: str) -> None:
-    from shim.sandbox.shared_fs import SharedDir
-
-    SharedDir(state_dir).unshare_container(container_id)
-    container = record.containers.pop(container_id, None)
-    if container is not None:
-        _unmount_rootfs(container.bundle)
-        record.save(state_dir)
 
 
 def _delete_response(pid: int, exit_status: int = SIGKILL_EXIT, now_ns: int | None = None) -> bytes:

@@ -12,6 +12,9 @@ from pathlib import Path
 # containerd's own shims put their sockets here (defaults.DefaultStateDir + "/s").
 SHIM_SOCKET_DIR = "/run/containerd/s"
 STATE_ROOT = Path(os.environ.get("PYKATA_STATE_ROOT", "/run/pykata"))
+# In each sandbox's state dir: its record (shim.sandbox.state) and QEMU's pid file.
+SANDBOX_FILE = "sandbox.json"
+QEMU_PID_FILE = "qemu.pid"
 
 # Annotations that put several containers in one sandbox (= one shim, one VM).
 GROUP_ANNOTATIONS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
@@ -92,3 +95,11 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def recorded_qemu_pid(state_dir: Path) -> int:
+    """The pid in a sandbox's QEMU pid file (0 if there is none)."""
+    try:
+        return int((state_dir / QEMU_PID_FILE).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0

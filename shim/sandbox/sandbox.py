@@ -13,7 +13,7 @@ import ttrpc
 from protos.kata import agent_pb2
 from shim.config import Config
 from shim.paths import sandbox_dir
-from shim.sandbox.cleanup import remove_state, unmount_rootfs
+from shim.sandbox import teardown
 from shim.sandbox.mounts import MountSpec, mount_all
 from shim.sandbox.shared_fs import GUEST_SHARED_DIR, VIRTIOFS_TAG, SharedDir
 from shim.sandbox.state import ContainerRecord, SandboxRecord
@@ -159,27 +159,10 @@ class Sandbox:
 
     def remove_container(self, container_id: str) -> None:
         """Unshare and unmount a container's rootfs; forget it."""
-        self.shared.unshare_container(container_id)
-        record = self.record.containers.pop(container_id, None)
-        if record is not None and record.rootfs_mounted:
-            unmount_rootfs(record.bundle)
-        if self.state_dir.exists():
-            self.record.save(self.state_dir)
-
-    async def _teardown_network(self) -> None:
-        """Remove the taps, qdiscs and filters network.json records (after QEMU is gone)."""
-        from shim.netns import teardown
-
-        if self.network is not None:
-            self.network.release_fds()
-        try:
-            for line in await teardown(self.state_dir):
-                log.info("network cleanup", action=line, sandbox=self.id)
-        except Exception as exc:  # keep cleaning up whatever happens
-            log.error("network cleanup failed", error=str(exc), sandbox=self.id)
+        teardown.forget_container(self.state_dir, self.record, container_id)
 
     async def stop(self) -> None:
-        """Destroy the agent's sandbox, stop the VM, unmount, remove state. Idempotent."""
+        """Destroy the agent's sandbox, stop the VM, then release the host side. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
@@ -193,16 +176,14 @@ class Sandbox:
                 await self.vm.stop()
             except Exception as exc:  # keep cleaning up whatever happens
                 log.error("stopping the VM failed", error=str(exc))
-        else:
-            from shim.vmm import kill_from_state
+        if self.network is not None:
+            self.network.release_fds()
+        from shim.netns.nsenter import in_own_thread
 
-            with contextlib.suppress(Exception):
-                kill_from_state(self.state_dir)
-        await self._teardown_network()
-        for container_id in list(self.record.containers):
-            self.remove_container(container_id)
-        self.shared.teardown()
-        remove_state(self.state_dir)
+        def report(line: str) -> None:
+            log.info("sandbox cleanup", action=line, sandbox=self.id)
+
+        await in_own_thread(teardown.release, self.state_dir, self.record, report)
 
 
 def network_namespace(spec: dict[str, Any]) -> str | None:

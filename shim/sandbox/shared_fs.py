@@ -9,7 +9,6 @@ what virtiofsd exports. Mounts made under `mounts/` later propagate into
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from shim.sandbox.mounts import (
@@ -22,7 +21,6 @@ from shim.sandbox.mounts import (
     mount,
     set_propagation,
     unmount,
-    unmount_all_under,
 )
 
 GUEST_SHARED_DIR = "/run/kata-containers/shared/containers"
@@ -56,21 +54,6 @@ class SharedDir:
             target.touch(exist_ok=True)
         mount(host_path, str(target), None, MS_BIND | MS_REC)
         return f"{GUEST_SHARED_DIR}/{container_id}/{name}"
-
-    def unshare_container(self, container_id: str) -> None:
-        """Unmount and remove everything shared for one container."""
-        folder = self.mounts / container_id
-        if folder.exists():
-            unmount_all_under(str(folder))
-            shutil.rmtree(folder, ignore_errors=True)
-
-    def teardown(self) -> None:
-        """Unmount the share and everything in it (safe to call more than once)."""
-        unmount_all_under(str(self.shared))
-        unmount_all_under(str(self.mounts))
-        for folder in (self.shared, self.mounts):
-            if folder.exists() and not os.path.ismount(folder):
-                shutil.rmtree(folder, ignore_errors=True)
 
 
 __all__ = ["GUEST_SHARED_DIR", "VIRTIOFS_TAG", "SharedDir", "unmount"]

@@ -6,9 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shim.paths import write_atomic
+from shim.paths import SANDBOX_FILE, write_atomic
 
-STATE_FILE = "sandbox.json"
+STATE_FILE = SANDBOX_FILE
 
 
 @dataclass

@@ -1,4 +1,12 @@
-"""A process the Task API knows: a container's init or an exec, with its state and stdio."""
+"""A process the Task API knows: a container's init or an exec, with its state and stdio.
+
+Each process has one state machine, shaped like containerd's runc shim: created,
+running, paused, stopped, deleted. Every Task call that changes a process holds
+its lock for the whole call (an agent call included), so Start, Kill, Pause,
+Resume and Delete of one process never interleave. An exit is the exception: it
+arrives from the agent or from the VM's death in any state and always wins, so a
+call that finishes after it leaves the process stopped.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +19,40 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from shim.task_service.stdio import InputCopier, OutputCopier
 
+NEVER_STARTED_STATUS = 128 + 9  # a process deleted before it ran: as if SIGKILLed
+
 
 class State(Enum):
-    """Process states, as containerd.v1.types.Status numbers them."""
+    """Process states; the values are containerd.v1.types.Status numbers (DELETED is ours)."""
 
     CREATED = 1
     RUNNING = 2
     STOPPED = 3
     PAUSED = 4
+    DELETED = 100
+
+    @property
+    def status(self) -> int:
+        """What the Task API's State reports: a deleted process is a stopped one."""
+        return State.STOPPED.value if self is State.DELETED else self.value
+
+    @property
+    def word(self) -> str:
+        return self.name.lower()
+
+
+# Where each state may go; STOPPED is reached from any live state by an exit.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.CREATED: frozenset({State.RUNNING, State.STOPPED}),
+    State.RUNNING: frozenset({State.PAUSED, State.STOPPED}),
+    State.PAUSED: frozenset({State.RUNNING, State.STOPPED}),
+    State.STOPPED: frozenset({State.DELETED}),
+    State.DELETED: frozenset(),
+}
+
+
+class ProcessStateError(Exception):
+    """A call that the process's state does not allow; the message says which state."""
 
 
 @dataclass
@@ -44,6 +78,7 @@ class Process:
     exit_status: int = 0
     exited_at_ns: int = 0
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     stdin_copier: InputCopier | None = None
     output_copiers: list[OutputCopier] = field(default_factory=list)
     waiter: asyncio.Task[None] | None = None
@@ -53,19 +88,36 @@ class Process:
         """The id the agent knows this process by (the init's is the container id)."""
         return self.exec_id or self.container_id
 
+    @property
+    def name(self) -> str:
+        return f"exec {self.exec_id}" if self.exec_id else f"container {self.container_id}"
+
     def exited_at(self) -> Timestamp:
         stamp = Timestamp()
         if self.exited_at_ns:
             stamp.FromNanoseconds(self.exited_at_ns)
         return stamp
 
-    def set_exited(self, status: int) -> None:
-        if self.exited.is_set():
-            return
+    def require(self, action: str, *allowed: State) -> None:
+        """Raise ProcessStateError unless the process is in one of `allowed` states."""
+        if self.state not in allowed:
+            raise ProcessStateError(f"cannot {action} {self.name}: it is {self.state.word}")
+
+    def move(self, to: State) -> bool:
+        """Change state if the machine allows it; False when an exit got there first."""
+        if to not in TRANSITIONS[self.state]:
+            return False
+        self.state = to
+        return True
+
+    def set_exited(self, status: int) -> bool:
+        """Record the exit (any live state); False if it was already recorded."""
+        if self.exited.is_set() or not self.move(State.STOPPED):
+            return False
         self.exit_status = status
         self.exited_at_ns = time.time_ns()
-        self.state = State.STOPPED
         self.exited.set()
+        return True
 
     def close_io(self) -> None:
         """Stop every copier (used when the process is deleted or the VM went away)."""

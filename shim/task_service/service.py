@@ -30,7 +30,13 @@ from shim.paths import CONTAINER_TYPE_ANNOTATION, InvalidIdentifier, check_ident
 from shim.sandbox.mounts import MountError, MountSpec
 from shim.sandbox.sandbox import Sandbox, SandboxError, network_namespace
 from shim.task_service.events import EventPublisher
-from shim.task_service.process import Process, State, Stdio
+from shim.task_service.process import (
+    NEVER_STARTED_STATUS,
+    Process,
+    ProcessStateError,
+    State,
+    Stdio,
+)
 from shim.task_service.stdio import CHUNK, InputCopier, OutputCopier
 
 log = structlog.get_logger(__name__)
@@ -66,6 +72,16 @@ class Container:
 
 def _invalid(exc: Exception) -> TTRPCError:
     return TTRPCError(Code.INVALID_ARGUMENT, str(exc))
+
+
+@contextlib.asynccontextmanager
+async def _changing(process: Process):
+    """Hold the process's lock for a whole call; a state it does not allow: FAILED_PRECONDITION."""
+    async with process.lock:
+        try:
+            yield process
+        except ProcessStateError as exc:
+            raise TTRPCError(Code.FAILED_PRECONDITION, str(exc)) from None
 
 
 def _read_spec(bundle: str) -> dict[str, Any]:
@@ -274,7 +290,7 @@ class TaskService:
             for process in (container.init, *container.execs.values()):
                 if not process.exited.is_set():
                     process.close_io()
-                    self._exited(process, DEAD_VM_STATUS)
+                self._exited(process, DEAD_VM_STATUS)
         for listener in self.death_listeners:
             listener(reason)
         async with self._lock:
@@ -375,8 +391,14 @@ class TaskService:
         for destination, source in self.pod_files.items():
             if not any(entry.get("destination") == destination for entry in mounts):
                 shared = self.sandbox.share_mount(container.id, len(mounts), source)
-                mounts.append({"destination": destination, "type": "bind", "source": shared,
-                               "options": ["rbind", "rw"]})
+                mounts.append(
+                    {
+                        "destination": destination,
+                        "type": "bind",
+                        "source": shared,
+                        "options": ["rbind", "rw"],
+                    }
+                )
         spec["mounts"] = mounts
         return spec_to_kata(spec)
 
@@ -451,9 +473,8 @@ class TaskService:
 
     def _exited(self, process: Process, status: int) -> None:
         """Record an exit and tell containerd (/tasks/exit), once."""
-        if process.exited.is_set():
+        if not process.set_exited(status):
             return
-        process.set_exited(status)
         self.publisher.publish(
             "/tasks/exit",
             events.TaskExit(
@@ -469,11 +490,11 @@ class TaskService:
     async def Start(self, request: api.StartRequest, context) -> api.StartResponse:
         container = self._container(request.id)
         process = container.process(request.exec_id)
-        if process.state != State.CREATED:
-            raise TTRPCError(
-                Code.FAILED_PRECONDITION,
-                f"process {process.exec_id or container.id} is {process.state.name.lower()}",
-            )
+        async with _changing(process):
+            process.require("start", State.CREATED)
+            return await self._start(container, process)
+
+    async def _start(self, container: Container, process: Process) -> api.StartResponse:
         agent = self._agent()
         if process.exec_id:
             await agent.ExecProcess(
@@ -486,7 +507,8 @@ class TaskService:
             await agent.StartContainer(
                 agent_pb2.StartContainerRequest(container_id=container.id), timeout=AGENT_TIMEOUT
             )
-        process.state = State.RUNNING
+        if not process.move(State.RUNNING):  # the VM died meanwhile: the exit is known
+            return api.StartResponse(pid=process.pid)
         # only now does the agent know an exec: reading earlier would get NOT_FOUND
         self._start_io(process)
         if not process.stdio.stdin and not process.stdio.terminal:
@@ -524,7 +546,7 @@ class TaskService:
             id=container.id,
             bundle=container.bundle,
             pid=process.pid,
-            status=process.state.value,
+            status=process.state.status,
             stdin=process.stdio.stdin,
             stdout=process.stdio.stdout,
             stderr=process.stdio.stderr,
@@ -538,20 +560,21 @@ class TaskService:
     async def Kill(self, request: api.KillRequest, context) -> empty_pb2.Empty:
         container = self._container(request.id)
         process = container.process(request.exec_id)
-        if process.state == State.STOPPED:
-            raise TTRPCError(Code.NOT_FOUND, f"process {process.agent_exec_id} already finished")
-        if process.state == State.CREATED and not process.exec_id:
-            # never started: nothing runs in the guest yet; it is gone all the same
-            self._exited(process, 128 + (request.signal or 9))
-            return EMPTY
-        await self._agent().SignalProcess(
-            agent_pb2.SignalProcessRequest(
-                container_id=container.id,
-                exec_id="" if (request.all and not process.exec_id) else process.agent_exec_id,
-                signal=request.signal,
-            ),
-            timeout=AGENT_TIMEOUT,
-        )
+        async with _changing(process):
+            if process.state in (State.STOPPED, State.DELETED):
+                raise TTRPCError(Code.NOT_FOUND, f"{process.name} has already exited")
+            if process.state == State.CREATED:
+                # never started: nothing of it runs in the guest; it is gone all the same
+                self._exited(process, 128 + (request.signal or 9))
+                return EMPTY
+            await self._agent().SignalProcess(
+                agent_pb2.SignalProcessRequest(
+                    container_id=container.id,
+                    exec_id="" if (request.all and not process.exec_id) else process.agent_exec_id,
+                    signal=request.signal,
+                ),
+                timeout=AGENT_TIMEOUT,
+            )
         return EMPTY
 
     async def Exec(self, request: api.ExecProcessRequest, context) -> empty_pb2.Empty:
@@ -562,8 +585,11 @@ class TaskService:
             raise _invalid(exc) from None
         if request.exec_id in container.execs:
             raise TTRPCError(Code.ALREADY_EXISTS, f"exec {request.exec_id} already exists")
-        if container.init.state == State.STOPPED:
-            raise TTRPCError(Code.FAILED_PRECONDITION, f"container {container.id} is stopped")
+        if container.init.state in (State.STOPPED, State.DELETED):
+            raise TTRPCError(
+                Code.FAILED_PRECONDITION,
+                f"cannot exec in container {container.id}: it is {container.init.state.word}",
+            )
         try:
             spec = json.loads(request.spec.value or b"{}")
             process_spec = process_to_kata(spec)
@@ -604,18 +630,19 @@ class TaskService:
     async def Delete(self, request: api.DeleteRequest, context) -> api.DeleteResponse:
         container = self._container(request.id)
         process = container.process(request.exec_id)
-        if process.state not in (State.STOPPED, State.CREATED):
-            raise TTRPCError(
-                Code.FAILED_PRECONDITION,
-                f"process {process.agent_exec_id} is {process.state.name.lower()}: kill it first",
-            )
-        if process.state == State.CREATED:
-            process.set_exited(0 if process.exec_id else 137)
-        process.close_io()
-        if request.exec_id:
-            del container.execs[request.exec_id]
-        else:
-            await self._delete_container(container)
+        async with _changing(process):
+            if process.state in (State.RUNNING, State.PAUSED):
+                raise ProcessStateError(
+                    f"cannot delete {process.name}: it is {process.state.word}; kill it first"
+                )
+            process.require("delete", State.CREATED, State.STOPPED)
+            self._exited(process, NEVER_STARTED_STATUS)  # a no-op unless it never ran
+            process.move(State.DELETED)
+            process.close_io()
+            if request.exec_id:
+                del container.execs[request.exec_id]
+            else:
+                await self._delete_container(container)
         self.publisher.publish(
             "/tasks/delete",
             events.TaskDelete(
@@ -682,25 +709,29 @@ class TaskService:
     async def _freeze(self, container_id: str, *, pause: bool) -> None:
         """Pause (freeze) or resume a container in the guest, and say so to containerd."""
         container = self._container(container_id)
-        before, after = (State.RUNNING, State.PAUSED) if pause else (State.PAUSED, State.RUNNING)
-        if container.init.state != before:
-            raise TTRPCError(
-                Code.FAILED_PRECONDITION,
-                f"container {container.id} is {container.init.state.name.lower()}, "
-                f"not {before.name.lower()}",
-            )
-        agent = self._agent()
         if pause:
-            await agent.PauseContainer(
-                agent_pb2.PauseContainerRequest(container_id=container.id), timeout=AGENT_TIMEOUT
-            )
+            action, before, after = "pause", State.RUNNING, State.PAUSED
+        else:
+            action, before, after = "resume", State.PAUSED, State.RUNNING
+        async with _changing(container.init) as init:
+            init.require(action, before)
+            agent = self._agent()
+            if pause:
+                await agent.PauseContainer(
+                    agent_pb2.PauseContainerRequest(container_id=container.id),
+                    timeout=AGENT_TIMEOUT,
+                )
+            else:
+                await agent.ResumeContainer(
+                    agent_pb2.ResumeContainerRequest(container_id=container.id),
+                    timeout=AGENT_TIMEOUT,
+                )
+            if not init.move(after):
+                raise ProcessStateError(f"{init.name} exited during {action}")
+        if pause:
             self.publisher.publish("/tasks/paused", events.TaskPaused(container_id=container.id))
         else:
-            await agent.ResumeContainer(
-                agent_pb2.ResumeContainerRequest(container_id=container.id), timeout=AGENT_TIMEOUT
-            )
             self.publisher.publish("/tasks/resumed", events.TaskResumed(container_id=container.id))
-        container.init.state = after
 
     async def Stats(self, request: api.StatsRequest, context) -> api.StatsResponse:
         container = self._container(request.id)

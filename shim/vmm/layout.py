@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from shim.paths import QEMU_PID_FILE
+
 # sun_path is 108 bytes including the terminating NUL
 MAX_SOCKET_PATH = 107
 
@@ -45,7 +47,7 @@ class VMPaths:
 
     @property
     def qemu_pidfile(self) -> Path:
-        return self.state_dir / "qemu.pid"
+        return self.state_dir / QEMU_PID_FILE
 
     @property
     def virtiofsd_pidfile(self) -> Path:

@@ -97,27 +97,35 @@ class RunningVM:
         watched = {self.qemu.exited}
         if self.virtiofsd is not None:
             watched.add(self.virtiofsd.exited)
-        await asyncio.wait({asyncio.shield(f) for f in watched},
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {asyncio.shield(f) for f in watched}, return_when=asyncio.FIRST_COMPLETED
+        )
         if self._stopping is not None:
             return None
-        if not self.qemu.exited.done() and self.virtiofsd is not None and (
-            self.virtiofsd.returncode == 0
+        if (
+            not self.qemu.exited.done()
+            and self.virtiofsd is not None
+            and (self.virtiofsd.returncode == 0)
         ):
             # virtiofsd leaves by itself (status 0) once QEMU hangs up: did QEMU go first?
             await self.qemu.wait(VIRTIOFSD_EXIT_GRACE)
         if self.qemu.exited.done():
             status = self.qemu.returncode
-            panic = [line for line in tail(self.paths.console_log, max_lines=60).splitlines()
-                     if "Kernel panic" in line]
+            panic = [
+                line
+                for line in tail(self.paths.console_log, max_lines=60).splitlines()
+                if "Kernel panic" in line
+            ]
             if panic:
                 return f"the guest kernel panicked ({panic[-1].strip()})"
             if status == 0:
                 return "QEMU exited by itself (status 0): the guest rebooted or powered off"
             return f"QEMU (pid {self.pid}) exited with status {status}"
         assert self.virtiofsd is not None
-        return (f"virtiofsd (pid {self.virtiofsd.pid}) exited with status "
-                f"{self.virtiofsd.returncode}: the guest lost its shared filesystem")
+        return (
+            f"virtiofsd (pid {self.virtiofsd.pid}) exited with status "
+            f"{self.virtiofsd.returncode}: the guest lost its shared filesystem"
+        )
 
     async def wait_exited(self) -> int:
         """Wait for QEMU to exit; its exit status (negative: the signal that killed it)."""
