@@ -212,7 +212,8 @@ def test_a_vm_death_stops_every_process_of_the_pod(pykata, victim):
         log = cd.log_path.read_text(errors="replace")
         shim_log = [line for line in log.splitlines()
                     if "the pod's VM died" in line and cid in line]
-        assert shim_log, "the shim did not log the death"
+        assert shim_log, "the shim did not log the death:\n" + "\n".join(
+            line for line in log.splitlines() if cid in line)[-4000:]
         expected = {"qemu": "QEMU", "virtiofsd": "virtiofsd",
                     "guest-panic": "the guest kernel panicked"}[victim]
         assert expected in shim_log[-1], shim_log[-1]

@@ -114,8 +114,10 @@ def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: st
     )
     if result != 0:
         err = _errno()
+        options = f" with options {data}" if data else ""
         raise MountError(
-            err, f"mount {fstype or 'bind'} {source} on {target} failed: {os.strerror(err)}"
+            err,
+            f"mount {fstype or 'bind'} {source} on {target}{options} failed: {os.strerror(err)}",
         )
 
 

@@ -47,6 +47,7 @@ IO_DRAIN_TIMEOUT = 10.0  # after an exit, how long output may still arrive
 AGENT_TIMEOUT = 60.0
 MAX_SPEC_BYTES = 2 << 20  # an agent message (a ttrpc frame) holds at most 4 MiB
 DEAD_VM_STATUS = 255  # the exit status of a process whose VM died under it
+DEATH_GRACE = 2.0  # an agent call failed: how long the VM's death may take to be seen
 SHIM_VERSION = "pykata 0.1.0"
 
 
@@ -337,7 +338,14 @@ class TaskService:
         try:
             guest_root = sandbox.add_container(container.id, container.bundle, rootfs)
             guest_spec = self._guest_spec(container, guest_root)
-        except (MountError, OSError, SandboxError) as exc:
+        except MountError as exc:
+            sandbox.remove_container(container.id)
+            raise TTRPCError(
+                Code.INVALID_ARGUMENT,
+                f"cannot mount the container rootfs: {exc} (check the rootfs mounts the "
+                "Create request names: the snapshot's type, source and options)",
+            ) from None
+        except (OSError, SandboxError) as exc:
             sandbox.remove_container(container.id)
             raise TTRPCError(Code.INTERNAL, f"cannot prepare container rootfs: {exc}") from exc
         except SpecError as exc:
@@ -458,6 +466,8 @@ class TaskService:
             )
             status = answer.status
         except ttrpc.TTRPCError as exc:
+            if await self._vm_died_meanwhile():
+                return  # the death watcher gave every process its exit, with the reason
             log.warning(
                 "lost the process: the agent did not report its exit",
                 container=process.container_id,
@@ -470,6 +480,15 @@ class TaskService:
         if process.stdin_copier is not None:
             process.stdin_copier.stop()
         self._exited(process, status)
+
+    async def _vm_died_meanwhile(self) -> bool:
+        """After a failed agent call: is the VM dying? (its watcher then owns the exits)."""
+        watcher = self._death_watcher
+        if watcher is None:
+            return False
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(watcher), DEATH_GRACE)
+        return watcher.done() and not watcher.cancelled()
 
     def _exited(self, process: Process, status: int) -> None:
         """Record an exit and tell containerd (/tasks/exit), once."""
