@@ -17,14 +17,42 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from shim.config import ConfigError, load_config
+from shim.config import ConfigError, HypervisorConfig, load_config
 from shim.paths import SANDBOX_FILE, STATE_ROOT, recorded_qemu_pid
 
 
 def _line(ok: bool | None, what: str, detail: str) -> None:
     mark = {True: "ok  ", False: "FAIL", None: "info"}[ok]
     print(f"[{mark}] {what:<28} {detail}")
+
+
+def _protections(hv: HypervisorConfig, cache: Any) -> None:
+    """Lines for the confinement QEMU and virtiofsd get here: `ok` when on, `info` when
+    off. Never a failure (pods run without them), so they leave the exit status alone."""
+    from shim.vmm import hostcaps
+    from shim.vmm.qemu_args import SECCOMP
+    from shim.vmm.virtiofsd import option_value
+
+    if os.path.exists(hv.path):
+        on, detail = hostcaps.probe_seccomp(hv.path, cache)
+        if on:
+            on, detail = hostcaps.qemu_sandbox_active(hv.path, SECCOMP)
+        _line(True if on else None, "QEMU -sandbox", f"on ({detail})" if on else f"off: {detail}")
+    if hv.shared_fs != "virtio-fs" or not os.path.exists(hv.virtio_fs_daemon):
+        return
+    choice = hostcaps.probe_virtiofsd(hv.virtio_fs_daemon, cache)
+    for option, probed, detail in (
+        ("--sandbox", choice.sandbox, choice.sandbox_detail),
+        ("--seccomp", choice.seccomp, choice.seccomp_detail),
+    ):
+        mode = option_value(hv.virtio_fs_extra_args, option)
+        if mode:
+            detail = f"set by virtio_fs_extra_args; the probe chose {probed or 'nothing'}"
+        mode = mode or probed
+        on = None if mode in (None, "none") else True
+        _line(on, f"virtiofsd {option}", f"{mode or 'unknown'} ({detail})")
 
 
 def check(config_path: str) -> int:
@@ -62,6 +90,7 @@ def check(config_path: str) -> int:
     vsock = os.path.exists("/dev/vhost-vsock")
     _line(None, "agent channel", "vsock" if vsock else "virtio-serial (no /dev/vhost-vsock)")
     _line(None, "vhost-net", "yes" if os.path.exists("/dev/vhost-net") else "no")
+    _protections(hv, cache)
     print("host can run pykata pods" if not failures else f"{failures} requirement(s) missing")
     return 1 if failures else 0
 

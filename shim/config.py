@@ -36,6 +36,7 @@ class HypervisorConfig:
     shared_fs: str = "virtio-fs"
     virtio_fs_daemon: str = "/usr/share/pykata/virtiofsd/virtiofsd"
     virtio_fs_cache: str = "auto"
+    virtio_fs_extra_args: list[str] = field(default_factory=list)
     accel: str = "auto"
     enable_debug: bool = False
 
@@ -89,6 +90,10 @@ def _fill(section: Any, table: dict[str, Any], where: str) -> None:
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}.{key} must be true or false, not {value!r}")
+        elif isinstance(default, list):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}.{key} must be a list of strings, not {value!r}")
+            value = list(value)
         elif isinstance(default, int | float):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"{where}.{key} must be a number, not {value!r}")

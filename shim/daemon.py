@@ -19,6 +19,7 @@ from shim.cli import ShimArgs
 from shim.start import LISTENER_FD, READY_ENV, READY_WORD
 
 SHUTDOWN_GRACE = 5.0
+PEERS_LEAVE_WITHIN = 1.0  # after a shutdown: how long containerd may take to hang up
 
 
 class Readiness:
@@ -85,6 +86,12 @@ async def serve(args: ShimArgs, readiness: Readiness) -> int:
         except Exception as exc:
             log.error("cleanup at shutdown failed", container=container.id, error=str(exc))
     reaper.cancel()
+    # let the reply to Shutdown/ShutdownSandbox reach containerd before the socket
+    # closes: containerd hangs up once it has it (ShutdownSandbox must not see "closed")
+    deadline = loop.time() + PEERS_LEAVE_WITHIN
+    while server.connections() and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    log.info("shim exiting", peers_still_connected=server.connections())
     await server.shutdown(SHUTDOWN_GRACE)
     await publisher.close()
     return 0

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -140,7 +141,13 @@ def fake_virtiofsd_main(argv: list[str]) -> int:
     listener.bind(path)
     listener.listen()
     conn, _ = listener.accept()
-    conn.recv(1)  # returns when QEMU hangs up
+    # vhost-user messages until QEMU (or the host probe) hangs up; GET_FEATURES is answered
+    while len(header := conn.recv(12)) == 12:
+        request, _flags, size = struct.unpack("<III", header)
+        if size:
+            conn.recv(size)
+        if request == 1:
+            conn.sendall(struct.pack("<IIIQ", 1, 0x5, 8, 0))
     os.unlink(path)
     return 0
 

@@ -44,6 +44,7 @@ def vm_config(config: Config, netns: str | None, nics: list[Any] | None = None) 
         debug=hv.enable_debug or config.agent.enable_debug,
         shared_fs=hv.shared_fs,
         virtiofsd_path=hv.virtio_fs_daemon,
+        virtiofsd_extra_args=list(hv.virtio_fs_extra_args),
         virtiofs_cache=hv.virtio_fs_cache,
         accel=hv.accel,
         netns=netns,

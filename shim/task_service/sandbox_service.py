@@ -35,7 +35,6 @@ log = structlog.get_logger(__name__)
 
 POD_CONFIG_TYPE = "runtime.v1.PodSandboxConfig"
 READY, NOT_READY = "SANDBOX_READY", "SANDBOX_NOTREADY"
-SHUTDOWN_DELAY = 0.5  # seconds between ShutdownSandbox's reply and the daemon's exit
 _GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
             "s390x": "s390x", "riscv64": "riscv64"}
 
@@ -250,12 +249,9 @@ class SandboxService:
             self._mark_stopped(pod, pod.exit_status)
             await self.tasks.stop_sandbox()
         log.info("sandbox shut down", sandbox=pod.id)
-        # after this answer is on its way: containerd fails RemovePodSandbox on a
-        # connection that closes before the reply
-        # End the daemon a little after this reply, not at once: in full CI runs
-        # containerd 2.1.9 twice saw the connection close first ("failed to shutdown
-        # sandbox: ttrpc: closed") when the daemon began its shutdown right away
-        asyncio.get_running_loop().call_later(SHUTDOWN_DELAY, self._shutdown.set)
+        # the daemon ends once containerd has hung up (shim.daemon.serve): containerd
+        # fails RemovePodSandbox when the connection closes before this reply
+        self._shutdown.set()
         return api.ShutdownSandboxResponse()
 
     async def SandboxMetrics(self, request: api.SandboxMetricsRequest, context) -> Any:

@@ -1,4 +1,4 @@
-"""Process helpers: /proc start times (the recycled-pid guard) and async exit waits.
+"""Process helpers: /proc start times (the recycled-pid guard), exit waits, seccomp state.
 
 Stdlib only: `kill_from_state` runs in the short-lived `delete` process.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import dataclass
 
 
 def stat_fields(pid: int) -> list[str] | None:
@@ -79,3 +80,81 @@ def terminate(pid: int, started: int | None, grace: float) -> str:
     signal_if_same(pid, started, signal.SIGKILL)
     wait_gone(pid, started, 5.0)
     return "killed"
+
+
+SECCOMP_MODES = {0: "off", 1: "strict", 2: "filter"}
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """What /proc/<pid>/status says about a process's seccomp state."""
+
+    seccomp: int | None  # 0 off, 1 strict, 2 filter; None: the kernel does not say
+    no_new_privs: bool | None
+
+    @property
+    def seccomp_name(self) -> str:
+        return SECCOMP_MODES.get(self.seccomp, "unknown") if self.seccomp is not None else "unknown"
+
+    @property
+    def filtered(self) -> bool:
+        return self.seccomp == 2
+
+    def __str__(self) -> str:
+        nnp = "unknown" if self.no_new_privs is None else int(self.no_new_privs)
+        return f"Seccomp: {self.seccomp_name}, NoNewPrivs: {nnp}"
+
+
+def parse_status(text: str) -> dict[str, str]:
+    """The `Key: value` lines of a /proc/<pid>/status text."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def confinement_from_status(status: dict[str, str]) -> Confinement:
+    """Seccomp and NoNewPrivs from parsed status fields (None where absent or odd)."""
+
+    def number(key: str) -> int | None:
+        value = status.get(key, "")
+        return int(value) if value.isdigit() else None
+
+    nnp = number("NoNewPrivs")
+    return Confinement(seccomp=number("Seccomp"), no_new_privs=None if nnp is None else nnp == 1)
+
+
+def read_confinement(pid: int) -> Confinement | None:
+    """The seccomp state of a running process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            text = f.read().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return confinement_from_status(parse_status(text))
+
+
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (from /proc/<pid>/task/*/children)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(p) for p in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def namespace(pid: int | str, kind: str) -> str | None:
+    """The namespace id (e.g. 'mnt:[4026531832]') of a process, or None if unreadable."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return None

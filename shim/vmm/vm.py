@@ -20,12 +20,18 @@ from shim.vmm.accel import AccelChoice, choose_accel
 from shim.vmm.child import ChildProcess
 from shim.vmm.config import AGENT_VSOCK_PORT, QBOOT, VMConfig
 from shim.vmm.errors import AgentTimeoutError, QemuExitedError, VMError, VMStartError
-from shim.vmm.hostcaps import DEFAULT_CACHE_DIR, HostCapsCache, probe_seccomp
+from shim.vmm.hostcaps import (
+    DEFAULT_CACHE_DIR,
+    HostCapsCache,
+    probe_seccomp,
+    probe_virtiofsd,
+    virtiofsd_serving_pid,
+)
 from shim.vmm.layout import VMPaths
 from shim.vmm.qemu import launch, tail
 from shim.vmm.qmp import QMP, port_open_event
 from shim.vmm.state import StateWriter, kill_from_state, load_record
-from shim.vmm.virtiofsd import start_virtiofsd
+from shim.vmm.virtiofsd import exit_reason, option_value, start_virtiofsd
 from shim.vmm.vsock import open_vhost_vsock, vsock_available
 
 log = structlog.get_logger(__name__)
@@ -123,8 +129,8 @@ class RunningVM:
             return f"QEMU (pid {self.pid}) exited with status {status}"
         assert self.virtiofsd is not None
         return (
-            f"virtiofsd (pid {self.virtiofsd.pid}) exited with status "
-            f"{self.virtiofsd.returncode}: the guest lost its shared filesystem"
+            f"virtiofsd (pid {self.virtiofsd.pid}) exited with "
+            f"{exit_reason(self.virtiofsd.returncode)}: the guest lost its shared filesystem"
         )
 
     async def wait_exited(self) -> int:
@@ -338,6 +344,45 @@ async def _wait_agent(st: _Start, agent: AgentClient) -> Any:
             await asyncio.sleep(0.05)
 
 
+async def _virtiofsd_confinement(config: VMConfig, cache: HostCapsCache) -> list[str]:
+    """--sandbox/--seccomp for virtiofsd: the strongest this host runs (probed once per
+    boot and binary), unless virtiofsd_extra_args sets them (the user's choice wins)."""
+    if not os.path.exists(config.virtiofsd_path):
+        return []  # start_virtiofsd says so
+    extra = config.virtiofsd_extra_args
+    sandbox, seccomp = option_value(extra, "--sandbox"), option_value(extra, "--seccomp")
+    choice = None
+    if not (sandbox and seccomp):
+        choice = await asyncio.to_thread(probe_virtiofsd, config.virtiofsd_path, cache)
+        sandbox, seccomp = sandbox or choice.sandbox, seccomp or choice.seccomp
+    emit = log.info if (sandbox, seccomp) == ("namespace", "kill") else log.warning
+    emit(
+        "virtiofsd confinement",
+        sandbox=sandbox or "virtiofsd's default",
+        seccomp=seccomp or "virtiofsd's default",
+        from_config=[o for o in ("--sandbox", "--seccomp") if option_value(extra, o)],
+        probe=choice.detail if choice else None,
+    )
+    return choice.args() if choice else []
+
+
+def _check_confinement(st: _Start, seccomp: bool, virtiofsd_args: list[str]) -> dict[str, str]:
+    """The seccomp state QEMU and virtiofsd really run with, for the start log; a warning
+    when one that should have a filter has none."""
+    assert st.qemu is not None
+    checks = [("qemu", st.qemu.pid, seccomp)]
+    if st.virtiofsd is not None:
+        mode = option_value([*virtiofsd_args, *st.config.virtiofsd_extra_args], "--seccomp")
+        checks.append(("virtiofsd", virtiofsd_serving_pid(st.virtiofsd.pid), mode != "none"))
+    out = {}
+    for name, pid, want in checks:
+        seen = procs.read_confinement(pid)
+        out[f"{name}_seccomp"] = seen.seccomp_name if seen else "gone"
+        if want and seen is not None and not seen.filtered:
+            log.warning("running without a seccomp filter", process=name, pid=pid, status=str(seen))
+    return out
+
+
 async def start_vm(
     config: VMConfig,
     state_dir: Path,
@@ -371,6 +416,9 @@ async def start_vm(
                     qemu=config.qemu_path,
                     detail=detail,
                 )
+        virtiofsd_args = []
+        if config.shared_fs == "virtio-fs":
+            virtiofsd_args = await _virtiofsd_confinement(config, cache)
         st.mark("probed")
         writer = StateWriter(paths)
         if config.shared_fs == "virtio-fs":
@@ -380,6 +428,7 @@ async def start_vm(
                 Path(shared_dir),
                 cache=config.virtiofs_cache,
                 extra=config.virtiofsd_extra_args,
+                confinement=virtiofsd_args,
                 log_path=paths.virtiofsd_log,
                 timeout=min(10.0, st.remaining()),
             )
@@ -434,6 +483,7 @@ async def start_vm(
         st.agent = AgentClient(address, connect_timeout=5.0)
         await st.guard(_wait_agent(st, st.agent), "waiting for the agent's Health/Check")
         st.mark("agent_ready")
+        confinement = _check_confinement(st, seccomp, virtiofsd_args)
     except BaseException as exc:
         await st.abort()
         if isinstance(exc, VMError) or not isinstance(exc, Exception):
@@ -452,5 +502,12 @@ async def start_vm(
         accel=accel,
         timings=st.timings,
     )
-    log.info("vm started", pid=vm.pid, accel=accel.accel, state_dir=str(state_dir), **st.timings)
+    log.info(
+        "vm started",
+        pid=vm.pid,
+        accel=accel.accel,
+        state_dir=str(state_dir),
+        **confinement,
+        **st.timings,
+    )
     return vm
