@@ -89,9 +89,9 @@ async def serve(args: ShimArgs, readiness: Readiness) -> int:
     # let the reply to Shutdown/ShutdownSandbox reach containerd before the socket
     # closes: containerd hangs up once it has it (ShutdownSandbox must not see "closed")
     deadline = loop.time() + PEERS_LEAVE_WITHIN
-    while server.connections() and loop.time() < deadline:
+    while server.connections and loop.time() < deadline:
         await asyncio.sleep(0.01)
-    log.info("shim exiting", peers_still_connected=server.connections())
+    log.info("shim exiting", peers_still_connected=server.connections)
     await server.shutdown(SHUTDOWN_GRACE)
     await publisher.close()
     return 0

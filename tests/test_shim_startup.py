@@ -117,3 +117,57 @@ def test_daemon_dying_at_import_fails_start_with_its_reason_and_logs_the_traceba
     socket_path = socket_address(containerd_address, "pykata-test", cid).removeprefix("unix://")
     assert not os.path.exists(socket_path)
     assert not (bundle / "address").exists()
+
+
+def test_a_daemon_told_to_shut_down_removes_its_socket_and_exits_cleanly(tmp_path):
+    import asyncio
+
+    import ttrpc
+    from shim.vmm import procs
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({"annotations": {}}))
+    os.mkfifo(bundle / "log")
+    reader = os.open(bundle / "log", os.O_RDWR | os.O_NONBLOCK)
+    containerd_address = str(tmp_path / "c.sock")
+    cid = f"shutdown-{os.getpid()}"
+    try:
+        result = subprocess.run(
+            [sys.executable, str(SHIM), "-namespace", "pykata-test", "-address",
+             containerd_address, "-id", cid, "start"],
+            cwd=bundle, capture_output=True, text=True, timeout=60, env=_env(),
+        )
+        assert result.returncode == 0, result.stderr
+        socket_path = result.stdout.strip().removeprefix("unix://")
+        task = shim_pb2.DESCRIPTOR.services_by_name["Task"]
+
+        async def shut_down() -> int:
+            client = await ttrpc.Client.connect(socket_path)
+            stub = ttrpc.Stub(client, task)
+            pid = (await stub.Connect(shim_pb2.ConnectRequest(id=cid))).shim_pid
+            await stub.Shutdown(shim_pb2.ShutdownRequest(id=cid))
+            await client.close()
+            return pid
+
+        pid = asyncio.run(shut_down())
+        for _ in range(200):
+            if not procs.is_running(pid, None):
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        assert not procs.is_running(pid, None), "the daemon did not exit"
+        assert not os.path.exists(socket_path)
+        logged = b""
+        while True:
+            try:
+                chunk = os.read(reader, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            logged += chunk
+    finally:
+        os.close(reader)
+    text = logged.decode()
+    assert "shim exiting" in text
+    assert "shim daemon failed" not in text and "Traceback" not in text, text
