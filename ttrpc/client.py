@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from google.protobuf.message import DecodeError
 
@@ -25,6 +26,9 @@ from ttrpc.transport import open_pipe_pair, open_socket, open_unix
 
 log = logging.getLogger("ttrpc")
 
+# (service, method, seconds, code) after each call; see Client
+Observer = Callable[[str, str, float, Code], None]
+
 
 def encode_metadata(metadata: Metadata) -> list[KeyValue]:
     """Flatten metadata to KeyValue pairs, lower-casing keys as ttrpc does."""
@@ -42,9 +46,15 @@ class Client:
     Build it with `await Client.connect(address)`, `Client.from_socket(sock)` or
     `Client.from_pipes(read_fd, write_fd)`. Calls may be made concurrently from
     any number of tasks; answers are matched to calls by stream id.
+
+    `observer`, if given, is called after each `call` with (service, method,
+    seconds, code): how long the call took and how it ended (OK, the peer's
+    status, DEADLINE_EXCEEDED, UNAVAILABLE, CANCELLED). It must be quick and
+    must not raise (an exception is logged and dropped).
     """
 
-    def __init__(self, metadata: Metadata | None = None) -> None:
+    def __init__(self, metadata: Metadata | None = None, observer: Observer | None = None) -> None:
+        self._observer = observer
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._next_id = 1
         self._closed_reason: str | None = None
@@ -55,26 +65,42 @@ class Client:
     # -- construction -------------------------------------------------------
     @classmethod
     async def connect(
-        cls, address: str, *, metadata: Metadata | None = None, timeout: float | None = None
+        cls,
+        address: str,
+        *,
+        metadata: Metadata | None = None,
+        timeout: float | None = None,
+        observer: Observer | None = None,
     ) -> Client:
         """Connect to `unix:///path`, a plain path, or `@abstract`."""
-        client = cls(metadata)
+        client = cls(metadata, observer)
         await asyncio.wait_for(open_unix(address, lambda: client._channel), timeout)
         return client
 
     @classmethod
-    async def from_socket(cls, sock: socket.socket, *, metadata: Metadata | None = None) -> Client:
+    async def from_socket(
+        cls,
+        sock: socket.socket,
+        *,
+        metadata: Metadata | None = None,
+        observer: Observer | None = None,
+    ) -> Client:
         """Use an already connected stream socket (AF_UNIX, AF_VSOCK, ...)."""
-        client = cls(metadata)
+        client = cls(metadata, observer)
         await open_socket(sock, lambda: client._channel)
         return client
 
     @classmethod
     async def from_pipes(
-        cls, read_fd: int, write_fd: int, *, metadata: Metadata | None = None
+        cls,
+        read_fd: int,
+        write_fd: int,
+        *,
+        metadata: Metadata | None = None,
+        observer: Observer | None = None,
     ) -> Client:
         """Use two fds (pipes), or one character device fd passed twice."""
-        client = cls(metadata)
+        client = cls(metadata, observer)
         await open_pipe_pair(read_fd, write_fd, lambda: client._channel)
         return client
 
@@ -97,6 +123,36 @@ class Client:
         Raises TTRPCError with the peer's status, DEADLINE_EXCEEDED when timeout
         (seconds) passes, UNAVAILABLE when the connection is gone.
         """
+        observer = self._observer
+        if observer is None:
+            return await self._call(service, method, payload, timeout, metadata)
+        started = time.perf_counter()
+        code = Code.OK
+        try:
+            return await self._call(service, method, payload, timeout, metadata)
+        except TTRPCError as exc:
+            code = Code.of(int(exc.code))
+            raise
+        except asyncio.CancelledError:
+            code = Code.CANCELLED
+            raise
+        except Exception:
+            code = Code.UNKNOWN
+            raise
+        finally:
+            try:
+                observer(service, method, time.perf_counter() - started, code)
+            except Exception:
+                log.exception("ttrpc client: call observer failed")
+
+    async def _call(
+        self,
+        service: str,
+        method: str,
+        payload: bytes,
+        timeout: float | None,
+        metadata: Metadata | None,
+    ) -> bytes:
         if self._channel.closed:
             raise TTRPCError(Code.UNAVAILABLE, self._closed_message())
         request = Request(service=service, method=method, payload=payload)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 
 from google.protobuf.descriptor import ServiceDescriptor
@@ -30,6 +31,8 @@ from ttrpc.transport import listen_unix, listener_from_fd, open_pipe_pair, open_
 log = logging.getLogger("ttrpc")
 
 Authorizer = Callable[[socket.socket], bool]
+# (service, method, seconds, code) after each call; see Server
+Observer = Callable[[str, str, float, Code], None]
 
 
 def status_response(code: Code, message: str) -> bytes:
@@ -45,11 +48,21 @@ class Server:
     >>> await server.serve_unix("/run/x.sock")
     >>> ...
     >>> await server.shutdown()
+
+    `observer`, if given, is called on the event loop after each call to a
+    registered method has been answered, with (service, method, seconds, code):
+    the time from the request's arrival to its answer and the status sent
+    (CANCELLED for a call cut short). Calls to unknown services or methods are
+    not reported, so peers cannot grow an observer's label set. It must be
+    quick and must not raise (an exception is logged and dropped).
     """
 
-    def __init__(self, *, authorize: Authorizer | None = None) -> None:
+    def __init__(
+        self, *, authorize: Authorizer | None = None, observer: Observer | None = None
+    ) -> None:
         self._services: dict[str, dict[str, Method]] = {}
         self._authorize = authorize
+        self._observer = observer
         self._listeners: list[asyncio.AbstractServer] = []
         self._connections: set[ServerConnection] = set()
         self._socket_paths: list[str] = []
@@ -221,30 +234,51 @@ class ServerConnection:
             self.closed.set_result(reason)
 
     async def _run_call(self, stream_id: int, data: bytes) -> None:
+        observer = self.server._observer
+        started = time.perf_counter() if observer is not None else 0.0
+        request: Request | None = None
+        code = Code.OK
         try:
-            payload = await self._dispatch(stream_id, data)
+            request = _decode_request(data)
+            payload = await self._dispatch(stream_id, request)
             answer = Response(payload=payload).SerializeToString()
             if len(answer) > MAX_MESSAGE_SIZE:
-                answer = status_response(Code.RESOURCE_EXHAUSTED, oversized_message(len(answer)))
+                code = Code.RESOURCE_EXHAUSTED
+                answer = status_response(code, oversized_message(len(answer)))
         except TTRPCError as exc:
+            code = exc.code
             answer = Response(
                 status=Status(code=int(exc.code), message=exc.message, details=exc.details)
             ).SerializeToString()
         except asyncio.CancelledError:
             self._reply(stream_id, status_response(Code.CANCELLED, "ttrpc: call cancelled"))
+            if observer is not None:
+                self._observe(observer, request, time.perf_counter() - started, Code.CANCELLED)
             raise
         except Exception as exc:
             log.exception("ttrpc: handler for stream %d failed", stream_id)
-            answer = status_response(Code.UNKNOWN, str(exc) or type(exc).__name__)
-        self._reply(stream_id, answer)
+            code = Code.UNKNOWN
+            answer = status_response(code, str(exc) or type(exc).__name__)
+        if observer is None:
+            self._reply(stream_id, answer)
+        else:
+            elapsed = time.perf_counter() - started
+            self._reply(stream_id, answer)
+            self._observe(observer, request, elapsed, code)
         with contextlib.suppress(ConnectionError):
             await self.channel.drain()
 
-    async def _dispatch(self, stream_id: int, data: bytes) -> bytes:
+    def _observe(
+        self, observer: Observer, request: Request | None, seconds: float, code: int
+    ) -> None:
+        if request is None or request.method not in self.server._services.get(request.service, {}):
+            return
         try:
-            request = Request.FromString(data)
-        except DecodeError as exc:
-            raise TTRPCError(Code.INVALID_ARGUMENT, f"unmarshal request error: {exc}") from None
+            observer(request.service, request.method, seconds, Code.of(int(code)))
+        except Exception:
+            log.exception("ttrpc: call observer failed")
+
+    async def _dispatch(self, stream_id: int, request: Request) -> bytes:
         method = self.server.lookup(request.service, request.method)
         try:
             message = method.request_type.FromString(request.payload)
@@ -271,3 +305,10 @@ class ServerConnection:
         if not isinstance(result, Message):
             raise TypeError(f"{request.service}/{request.method} returned {type(result).__name__}")
         return result.SerializeToString()
+
+
+def _decode_request(data: bytes) -> Request:
+    try:
+        return Request.FromString(data)
+    except DecodeError as exc:
+        raise TTRPCError(Code.INVALID_ARGUMENT, f"unmarshal request error: {exc}") from None

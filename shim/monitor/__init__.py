@@ -1,0 +1,1 @@
+"""Per-sandbox monitoring: Prometheus text, /proc readings, RPC timings, the monitor socket."""
