@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -125,6 +126,8 @@ class AgentClient:
         self._closed_reason = "agent client closed"
         self.agent = Stub(self, AGENT_SERVICE)
         self.health = Stub(self, HEALTH_SERVICE)
+        # called with (service, method, seconds, code) after each call, retries included
+        self.observer: Callable[[str, str, float, ttrpc.Code], None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -179,6 +182,29 @@ class AgentClient:
         metadata: Metadata | None = None,
     ) -> bytes:
         """One unary call (used by the stubs); see the class docstring for retries."""
+        if self.observer is None:
+            return await self._call(service, method, payload, timeout, metadata)
+        started = time.perf_counter()
+        code = ttrpc.Code.OK
+        try:
+            return await self._call(service, method, payload, timeout, metadata)
+        except ttrpc.TTRPCError as e:
+            code = e.code
+            raise
+        except asyncio.CancelledError:
+            code = ttrpc.Code.CANCELLED
+            raise
+        finally:
+            self.observer(service, method, time.perf_counter() - started, code)
+
+    async def _call(
+        self,
+        service: str,
+        method: str,
+        payload: bytes,
+        timeout: float | None,
+        metadata: Metadata | None,
+    ) -> bytes:
         if timeout is DEFAULT:
             timeout = METHOD_TIMEOUTS.get(method, DEFAULT_TIMEOUT)
         attempts = 2 if method in IDEMPOTENT else 1

@@ -55,8 +55,11 @@ async def serve(args: ShimArgs, readiness: Readiness) -> int:
     import ttrpc
     from protos.containerd.runtime.sandbox.v1 import sandbox_pb2
     from protos.containerd.task.v2 import shim_pb2
+    from shim.agent_client import AGENT_SERVICE, HEALTH_SERVICE
+    from shim.monitor.rpc_metrics import RpcMetrics, request_names
     from shim.reaper import reap_orphans_forever
     from shim.task_service.events import EventPublisher
+    from shim.task_service.monitor_service import SandboxMonitor
     from shim.task_service.sandbox_service import SandboxService
     from shim.task_service.service import TaskService
 
@@ -65,7 +68,9 @@ async def serve(args: ShimArgs, readiness: Readiness) -> int:
     shutdown = asyncio.Event()
     publisher = EventPublisher(os.environ.get("TTRPC_ADDRESS", ""), args.namespace)
     service = TaskService(args.namespace, publisher, shutdown)
-    server = ttrpc.Server(authorize=ttrpc.require_same_uid)
+    rpc = RpcMetrics(request_names([AGENT_SERVICE, HEALTH_SERVICE]))
+    service.monitor = SandboxMonitor(service, rpc)
+    server = ttrpc.Server(authorize=ttrpc.require_same_uid, observer=rpc.observe_task)
     server.register(shim_pb2.DESCRIPTOR.services_by_name["Task"], service)
     # containerd 2.x, CRI `sandboxer = "shim"`: the pod itself, on the same socket
     server.register(

@@ -15,6 +15,7 @@ STATE_ROOT = Path(os.environ.get("PYKATA_STATE_ROOT", "/run/pykata"))
 # In each sandbox's state dir: its record (shim.sandbox.state) and QEMU's pid file.
 SANDBOX_FILE = "sandbox.json"
 QEMU_PID_FILE = "qemu.pid"
+MONITOR_SOCKET = "shim-monitor.sock"  # Kata's per-sandbox management socket
 
 # Annotations that put several containers in one sandbox (= one shim, one VM).
 GROUP_ANNOTATIONS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")

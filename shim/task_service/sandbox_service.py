@@ -169,6 +169,12 @@ class SandboxService:
                 dns=dns_lines(cri),
             )
             self.tasks.sandbox_api_owns_pod = True
+            if self.tasks.monitor is not None:  # kata-monitor's labels for the pod's metrics
+                self.tasks.monitor.pod_metadata = {
+                    "cri_name": cri.metadata.name,
+                    "cri_namespace": cri.metadata.namespace,
+                    "cri_uid": cri.metadata.uid,
+                }
         log.info("sandbox created", sandbox=request.sandbox_id, netns=request.netns_path,
                  pod=cri.metadata.name, pod_namespace=cri.metadata.namespace)
         return api.CreateSandboxResponse()

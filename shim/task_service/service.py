@@ -61,6 +61,8 @@ class Container:
     init: Process
     execs: dict[str, Process] = field(default_factory=dict)
     rootfs: list[mount_pb2.Mount] = field(default_factory=list)
+    # host source of each shared bind mount -> its path in the guest
+    shared_sources: dict[str, str] = field(default_factory=dict)
 
     def process(self, exec_id: str) -> Process:
         if not exec_id:
@@ -163,6 +165,8 @@ class TaskService:
         self._death_watcher: asyncio.Task[None] | None = None
         # called with the reason when the pod's VM dies (the Sandbox API's WaitSandbox)
         self.death_listeners: list[Any] = []
+        # the pod's monitor socket (shim.task_service.monitor_service.SandboxMonitor)
+        self.monitor: Any = None
 
     # -- helpers ---------------------------------------------------------------
     def _container(self, container_id: str) -> Container:
@@ -270,10 +274,21 @@ class TaskService:
             # the vmm layer's own errors (QEMU died, agent silent) name their cause
             raise TTRPCError(Code.UNAVAILABLE, f"cannot start the sandbox VM: {exc}") from exc
         self.sandbox = sandbox
+        if self.monitor is not None:
+            await self._open_monitor(sandbox)
         loop = asyncio.get_running_loop()
         self._oom_watcher = loop.create_task(self._watch_oom(sandbox))
         self._death_watcher = loop.create_task(self._watch_death(sandbox))
         return sandbox
+
+    async def _open_monitor(self, sandbox: Sandbox) -> None:
+        from shim.task_service.monitor_service import observe_agent_calls
+
+        observe_agent_calls(sandbox.vm.agent, self.monitor.rpc)
+        try:
+            await self.monitor.open(sandbox)
+        except OSError as exc:  # the pod runs without it; the log says why
+            log.error("cannot serve the monitor socket", error=str(exc), sandbox=sandbox.id)
 
     async def _watch_death(self, sandbox: Sandbox) -> None:
         """Deaths flow up: QEMU or virtiofsd gone (a crash, a kill, a guest panic).
@@ -309,6 +324,8 @@ class TaskService:
             if watcher is not None:
                 watcher.cancel()
         self._oom_watcher = self._death_watcher = None
+        if self.monitor is not None:
+            await self.monitor.close()
         if self.sandbox is not None:
             await self.sandbox.stop()
             self.sandbox = None
@@ -394,7 +411,9 @@ class TaskService:
             if is_bind and source.startswith("/"):
                 if not os.path.exists(source):
                     raise SpecError(f"bind mount source {source} does not exist")
-                entry = dict(entry, source=self.sandbox.share_mount(container.id, index, source))
+                guest_path = self.sandbox.share_mount(container.id, index, source)
+                container.shared_sources[source] = guest_path
+                entry = dict(entry, source=guest_path)
             mounts.append(entry)
         for destination, source in self.pod_files.items():
             if not any(entry.get("destination") == destination for entry in mounts):

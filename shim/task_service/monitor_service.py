@@ -1,0 +1,240 @@
+"""The pod's monitor socket: Kata's shim management routes, HTTP on a Unix socket.
+
+`/run/pykata/<namespace>/<sandbox>/shim-monitor.sock` serves, as Kata's
+`shim-monitor.sock` does: `GET /agent-url`, `GET /metrics` (Prometheus text:
+the shim, QEMU and virtiofsd from /proc, RPC durations, the pod's overhead and
+the guest's own page from the agent's GetMetrics), `GET /direct-volume/stats`,
+`POST /direct-volume/resize`, and `GET|PUT /iptables` and `/ip6tables` (the
+guest's rules). It shares the daemon's event loop; /proc reading and rendering
+run in a worker thread, agent calls have short deadlines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+import ttrpc
+from protos.kata import agent_pb2
+from shim.monitor.exposition import CONTENT_TYPE
+from shim.monitor.http import MonitorServer, Request
+from shim.monitor.overhead import PodOverhead
+from shim.monitor.page import metrics_page, sandbox_labels
+from shim.monitor.rpc_metrics import RpcMetrics
+from shim.paths import MONITOR_SOCKET
+from shim.vmm import procs
+
+if TYPE_CHECKING:
+    from shim.sandbox.sandbox import Sandbox
+    from shim.task_service.service import TaskService
+
+log = structlog.get_logger(__name__)
+AGENT_METRICS_TIMEOUT = 2.0
+AGENT_CALL_TIMEOUT = 10.0
+TEXT = "text/plain; charset=utf-8"
+JSON = "application/json"
+CRI_LABEL_ANNOTATIONS = {
+    "cri_name": "io.kubernetes.cri.sandbox-name",
+    "cri_namespace": "io.kubernetes.cri.sandbox-namespace",
+    "cri_uid": "io.kubernetes.cri.sandbox-uid",
+}
+# how an agent's gRPC status reads over HTTP
+HTTP_STATUS = {
+    ttrpc.Code.INVALID_ARGUMENT: 400,
+    ttrpc.Code.NOT_FOUND: 404,
+    ttrpc.Code.FAILED_PRECONDITION: 409,
+    ttrpc.Code.UNIMPLEMENTED: 501,
+    ttrpc.Code.UNAVAILABLE: 503,
+    ttrpc.Code.DEADLINE_EXCEEDED: 504,
+}
+
+Reply = tuple[int, str, bytes | str]
+
+
+def _error(exc: ttrpc.TTRPCError) -> Reply:
+    return HTTP_STATUS.get(exc.code, 500), TEXT, f"{exc.code.name}: {exc.message}\n"
+
+
+class SandboxMonitor:
+    """The monitor socket of the daemon's one pod, open while its VM runs."""
+
+    def __init__(self, tasks: TaskService, rpc: RpcMetrics) -> None:
+        self.tasks = tasks
+        self.rpc = rpc
+        self.overhead = PodOverhead()
+        # CRI's pod metadata when the Sandbox API gave it (else read from annotations)
+        self.pod_metadata: dict[str, str] = {}
+        self._server: MonitorServer | None = None
+
+    async def open(self, sandbox: Sandbox) -> None:
+        """Serve the routes on the sandbox's monitor socket."""
+        server = MonitorServer()
+        server.route("/agent-url", self._agent_url)
+        server.route("/metrics", self._metrics)
+        server.route("/direct-volume/stats", self._volume_stats)
+        server.route("/direct-volume/resize", self._volume_resize, methods=("POST",))
+        server.route("/iptables", self._iptables_v4, methods=("GET", "PUT"))
+        server.route("/ip6tables", self._iptables_v6, methods=("GET", "PUT"))
+        path = str(sandbox.state_dir / MONITOR_SOCKET)
+        await server.start(path)
+        self._server = server
+        self.overhead.sample(self._pids(sandbox))  # so that the first scrape has a baseline
+        log.info("monitor socket serving", path=path)
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.close()
+
+    # -- helpers -----------------------------------------------------------------
+    def _sandbox(self) -> Sandbox:
+        sandbox = self.tasks.sandbox
+        if sandbox is None or sandbox.vm is None:
+            raise ttrpc.TTRPCError(ttrpc.Code.UNAVAILABLE, "the pod's VM is not running")
+        return sandbox
+
+    def _processes(self, sandbox: Sandbox) -> list[tuple[str, int | None, int | None]]:
+        from shim.vmm.hostcaps import virtiofsd_serving_pid
+
+        vm = sandbox.vm
+        virtiofsd = virtiofsd_serving_pid(vm.virtiofsd.pid) if vm.virtiofsd is not None else None
+        return [
+            ("kata_shim", os.getpid(), None),
+            ("kata_hypervisor", vm.pid, procs.start_time(vm.pid)),
+            ("kata_virtiofsd", virtiofsd, None),
+        ]
+
+    def _pids(self, sandbox: Sandbox) -> list[int]:
+        return [pid for _, pid, _ in self._processes(sandbox) if pid]
+
+    def _labels(self, sandbox: Sandbox) -> dict[str, str]:
+        found = dict(self.pod_metadata)
+        for container in self.tasks.containers.values():
+            annotations = container.spec.get("annotations") or {}
+            for label, key in CRI_LABEL_ANNOTATIONS.items():
+                if annotations.get(key):
+                    found.setdefault(label, annotations[key])
+        return sandbox_labels(sandbox.id, **found)
+
+    async def _guest_usage(self, sandbox: Sandbox) -> tuple[int, int]:
+        """The containers' CPU time (ns) and memory (bytes) in the guest, from their stats."""
+        cpu = memory = 0
+        for container_id in list(self.tasks.containers):
+            try:
+                stats = await sandbox.agent.StatsContainer(
+                    agent_pb2.StatsContainerRequest(container_id=container_id),
+                    timeout=AGENT_METRICS_TIMEOUT,
+                )
+            except ttrpc.TTRPCError:
+                continue
+            cgroup = stats.cgroup_stats
+            cpu += cgroup.cpu_stats.cpu_usage.total_usage
+            memory += cgroup.memory_stats.usage.usage
+        return cpu, memory
+
+    def _guest_path(self, volume_path: str) -> str | None:
+        """Where a host volume (a bind source of a container) is seen in the guest."""
+        wanted = os.path.realpath(volume_path)
+        for container in self.tasks.containers.values():
+            for source, guest in container.shared_sources.items():
+                if os.path.realpath(source) == wanted:
+                    return guest
+        return None
+
+    # -- routes ------------------------------------------------------------------
+    async def _agent_url(self, request: Request) -> Reply:
+        try:
+            sandbox = self._sandbox()
+        except ttrpc.TTRPCError as exc:
+            return _error(exc)
+        return 200, TEXT, f"{sandbox.vm.agent.address}\n"
+
+    async def _metrics(self, request: Request) -> Reply:
+        try:
+            sandbox = self._sandbox()
+        except ttrpc.TTRPCError as exc:
+            return _error(exc)
+        agent_text = None
+        try:
+            answer = await sandbox.agent.GetMetrics(
+                agent_pb2.GetMetricsRequest(), timeout=AGENT_METRICS_TIMEOUT
+            )
+            agent_text = answer.metrics
+        except ttrpc.TTRPCError as exc:
+            log.debug("the agent gave no metrics", error=str(exc))
+        guest_cpu, guest_memory = await self._guest_usage(sandbox)
+        body = await metrics_page(
+            self._processes(sandbox),
+            labels=self._labels(sandbox),
+            rpc=self.rpc,
+            overhead=self.overhead,
+            guest_cpu_ns=guest_cpu,
+            guest_memory_bytes=guest_memory,
+            agent_text=agent_text,
+        )
+        return 200, CONTENT_TYPE, body
+
+    async def _volume_stats(self, request: Request) -> Reply:
+        from google.protobuf.json_format import MessageToJson
+
+        volume = request.param("path")
+        if not volume:
+            return 400, TEXT, "give the volume's host path: /direct-volume/stats?path=...\n"
+        guest = self._guest_path(volume)
+        if guest is None:
+            return 404, TEXT, f"no container of this pod mounts {volume}\n"
+        try:
+            stats = await self._sandbox().agent.GetVolumeStats(
+                agent_pb2.VolumeStatsRequest(volume_guest_path=guest), timeout=AGENT_CALL_TIMEOUT
+            )
+        except ttrpc.TTRPCError as exc:
+            return _error(exc)
+        return 200, JSON, MessageToJson(stats, preserving_proto_field_name=True)
+
+    async def _volume_resize(self, request: Request) -> Reply:
+        try:
+            body = json.loads(request.body or b"{}")
+            volume, size = body["volumePath"], int(body["size"])
+        except (ValueError, KeyError, TypeError):
+            return 400, TEXT, 'the body must be JSON: {"volumePath": "...", "size": BYTES}\n'
+        guest = self._guest_path(volume)
+        if guest is None:
+            return 404, TEXT, f"no container of this pod mounts {volume}\n"
+        try:
+            await self._sandbox().agent.ResizeVolume(
+                agent_pb2.ResizeVolumeRequest(volume_guest_path=guest, size=size),
+                timeout=AGENT_CALL_TIMEOUT,
+            )
+        except ttrpc.TTRPCError as exc:
+            return _error(exc)
+        return 200, TEXT, ""
+
+    async def _iptables_v4(self, request: Request) -> Reply:
+        return await self._iptables(request, ipv6=False)
+
+    async def _iptables_v6(self, request: Request) -> Reply:
+        return await self._iptables(request, ipv6=True)
+
+    async def _iptables(self, request: Request, *, ipv6: bool) -> Reply:
+        try:
+            agent = self._sandbox().agent
+            if request.method == "GET":
+                answer = await agent.GetIPTables(
+                    agent_pb2.GetIPTablesRequest(is_ipv6=ipv6), timeout=AGENT_CALL_TIMEOUT
+                )
+            else:
+                answer = await agent.SetIPTables(
+                    agent_pb2.SetIPTablesRequest(is_ipv6=ipv6, data=request.body),
+                    timeout=AGENT_CALL_TIMEOUT,
+                )
+        except ttrpc.TTRPCError as exc:
+            return _error(exc)
+        return 200, TEXT, answer.data
+
+
+def observe_agent_calls(agent_client: Any, rpc: RpcMetrics) -> None:
+    """Have an AgentClient report each call's duration to the pod's RPC histograms."""
+    agent_client.observer = rpc.observe_agent
