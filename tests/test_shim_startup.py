@@ -78,6 +78,19 @@ def test_bare_interpreter_reexecutes_with_pykatas_own(bare_python, tmp_path):
     assert shim_pb2.DeleteResponse.FromString(result.stdout).exit_status == 137
 
 
+def _drain(fd: int) -> bytes:
+    """What a non-blocking reader of the log FIFO holds now."""
+    logged = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return logged
+        if not chunk:
+            return logged
+        logged += chunk
+
+
 def test_daemon_dying_at_import_fails_start_with_its_reason_and_logs_the_traceback(tmp_path):
     planted = tmp_path / "planted"
     planted.mkdir()
@@ -96,15 +109,7 @@ def test_daemon_dying_at_import_fails_start_with_its_reason_and_logs_the_traceba
             cwd=bundle, capture_output=True, text=True, timeout=60,
             env=_env(PYTHONPATH=str(planted)),
         )
-        logged = b""
-        while True:
-            try:
-                chunk = os.read(reader, 65536)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break
-            logged += chunk
+        logged = _drain(reader)
     finally:
         os.close(reader)
     assert result.returncode == 1
@@ -157,15 +162,7 @@ def test_a_daemon_told_to_shut_down_removes_its_socket_and_exits_cleanly(tmp_pat
             asyncio.run(asyncio.sleep(0.05))
         assert not procs.is_running(pid, None), "the daemon did not exit"
         assert not os.path.exists(socket_path)
-        logged = b""
-        while True:
-            try:
-                chunk = os.read(reader, 65536)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break
-            logged += chunk
+        logged = _drain(reader)
     finally:
         os.close(reader)
     text = logged.decode()

@@ -21,7 +21,7 @@ from typing import Any
 
 from shim.paths import STATE_ROOT, write_atomic
 from shim.vmm import procs
-from shim.vmm.virtiofsd import seccomp_killed
+from shim.vmm.virtiofsd import launch, seccomp_killed
 
 DEFAULT_CACHE_DIR = STATE_ROOT  # next to the sandboxes' state (PYKATA_STATE_ROOT moves both)
 CACHE_FILE = "host-caps.json"
@@ -275,15 +275,7 @@ def _try_virtiofsd(
         shared.mkdir()
         argv = [path, f"--socket-path={socket_path}", f"--shared-dir={shared}", *options]
         try:
-            with log_path.open("wb") as out:
-                popen = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=out,
-                    start_new_session=True,
-                    close_fds=True,
-                )
+            popen = launch(argv, log_path, "wb")
         except OSError as e:
             return False, str(e)
         try:

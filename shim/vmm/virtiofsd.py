@@ -67,6 +67,19 @@ def virtiofsd_argv(
     ]
 
 
+def launch(argv: Sequence[str], log_path: Path, mode: str = "ab") -> subprocess.Popen:
+    """Start virtiofsd in a session of its own, its output appended to log_path."""
+    with log_path.open(mode) as out:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
 async def start_virtiofsd(
     path: str,
     socket: Path,
@@ -88,16 +101,7 @@ async def start_virtiofsd(
         raise VirtiofsdError(f"shared dir {shared_dir} is not a directory")
     socket.unlink(missing_ok=True)
     argv = virtiofsd_argv(path, socket, shared_dir, cache, extra, confinement=confinement)
-    with log_path.open("ab") as out:
-        popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            close_fds=True,
-        )
-    child = ChildProcess(popen, "virtiofsd")
+    child = ChildProcess(launch(argv, log_path), "virtiofsd")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not socket.exists():
