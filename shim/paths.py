@@ -15,6 +15,10 @@ STATE_ROOT = Path(os.environ.get("PYKATA_STATE_ROOT", "/run/pykata"))
 # In each sandbox's state dir: its record (shim.sandbox.state) and QEMU's pid file.
 SANDBOX_FILE = "sandbox.json"
 QEMU_PID_FILE = "qemu.pid"
+# Directly assigned volumes: <root>/<base64url(volume path)>/mountInfo.json, as Kata lays them
+# out under /run/kata-containers/shared/direct-volumes (not a containerd namespace: it has
+# no sandbox.json children).
+DIRECT_VOLUMES_ROOT = STATE_ROOT / "direct-volumes"
 MONITOR_SOCKET = "shim-monitor.sock"  # Kata's per-sandbox management socket
 
 # Annotations that put several containers in one sandbox (= one shim, one VM).

@@ -161,6 +161,18 @@ class MonitorServer:
             raise
         self._path = path
 
+    async def start_tcp(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on TCP `host`:`port` (0: any free port) and return the bound address.
+
+        For a node-wide endpoint (`pykata-runtime monitor`); `authorize` sees TCP peers
+        too, so leave it unset unless it handles them.
+        """
+        self._server = await asyncio.start_server(
+            self._on_connection, host, port, limit=self.max_head
+        )
+        bound = self._server.sockets[0].getsockname()
+        return bound[0], bound[1]
+
     async def close(self) -> None:
         """Stop listening, end every connection, remove the socket file."""
         server, self._server = self._server, None

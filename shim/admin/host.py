@@ -1,0 +1,146 @@
+"""`check` (can this host run pykata pods?) and `env` (the configuration in force).
+
+`check` exits 0 when every required item is there and 1 otherwise (a configuration
+that does not load counts as missing); `info` lines never change the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from shim import paths
+from shim.config import ConfigError, HypervisorConfig, load_config
+
+OK, FAIL, INFO = "ok", "fail", "info"
+_MARKS = {OK: "ok  ", FAIL: "FAIL", INFO: "info"}
+
+
+@dataclass
+class Finding:
+    """One line of `check`: a required item (ok/fail) or a fact about the host (info)."""
+
+    name: str
+    status: str
+    detail: str
+
+
+def _protections(hv: HypervisorConfig, cache: Any) -> list[Finding]:
+    """The confinement QEMU and virtiofsd get here: `ok` when on, `info` when off. Never
+    a failure (pods run without them), so they leave the exit status alone."""
+    from shim.vmm import hostcaps
+    from shim.vmm.qemu_args import SECCOMP
+    from shim.vmm.virtiofsd import option_value
+
+    found: list[Finding] = []
+    if os.path.exists(hv.path):
+        on, detail = hostcaps.probe_seccomp(hv.path, cache)
+        if on:
+            on, detail = hostcaps.qemu_sandbox_active(hv.path, SECCOMP)
+        found.append(
+            Finding(
+                "QEMU -sandbox", OK if on else INFO, f"on ({detail})" if on else f"off: {detail}"
+            )
+        )
+    if hv.shared_fs != "virtio-fs" or not os.path.exists(hv.virtio_fs_daemon):
+        return found
+    choice = hostcaps.probe_virtiofsd(hv.virtio_fs_daemon, cache)
+    for option, probed, detail in (
+        ("--sandbox", choice.sandbox, choice.sandbox_detail),
+        ("--seccomp", choice.seccomp, choice.seccomp_detail),
+    ):
+        mode = option_value(hv.virtio_fs_extra_args, option)
+        if mode:
+            detail = f"set by virtio_fs_extra_args; the probe chose {probed or 'nothing'}"
+        mode = mode or probed
+        status = INFO if mode in (None, "none") else OK
+        found.append(Finding(f"virtiofsd {option}", status, f"{mode or 'unknown'} ({detail})"))
+    return found
+
+
+def findings(config_path: str) -> list[Finding]:
+    """Everything `check` reports, in order."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        return [Finding("configuration", FAIL, str(exc))]
+    found = [Finding("configuration", OK, config.source)]
+    hv = config.hypervisor
+    for name, path in (
+        ("QEMU", hv.path),
+        ("guest kernel", hv.kernel),
+        ("guest initrd", hv.initrd),
+        ("virtiofsd", hv.virtio_fs_daemon if hv.shared_fs == "virtio-fs" else None),
+        ("containerd", shutil.which("containerd")),
+        ("shim on PATH", shutil.which("containerd-shim-pykata-v2")),
+    ):
+        if path is None and name == "virtiofsd":
+            continue
+        ok = bool(path) and os.path.exists(path)
+        fix = "" if ok else "  (make setup installs it)"
+        found.append(Finding(name, OK if ok else FAIL, f"{path or 'not found'}{fix}"))
+    from shim.vmm.accel import choose_accel
+    from shim.vmm.hostcaps import HostCapsCache
+
+    root = paths.STATE_ROOT
+    cache = HostCapsCache(root) if os.access(root.parent, os.W_OK) else None
+    if cache is not None:
+        root.mkdir(parents=True, exist_ok=True)
+    choice = asyncio.run(choose_accel(hv.accel, hv.path, hv.kernel, cache=cache))
+    found.append(Finding("accelerator", INFO, f"{choice.accel} ({choice.reason})"))
+    vsock = os.path.exists("/dev/vhost-vsock")
+    channel = "vsock" if vsock else "virtio-serial (no /dev/vhost-vsock)"
+    found.append(Finding("agent channel", INFO, channel))
+    vhost_net = "yes" if os.path.exists("/dev/vhost-net") else "no"
+    found.append(Finding("vhost-net", INFO, vhost_net))
+    found.extend(_protections(hv, cache))
+    return found
+
+
+def check(args: argparse.Namespace) -> int:
+    """Every host requirement, one line each (or one JSON document); exit 1 when any fails."""
+    found = findings(args.config)
+    failures = sum(f.status == FAIL for f in found)
+    if args.json:
+        document = {"ok": not failures, "checks": [asdict(f) for f in found]}
+        print(json.dumps(document, indent=2))
+    else:
+        for f in found:
+            print(f"[{_MARKS[f.status]}] {f.name:<28} {f.detail}")
+        if len(found) > 1:  # not just a configuration that failed to load
+            print(
+                "host can run pykata pods" if not failures else f"{failures} requirement(s) missing"
+            )
+    return 1 if failures else 0
+
+
+def env(args: argparse.Namespace) -> int:
+    """The configuration in force, and where it came from, as JSON."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(asdict(config), indent=2))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    chk = sub.add_parser(
+        "check",
+        help="can this host run pykata pods? (exit 0 yes, 1 no)",
+        description="Exit status 0 when every required item is present, 1 otherwise.",
+    )
+    chk.add_argument("--json", action="store_true", help="one JSON document instead of lines")
+    chk.set_defaults(func=check)
+    env_parser = sub.add_parser("env", help="the configuration in force")
+    env_parser.add_argument(
+        "--json", action="store_true", help="JSON output (the only format; accepted as Kata's)"
+    )
+    env_parser.set_defaults(func=env)
