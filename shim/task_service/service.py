@@ -130,6 +130,18 @@ def _shares_pod_pidns(spec: dict[str, Any]) -> bool:
     return any(ns.get("type") == "pid" and ns.get("path") for ns in namespaces)
 
 
+def _note_direct_volume(sandbox_id: str, source: str) -> None:
+    """A bind source added with `pykata-runtime direct-volume add`: record which pod uses it
+    (as Kata does), so that `direct-volume stats|resize` find the pod's monitor socket."""
+    from shim import direct_volume
+
+    try:
+        if direct_volume.mount_info(source) is not None:
+            direct_volume.record_sandbox(sandbox_id, source)
+    except (direct_volume.DirectVolumeError, OSError) as exc:
+        log.warning("direct volume not recorded", volume=source, error=str(exc))
+
+
 def runtime_options(options: Any) -> tuple[str, bytes]:
     """(config_path, config_body) of runtimeoptions.v1.Options in Create's options Any.
 
@@ -413,6 +425,7 @@ class TaskService:
                     raise SpecError(f"bind mount source {source} does not exist")
                 guest_path = self.sandbox.share_mount(container.id, index, source)
                 container.shared_sources[source] = guest_path
+                _note_direct_volume(self.sandbox.id, source)
                 entry = dict(entry, source=guest_path)
             mounts.append(entry)
         for destination, source in self.pod_files.items():
