@@ -215,6 +215,10 @@ class AgentClient:
                     service, method, payload, timeout=timeout, metadata=metadata
                 )
             except ttrpc.TTRPCError as e:
+                if e.code == ttrpc.Code.DEADLINE_EXCEEDED:
+                    within = f" within {timeout:g} s" if timeout else ""
+                    message = f"the agent did not answer {method}{within} ({e.message})"
+                    raise ttrpc.TTRPCError(e.code, message) from None
                 if e.code != ttrpc.Code.UNAVAILABLE or not client.closed:
                     raise
                 if attempt + 1 == attempts:

@@ -81,6 +81,9 @@ async def test_default_timeout_per_method(served, monkeypatch):
         with pytest.raises(ttrpc.TTRPCError) as err:
             await client.health.Check(health_pb2.CheckRequest())
         assert err.value.code == ttrpc.Code.DEADLINE_EXCEEDED
+        assert err.value.message == (
+            "the agent did not answer Check within 0.05 s (context deadline exceeded)"
+        )
         fake.check_delay = 0.1
         # an explicit timeout wins over the default
         await client.health.Check(health_pb2.CheckRequest(), timeout=2.0)
