@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from agent.children import Reaper
     from agent.config import Config
 
 _STARTED = time.monotonic()
@@ -79,6 +80,9 @@ async def serve(config: Config) -> int:
         loop.add_signal_handler(signum, stop.set)
     serving = asyncio.create_task(channel.serve(server, config.listen))
     stopping = asyncio.create_task(stop.wait())
+    console = None
+    if config.debug_console:  # off by default: then nothing of it is even imported
+        console = asyncio.create_task(_debug_console(config.debug_console, reaper))
     loop.call_soon(lambda: log.debug("start-up: serving at %.3fs", since_process_start()))
     await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
     status = 0
@@ -89,10 +93,24 @@ async def serve(config: Config) -> int:
     log.info("stopping: removing %d containers", len(sandbox.containers))
     serving.cancel()
     stopping.cancel()
+    if console is not None:
+        console.cancel()
     await sandbox.destroy()
     await server.shutdown(grace=1.0)
     reaper.uninstall()
     return status
+
+
+async def _debug_console(port: str, reaper: Reaper) -> None:
+    """The debug console until cancelled; its failure is logged, never the agent's."""
+    import logging
+
+    from agent import debug_console
+
+    try:
+        await debug_console.serve(port, reaper)
+    except Exception as exc:
+        logging.getLogger("agent").error("debug console on %s failed: %s", port, exc)
 
 
 def main(argv: list[str] | None = None) -> int:

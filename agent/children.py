@@ -178,6 +178,38 @@ async def _collect(fd: int, sink: bytearray) -> None:
         os.close(fd)
 
 
+async def _feed(fd: int, data: bytes) -> None:
+    """Write data to fd (non-blocking) through the event loop, then close it.
+
+    A reader that exits early (EPIPE) ends the feed quietly: its status tells why.
+    """
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+    done = loop.create_future()
+
+    def writable() -> None:
+        nonlocal view
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            return
+        except OSError:
+            view = view[:0]
+        if not view and not done.done():
+            done.set_result(None)
+
+    try:
+        if view:
+            loop.add_writer(fd, writable)
+            try:
+                await done
+            finally:
+                loop.remove_writer(fd)
+    finally:
+        os.close(fd)
+
+
 async def run(
     reaper: Reaper,
     argv: Sequence[str],
@@ -187,16 +219,12 @@ async def run(
 ) -> Completed:
     """Run a command to completion, capturing stdout and stderr.
 
-    `input` must fit in a pipe (64 KiB): it is written before the command starts.
-    On timeout the command is killed and TimeoutError raised.
+    `input` (any size) is fed to its stdin while it runs. On timeout the
+    command is killed and TimeoutError raised.
     """
-    stdin_fd = None
+    stdin_fd = feed = None
     if input is not None:
-        if len(input) > 65536:
-            raise ValueError("run(): input larger than a pipe")
-        stdin_fd, feed = os.pipe()
-        os.write(feed, input)
-        os.close(feed)
+        stdin_fd, feed = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
@@ -205,6 +233,8 @@ async def run(
     except BaseException:
         os.close(out_r)
         os.close(err_r)
+        if feed is not None:
+            os.close(feed)
         raise
     finally:
         os.close(out_w)
@@ -214,7 +244,10 @@ async def run(
     out, err = bytearray(), bytearray()
     try:
         async with asyncio.timeout(timeout):
-            await asyncio.gather(_collect(out_r, out), _collect(err_r, err))
+            streams = [_collect(out_r, out), _collect(err_r, err)]
+            if feed is not None:
+                streams.append(_feed(feed, input or b""))
+            await asyncio.gather(*streams)
             status = await exited
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):

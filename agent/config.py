@@ -1,4 +1,5 @@
-"""The agent's settings: command-line flags, and `agent.log=` on the kernel command line."""
+"""The agent's settings: command-line flags, and Kata's `agent.log=` and
+`agent.debug_console` on the kernel command line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 KATA_RUN_DIR = "/run/kata-containers"
 VSOCK_PORT = 1024
 SERIAL_PORT_NAME = "agent.channel.0"
+DEBUG_CONSOLE_FLAG = "agent.debug_console"  # Kata's kernel parameter
+DEBUG_CONSOLE_PORT = "pykata.console.0"  # the virtio-serial port the shim adds for it
 
 
 @dataclass
@@ -24,19 +27,33 @@ class Config:
     poweroff: bool = False  # power the VM off after DestroySandbox
     output_limit: int = 1 << 20  # bytes buffered per stdout/stderr before back-pressure
     log_level: str = "info"
+    debug_console: str | None = None  # serve a shell on this port (name or /dev path)
 
 
-def kernel_log_level(cmdline: str = "/proc/cmdline") -> str | None:
-    """`agent.log=LEVEL` from the kernel command line, as Kata's agent reads it."""
+def kernel_params(cmdline: str = "/proc/cmdline") -> list[str]:
+    """The words of the kernel command line ([] when it cannot be read)."""
     try:
         with open(cmdline) as text:
-            words = text.read().split()
+            return text.read().split()
     except OSError:
-        return None
+        return []
+
+
+def kernel_log_level(words: list[str]) -> str | None:
+    """`agent.log=LEVEL` from the kernel command line, as Kata's agent reads it."""
     for word in words:
         if word.startswith("agent.log="):
             return word.split("=", 1)[1]
     return None
+
+
+def kernel_debug_console(words: list[str]) -> bool:
+    """`agent.debug_console` (or `agent.debug_console=1|true|on`) is there."""
+    for word in words:
+        name, equals, value = word.partition("=")
+        if name == DEBUG_CONSOLE_FLAG:
+            return not equals or value.lower() in ("1", "true", "on", "yes")
+    return False
 
 
 def parse(argv: list[str] | None = None) -> Config:
@@ -71,7 +88,14 @@ def parse(argv: list[str] | None = None) -> Config:
     parser.add_argument(
         "--log-level", help="debug, info, warning, error (default: agent.log= or info)"
     )
+    parser.add_argument(
+        "--debug-console",
+        metavar="PORT",
+        help=f"serve a shell on this virtio-serial port (name or /dev path; default: "
+        f"{DEBUG_CONSOLE_PORT} when the kernel command line has {DEBUG_CONSOLE_FLAG})",
+    )
     args = parser.parse_args(argv)
+    words = kernel_params()
     run_dir = os.path.abspath(args.run_dir)
     return Config(
         listen=args.listen,
@@ -84,5 +108,7 @@ def parse(argv: list[str] | None = None) -> Config:
         resolv_conf=args.resolv_conf,
         poweroff=os.getpid() == 1 if args.poweroff is None else args.poweroff,
         output_limit=args.output_limit,
-        log_level=(args.log_level or kernel_log_level() or "info").lower(),
+        log_level=(args.log_level or kernel_log_level(words) or "info").lower(),
+        debug_console=args.debug_console
+        or (DEBUG_CONSOLE_PORT if kernel_debug_console(words) else None),
     )

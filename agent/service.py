@@ -43,6 +43,7 @@ class AgentService:
         self.sandbox = sandbox
         self.config = config
         self._seccomp: bool | None = None
+        self._metrics: Any = None  # agent.metrics.Metrics, made on the first scrape
 
     def _process(self, cid: str, exec_id: str) -> Process:
         return self.sandbox.get(cid).process(exec_id)
@@ -117,6 +118,34 @@ class AgentService:
         from agent.copyfile import copy_file
 
         copy_file(request, self.config.run_dir)
+        return Empty()
+
+    async def ReseedRandomDev(self, request: Any, context: Any) -> Empty:
+        from agent.entropy import reseed
+
+        how = reseed(request.data)
+        log.debug("ReseedRandomDev: %d bytes (%s)", len(request.data), how)
+        return Empty()
+
+    # -- observability ---------------------------------------------------------------
+    async def GetMetrics(self, request: Any, context: Any) -> Any:
+        if self._metrics is None:
+            from agent.metrics import Metrics
+
+            self._metrics = Metrics()
+        return agent_pb2.Metrics(metrics=self._metrics.page())
+
+    # -- volumes ---------------------------------------------------------------------
+    async def GetVolumeStats(self, request: Any, context: Any) -> Any:
+        from agent.volumes import stats
+
+        return stats(request.volume_guest_path)
+
+    async def ResizeVolume(self, request: Any, context: Any) -> Empty:
+        from agent.volumes import resize
+
+        await resize(self.sandbox.reaper, request.volume_guest_path, request.size)
+        log.info("volume %s resized to %d bytes", request.volume_guest_path, request.size)
         return Empty()
 
     # -- containers ------------------------------------------------------------------
@@ -259,6 +288,20 @@ class AgentService:
 
         _net(network.add_neighbors, list(request.neighbors.ARPNeighbors))
         return Empty()
+
+    async def GetIPTables(self, request: Any, context: Any) -> Any:
+        from agent import iptables
+
+        data = await iptables.save(self.sandbox.reaper, request.is_ipv6)
+        return agent_pb2.GetIPTablesResponse(data=data)
+
+    async def SetIPTables(self, request: Any, context: Any) -> Any:
+        from agent import iptables
+
+        data = await iptables.restore(self.sandbox.reaper, request.is_ipv6, request.data)
+        name = iptables.command(request.is_ipv6, "restore")
+        log.info("%s: %d bytes of rules loaded", name, len(request.data))
+        return agent_pb2.SetIPTablesResponse(data=data)
 
 
 def _net(call: Any, *args: Any) -> Any:

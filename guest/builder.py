@@ -31,6 +31,7 @@ def _inputs(debs: dict[str, Any], compression: str) -> tuple[dict[str, Any], lis
     repo = python_runtime.repo_root()
     trees = [Path(__file__).resolve().parent]
     trees += [repo / n for n in spec.REPO_PACKAGES if (repo / n).is_dir()]
+    trees += [repo / rel for rel in spec.REPO_MODULES]
     trees += [google / "protobuf", google / "_upb"]
     inputs = {
         "format": manifest.FORMAT,
@@ -101,20 +102,25 @@ def build(out: Path = DEFAULT_OUT, cache: Path | None = None, force: bool = Fals
         rootfs.base_layout(root)
 
         ui.step(f"kernel {kpkg}: modules")
-        modules = kernel.stage_modules(roots[kpkg], root, list(spec.GUEST_MODULES),
-                                       spec.GUEST_MODULE_LIST)
+        modules, on_demand = kernel.stage_modules(
+            roots[kpkg], root, list(spec.GUEST_MODULES), spec.GUEST_MODULE_LIST,
+            on_demand=list(spec.ON_DEMAND_MODULES))
         release = kernel.kernel_release(roots[kpkg])
         ui.info(f"{len(modules)} modules, load order: {' '.join(modules)}")
+        ui.info(f"{len(on_demand)} more loaded on demand: {' '.join(on_demand)}")
 
-        ui.step("busybox and runc")
+        ui.step("busybox, runc, crun, iptables")
         elfs: list[Path] = []
         for pkg, files in spec.PROGRAM_PACKAGES.items():
             if pkg == "python3.11-minimal":
                 continue
             for rel in files:
                 elfs.append(rootfs.install(roots[pkg] / rel, root, rel, 0o755))
-        if not (root / "usr/bin/runc").exists():
-            (root / "usr/bin/runc").symlink_to("../sbin/runc")
+        for pkg, folder, prefixes in spec.PLUGIN_TREES:
+            plugins = rootfs.install_plugins(roots[pkg] / folder, root, folder, prefixes)
+            ui.info(f"{len(plugins)} plugins from {pkg}:/{folder}")
+            elfs += plugins
+        rootfs.make_links(root, spec.PROGRAM_LINKS)
         applets = rootfs.busybox_applets(root, root / "usr/bin/busybox")
         ui.info(f"busybox: {applets} applet links")
 
@@ -155,12 +161,14 @@ def build(out: Path = DEFAULT_OUT, cache: Path | None = None, force: bool = Fals
                    "uncompressed_size": raw_size, "entries": entries},
         "packages": {n: d.version for n, d in sorted(debs.items())},
         "modules": modules,
+        "modules_on_demand": on_demand,
         "libraries": dict(sorted(libs.items())),
         "python": {"version": check.version, "pyc_magic": check.magic,
                    "stdlib_sourceless": spec.STDLIB_SOURCELESS,
                    "pythonpath": "/" + spec.GUEST_PYLIB, "protobuf": pb_version,
                    "protobuf_impl": check.protobuf_impl},
         "repo_packages": present,
+        "repo_modules": list(spec.REPO_MODULES),
         "init_knobs": INIT_KNOBS,
     }
     manifest.write(out, m)

@@ -81,30 +81,35 @@ def depmod(base: Path, release: str) -> None:
         raise BuildError(f"depmod -b {base} {release} failed: {r.stderr.strip()}")
 
 
-def stage_modules(kroot: Path, staging: Path, wanted: list[str], list_file: str) -> list[str]:
-    """Copy ``wanted`` modules and their dependencies, depmod, write the load list.
+def stage_modules(kroot: Path, staging: Path, wanted: list[str], list_file: str,
+                  on_demand: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Copy ``wanted`` and ``on_demand`` modules with their dependencies, depmod,
+    write the boot load list (``wanted`` only: the others wait for the kernel to
+    ask for them).
 
-    Returns the module names in load order.
+    Returns the names loaded at boot in load order, and the other names shipped.
     """
     release = kernel_release(kroot)
     src = kroot / "lib/modules" / release
     if not (src / "modules.dep").exists():
         ui.info(f"depmod on the unpacked {release} tree")
         depmod(kroot, release)
-    order = load_order(parse_modules_dep((src / "modules.dep").read_text()), wanted)
+    deps = parse_modules_dep((src / "modules.dep").read_text())
+    order = load_order(deps, wanted)
+    extra = [rel for rel in load_order(deps, on_demand or []) if rel not in order]
     dst = staging / "usr/lib/modules" / release
     dst.mkdir(parents=True, exist_ok=True)
     for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
         if (src / name).exists():
             shutil.copy2(src / name, dst / name)
-    for rel in order:
+    for rel in order + extra:
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / rel, dst / rel)
     depmod(staging, release)
     listing = staging / list_file
     listing.parent.mkdir(parents=True, exist_ok=True)
     listing.write_text("".join(f"/lib/modules/{release}/{rel}\n" for rel in order))
-    return [module_name(rel) for rel in order]
+    return [module_name(rel) for rel in order], [module_name(rel) for rel in extra]
 
 
 def vmlinuz(kroot: Path) -> Path:

@@ -61,6 +61,39 @@ def install(src: Path, root: Path, rel: str, mode: int | None = None) -> Path:
     return dest
 
 
+def install_plugins(src: Path, root: Path, folder: str, prefixes: tuple[str, ...]) -> list[Path]:
+    """Copy the files of ``src`` whose names start with one of ``prefixes`` to ``folder``.
+
+    A symlink to a file beside it stays a symlink. Returns the regular files copied.
+    """
+    if not src.is_dir():
+        raise BuildError(f"{src} is not a folder (guest/spec.py PLUGIN_TREES)")
+    copied = []
+    for f in sorted(src.iterdir()):
+        if not f.name.startswith(prefixes):
+            continue
+        target = os.readlink(f) if f.is_symlink() else ""
+        if target and "/" not in target and (src / target).is_file():
+            link = root / usr_path(f"{folder}/{f.name}")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(target)
+        elif f.is_file():
+            copied.append(install(f, root, f"{folder}/{f.name}", 0o755))
+    return copied
+
+
+def make_links(root: Path, links: dict[str, str]) -> None:
+    """Create each link (path in the guest) -> target, unless something is already there."""
+    for rel, target in links.items():
+        link = root / usr_path(rel)
+        if link.exists() or link.is_symlink():
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target)
+        if resolve_within(root, link) is None:
+            raise BuildError(f"{rel} -> {target} points at nothing in the guest")
+
+
 def busybox_applets(root: Path, busybox: Path) -> int:
     """Symlink every busybox applet (``busybox --list-full``) that is not a real file."""
     r = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True,

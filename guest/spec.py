@@ -25,6 +25,25 @@ GUEST_MODULES: tuple[str, ...] = (
     "virtio_rng",
 )
 
+#: Modules shipped but not loaded at boot: the kernel asks for them when a rule
+#: needs them (through /sbin/modprobe, busybox's, which reads the modules.dep
+#: and modules.alias depmod writes). nf_tables for iptables-nft, and the
+#: xtables matches and targets that iptables rules commonly use (through
+#: nft_compat). A rule needing a module not listed here fails in
+#: iptables-restore with the kernel's own words.
+ON_DEMAND_MODULES: tuple[str, ...] = (
+    "nf_tables", "nft_compat", "nft_chain_nat", "nft_nat", "nft_masq", "nft_redir",
+    "nft_reject_inet", "nft_reject_ipv4", "nft_reject_ipv6", "nft_ct", "nft_limit", "nft_log",
+    "nft_fib_inet", "nft_fib_ipv4", "nft_fib_ipv6",
+    "xt_comment", "xt_conntrack", "xt_state", "xt_tcpudp", "xt_multiport", "xt_mark",
+    "xt_connmark", "xt_MASQUERADE", "xt_nat", "xt_REDIRECT", "xt_addrtype", "xt_limit",
+    "xt_LOG", "nf_log_syslog", "xt_owner", "xt_statistic", "xt_recent", "xt_CT", "xt_TCPMSS",
+    "xt_tcpmss", "xt_iprange", "xt_mac", "xt_pkttype", "xt_length", "xt_hl", "xt_HL",
+    "xt_dscp", "xt_DSCP", "xt_NFLOG", "nfnetlink_log", "xt_NFQUEUE", "nfnetlink_queue",
+    "xt_helper", "xt_connlimit", "xt_quota", "xt_time", "xt_esp", "xt_policy", "xt_u32",
+    "xt_CHECKSUM", "ipt_REJECT", "ip6t_REJECT",
+)  # fmt: skip
+
 # --- Debian packages unpacked into the guest -----------------------------------
 #: Programs: package -> the files we take from it (paths inside the package).
 PROGRAM_PACKAGES: dict[str, tuple[str, ...]] = {
@@ -34,7 +53,27 @@ PROGRAM_PACKAGES: dict[str, tuple[str, ...]] = {
     # The agent's OCI runtime when present (runc is the fallback: PYKATA_OCI_RUNTIME=runc
     # on the kernel command line). C, not Go: CreateContainer 0.11 s against 0.28 s under TCG.
     "crun": ("usr/bin/crun",),
+    # GetIPTables/SetIPTables: iptables-nft (Debian's default iptables; the legacy
+    # variant would need the ip_tables modules as well). One binary, named by argv[0].
+    "iptables": ("usr/sbin/xtables-nft-multi",),
 }
+
+#: Symlinks in the guest: link -> target (relative to the link's folder).
+PROGRAM_LINKS: dict[str, str] = {
+    "usr/bin/runc": "../sbin/runc",
+    **{
+        f"usr/sbin/{family}{suffix}": "xtables-nft-multi"
+        for family in ("iptables", "ip6tables")
+        for suffix in ("", "-save", "-restore", "-nft", "-nft-save", "-nft-restore")
+    },
+}
+
+#: Plugin folders taken from a package: (package, folder, file name prefixes kept).
+#: Plugins are loaded with dlopen, so their own DT_NEEDED joins the closure.
+PLUGIN_TREES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    # iptables' match and target extensions (not the ebtables/arptables ones)
+    ("iptables", "usr/lib/x86_64-linux-gnu/xtables", ("libxt_", "libipt_", "libip6t_")),
+)
 
 #: Python's library tree comes from these (usr/lib/python3.11 of each).
 PYTHON_PACKAGES: tuple[str, ...] = ("libpython3.11-minimal", "libpython3.11-stdlib")
@@ -61,6 +100,11 @@ LIBRARY_PACKAGES: tuple[str, ...] = (
     "libgpg-error0",  # libgcrypt
     "libzstd1",  # libsystemd
     "liblz4-1",  # libsystemd
+    "libxtables12",  # iptables and its extensions
+    "libmnl0",  # iptables-nft
+    "libnftnl11",  # iptables-nft
+    "libnetfilter-conntrack3",  # iptables extensions (conntrack, connlabel)
+    "libnfnetlink0",  # libnetfilter-conntrack3
 )
 
 #: Libraries that are loaded with dlopen (so DT_NEEDED does not show them).
@@ -115,6 +159,11 @@ MUST_IMPORT: tuple[str, ...] = (
 # --- Python packages copied from the host -----------------------------------
 #: Top-level packages of this repository copied into the guest (if present).
 REPO_PACKAGES: tuple[str, ...] = ("ttrpc", "protos", "agent")
+#: Single modules of other packages the agent uses (with their packages' __init__):
+#: the Prometheus text writer, one definition for the shim's pages and the agent's.
+REPO_MODULES: tuple[str, ...] = (
+    "shim/__init__.py", "shim/monitor/__init__.py", "shim/monitor/exposition.py",
+)  # fmt: skip
 #: Host-only files of those packages, left out of the guest.
 REPO_HOST_ONLY: frozenset[str] = frozenset({"protos/generate.py"})
 #: Sub-trees of google.protobuf left out.

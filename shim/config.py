@@ -47,6 +47,7 @@ class AgentConfig:
 
     dial_timeout: float = 60.0
     enable_debug: bool = False
+    debug_console_enabled: bool = False
 
 
 @dataclass

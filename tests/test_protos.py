@@ -139,6 +139,8 @@ AGENT_METHODS = {
     "ListInterfaces": ("ListInterfacesRequest", "Interfaces"),
     "ListRoutes": ("ListRoutesRequest", "Routes"),
     "AddARPNeighbors": ("AddARPNeighborsRequest", EMPTY),
+    "GetIPTables": ("GetIPTablesRequest", "GetIPTablesResponse"),
+    "SetIPTables": ("SetIPTablesRequest", "SetIPTablesResponse"),
     "GetMetrics": ("GetMetricsRequest", "Metrics"),
     "GetOOMEvent": ("GetOOMEventRequest", "OOMEvent"),
     "CreateSandbox": ("CreateSandboxRequest", EMPTY),
@@ -146,6 +148,9 @@ AGENT_METHODS = {
     "GetGuestDetails": ("GuestDetailsRequest", "GuestDetailsResponse"),
     "SetGuestDateTime": ("SetGuestDateTimeRequest", EMPTY),
     "CopyFile": ("CopyFileRequest", EMPTY),
+    "ReseedRandomDev": ("ReseedRandomDevRequest", EMPTY),
+    "GetVolumeStats": ("VolumeStatsRequest", "VolumeStatsResponse"),
+    "ResizeVolume": ("ResizeVolumeRequest", EMPTY),
 }
 
 HEALTH_METHODS = {
@@ -304,6 +309,23 @@ FIELDS = [
     (agent.CopyFileRequest, "data", 8, FD.TYPE_BYTES),
     (agent.Interfaces, "Interfaces", 1, FD.TYPE_MESSAGE),
     (agent.ARPNeighbors, "ARPNeighbors", 1, FD.TYPE_MESSAGE),
+    (agent.GetIPTablesRequest, "is_ipv6", 1, FD.TYPE_BOOL),
+    (agent.GetIPTablesResponse, "data", 1, FD.TYPE_BYTES),
+    (agent.SetIPTablesRequest, "is_ipv6", 1, FD.TYPE_BOOL),
+    (agent.SetIPTablesRequest, "data", 2, FD.TYPE_BYTES),
+    (agent.SetIPTablesResponse, "data", 1, FD.TYPE_BYTES),
+    (agent.ReseedRandomDevRequest, "data", 2, FD.TYPE_BYTES),
+    (agent.VolumeStatsRequest, "volume_guest_path", 1, FD.TYPE_STRING),
+    (agent.ResizeVolumeRequest, "volume_guest_path", 1, FD.TYPE_STRING),
+    (agent.ResizeVolumeRequest, "size", 2, FD.TYPE_UINT64),
+    (agent.VolumeStatsResponse, "usage", 1, FD.TYPE_MESSAGE),
+    (agent.VolumeStatsResponse, "volume_condition", 2, FD.TYPE_MESSAGE),
+    (agent.VolumeUsage, "available", 1, FD.TYPE_UINT64),
+    (agent.VolumeUsage, "total", 2, FD.TYPE_UINT64),
+    (agent.VolumeUsage, "used", 3, FD.TYPE_UINT64),
+    (agent.VolumeUsage, "unit", 4, FD.TYPE_ENUM),
+    (agent.VolumeCondition, "abnormal", 1, FD.TYPE_BOOL),
+    (agent.VolumeCondition, "message", 2, FD.TYPE_STRING),
 ]
 
 
@@ -367,6 +389,7 @@ ENUMS = [
     (health.HealthCheckResponse.ServingStatus, {"UNKNOWN": 0, "SERVING": 1, "NOT_SERVING": 2}),
     (kata_types.IPFamily, {"v4": 0, "v6": 1}),
     (kata_types.FSGroupChangePolicy, {"Always": 0, "OnRootMismatch": 1}),
+    (agent.VolumeUsage.Unit, {"UNKNOWN": 0, "BYTES": 1, "INODES": 2}),
 ]
 
 

@@ -64,3 +64,15 @@ def test_search_order(tmp_path, monkeypatch):
     monkeypatch.setenv("PYKATA_CONF_FILE", str(tmp_path / "missing.toml"))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config()
+
+
+def test_debug_console_key_reaches_the_vm_config():
+    from shim.sandbox.sandbox import vm_config
+
+    assert Config().agent.debug_console_enabled is False
+    assert vm_config(Config(), None).debug_console is False
+    config = parse_config("[agent.kata]\ndebug_console_enabled = true\n")
+    assert config.agent.debug_console_enabled is True
+    assert vm_config(config, None).debug_console is True
+    with pytest.raises(ConfigError, match="debug_console_enabled must be true or false"):
+        parse_config("[agent.kata]\ndebug_console_enabled = 'yes'\n", "x.toml")

@@ -165,3 +165,23 @@ def test_socket_path_length_check():
     assert VMPaths(STATE).too_long() == []
     long_dir = VMPaths(Path("/run/pykata/k8s.io") / ("x" * 90))
     assert long_dir.qmp_socket in long_dir.too_long()
+
+
+def test_debug_console_off_by_default():
+    argv = argv_for()
+    assert not any("dbgcon" in c for c in opt(argv, "-chardev"))
+    assert not any("pykata.console.0" in d for d in devices(argv))
+    assert "agent.debug_console" not in kernel_cmdline(VMConfig()).split()
+
+
+def test_debug_console_port_and_kernel_parameter():
+    for channel in (SERIAL, VsockChannel(cid=7)):
+        argv = argv_for(VMConfig(debug_console=True, kernel_params=["x=1"]), channel=channel)
+        assert devices(argv).count("virtio-serial-pci,id=serial0") == 1
+        assert f"socket,id=dbgcon,path={STATE}/dbgcon.sock,server=on,wait=off" in opt(
+            argv, "-chardev")
+        assert "virtserialport,chardev=dbgcon,name=pykata.console.0,id=dbgcon0" in devices(argv)
+        cmdline = opt(argv, "-append")[0].split()
+        assert "agent.debug_console" in cmdline and cmdline[-1] == "x=1"  # theirs last
+    assert PATHS.debug_console_socket in PATHS.sockets()
+    assert PATHS.too_long() == []

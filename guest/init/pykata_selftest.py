@@ -9,7 +9,13 @@ t_pystart t_imports t_checks t_ok (/proc/uptime at each step, seconds since the
 kernel started), py_start (interpreter start-up), imp_<what> (import seconds),
 modules (loaded/expected), ports (virtio-serial port names), net (interfaces),
 virtiofs (the first line of ``pykata-selftest.txt`` on the ``kataShared`` tag, or
-none), vsock, cgroups, runc (version), mem_used_kb (MemTotal - MemAvailable).
+none), vsock, cgroups, runc (version), iptables (a filter and a nat rule loaded
+with iptables-restore and read back with iptables-save, the kernel loading
+nf_tables on demand: ok, or absent without iptables), t_iptables (seconds),
+metrics (families in the agent's GetMetrics page), t_metrics_first and
+t_metrics (seconds for the first page and the next), reseed (how ReseedRandomDev
+fed the pool: ioctl), console (a debug-console shell on a pty answered: ok),
+mem_used_kb (MemTotal - MemAvailable).
 Runs on the guest's Python 3.11 with the stdlib only at start-up.
 """
 
@@ -173,6 +179,102 @@ def check_system() -> None:
     fields["mem_used_kb"] = str(mem.get("MemTotal", 0) - mem.get("MemAvailable", 0))
 
 
+_RULES = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp -m tcp --dport 9 -m comment --comment pykata-selftest -j REJECT
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -o eth0 -m conntrack --ctstate NEW -j MASQUERADE
+COMMIT
+"""
+
+
+def check_iptables() -> None:
+    """iptables-restore then iptables-save (v4 and v6): rules round-trip."""
+    import shutil
+    import subprocess
+
+    if shutil.which("iptables-restore") is None:
+        fields["iptables"] = "absent"
+        return
+    t = time.perf_counter()
+    for family, rules in (("iptables", _RULES), ("ip6tables", _RULES.split("*nat")[0])):
+        r = subprocess.run([f"{family}-restore", "--wait", "5"], input=rules, text=True,
+                           capture_output=True, check=False)
+        if r.returncode != 0:
+            failures.append(f"{family}-restore:" + r.stderr.strip().replace(" ", "_")[:200])
+            fields["iptables"] = "fail"
+            return
+        saved = subprocess.run([f"{family}-save"], capture_output=True, text=True,
+                               check=False).stdout
+        wanted = ("pykata-selftest", "MASQUERADE") if family == "iptables" else ("REJECT",)
+        missing = [w for w in wanted if w not in saved]
+        if missing:
+            failures.append(f"{family}-save:missing_" + ",".join(missing))
+            fields["iptables"] = "fail"
+            return
+    fields["iptables"] = "ok"
+    fields["t_iptables"] = f"{time.perf_counter() - t:.3f}"
+
+
+def check_agent_parts() -> None:
+    """The agent's GetMetrics page, ReseedRandomDev and a debug-console shell, in the guest."""
+    if not os.path.isdir(os.path.join(os.environ.get("PYTHONPATH", ""), "agent")):
+        return
+    import asyncio
+    import socket
+
+    from agent.children import Reaper
+    from agent.debug_console import session
+    from agent.entropy import reseed
+    from agent.metrics import Metrics
+
+    scraper = Metrics()
+    t = time.perf_counter()
+    page = scraper.page()
+    fields["t_metrics_first"] = f"{time.perf_counter() - t:.3f}"  # with the writer's import
+    t = time.perf_counter()
+    page = scraper.page()
+    fields["t_metrics"] = f"{time.perf_counter() - t:.3f}"
+    fields["metrics"] = str(page.count("# TYPE "))
+    for family in ("kata_agent_total_rss", "kata_guest_meminfo", "kata_guest_cpu_time"):
+        if f"# TYPE {family} " not in page:
+            failures.append(f"metrics_missing:{family}")
+    fields["reseed"] = reseed(os.urandom(64))
+
+    async def console() -> bool:
+        reaper = Reaper()
+        reaper.install()
+        host, port = socket.socketpair()
+        port.setblocking(False)
+        host.setblocking(False)
+        serving = asyncio.create_task(session(port.fileno(), reaper))
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(host, b"echo console-$((6*7)).\n")
+        data = b""
+        try:
+            async with asyncio.timeout(10):
+                while b"console-42." not in data:
+                    data += await loop.sock_recv(host, 4096)
+        finally:
+            host.close()
+            await asyncio.wait_for(serving, 10)
+            port.close()
+        return True
+
+    try:
+        fields["console"] = "ok" if asyncio.run(console()) else "fail"
+    except Exception as e:
+        fields["console"] = "fail"
+        failures.append(f"console:{type(e).__name__}:{e}")
+
+
 def main() -> int:
     """Run every check, print the result line."""
     for key in ("t_init", "t_mounts", "t_modules", "t_pyexec"):
@@ -186,7 +288,8 @@ def main() -> int:
     check_imports()
     fields["t_imports"] = f"{uptime():.2f}"
     fields["imports_total"] = f"{time.perf_counter() - t:.3f}"
-    for check in (check_modules, check_ports, check_virtiofs, check_system):
+    for check in (check_modules, check_ports, check_virtiofs, check_system, check_iptables,
+                  check_agent_parts):
         try:
             check()
         except Exception as e:

@@ -50,6 +50,7 @@ def vm_config(config: Config, netns: str | None, nics: list[Any] | None = None) 
         netns=netns,
         nics=list(nics or []),
         agent_timeout=config.agent.dial_timeout,
+        debug_console=config.agent.debug_console_enabled,
     )
 
 

@@ -15,6 +15,8 @@ DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"
 DEFAULT_VIRTIOFSD = str(DEFAULT_ASSETS / "virtiofsd" / "virtiofsd")
 AGENT_VSOCK_PORT = 1024
 AGENT_PORT_NAME = "agent.channel.0"
+DEBUG_CONSOLE_PORT_NAME = "pykata.console.0"  # the agent serves a shell on it
+DEBUG_CONSOLE_PARAM = "agent.debug_console"  # Kata's kernel parameter that turns it on
 SHARED_FS_TAG = "kataShared"
 QBOOT = "/usr/share/qemu/qboot.rom"
 # x86-64-v2 plus rdrand: under TCG boots ~0.8 s faster than "max" (fewer features to
@@ -60,6 +62,7 @@ class VMConfig:
     agent_transport: AgentTransport = "auto"  # auto: vsock when /dev/vhost-vsock exists
     vsock_cid: int | None = None  # None: pick a free one
     seccomp_sandbox: bool = True  # QEMU -sandbox on (if this QEMU supports it)
+    debug_console: bool = False  # a shell in the guest on a port of its own (dbgcon.sock)
     extra_qemu_args: list[str] = field(default_factory=list)
     agent_timeout: float = 60.0  # seconds from launch to the agent's first answer
     stop_timeout: float = 10.0  # seconds to wait for QEMU to quit before SIGKILL

@@ -30,6 +30,11 @@ class VMPaths:
         return self.state_dir / "console.sock"
 
     @property
+    def debug_console_socket(self) -> Path:
+        """The host end of the debug console port (short: sun_path is tight)."""
+        return self.state_dir / "dbgcon.sock"
+
+    @property
     def virtiofsd_socket(self) -> Path:
         return self.state_dir / "vfs.sock"
 
@@ -64,7 +69,13 @@ class VMPaths:
 
     def sockets(self) -> list[Path]:
         """Every socket a VM may create here."""
-        return [self.qmp_socket, self.agent_socket, self.console_socket, self.virtiofsd_socket]
+        return [
+            self.qmp_socket,
+            self.agent_socket,
+            self.console_socket,
+            self.virtiofsd_socket,
+            self.debug_console_socket,
+        ]
 
     def too_long(self) -> list[Path]:
         """Socket paths that do not fit in a sockaddr_un."""

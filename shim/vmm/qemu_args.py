@@ -5,10 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from shim.vmm.config import AGENT_PORT_NAME, SHARED_FS_TAG, NicSpec, VMConfig
+from shim.vmm.config import (
+    AGENT_PORT_NAME,
+    DEBUG_CONSOLE_PARAM,
+    DEBUG_CONSOLE_PORT_NAME,
+    SHARED_FS_TAG,
+    NicSpec,
+    VMConfig,
+)
 from shim.vmm.layout import VMPaths
 
 AGENT_PORT_ID = "channel0"  # QMP VSERPORT_CHANGE names the port by this id
+DEBUG_CONSOLE_PORT_ID = "dbgcon0"
 # Legacy devices a sandbox never uses; leaving them out saves probing time in the guest.
 MACHINE_TRIMS = ("sata=off", "smbus=off", "vmport=off")
 # Kata's kernel_params minus what our guest does not have; each saves boot time.
@@ -57,6 +65,8 @@ def kernel_cmdline(config: VMConfig) -> str:
     params = ["console=ttyS0", "panic=-1", *FAST_BOOT_PARAMS]
     # pykata.debug=1: /init traces and kernel messages; agent.log=debug: Kata's agent knob
     params += ["pykata.debug=1", "agent.log=debug"] if config.debug else ["quiet"]
+    if config.debug_console:
+        params.append(DEBUG_CONSOLE_PARAM)
     params += config.kernel_params
     return " ".join(params)
 
@@ -168,14 +178,22 @@ def build_argv(
         if channel.vhostfd is not None:
             dev += f",vhostfd={channel.vhostfd}"
         argv += ["-device", dev]
-    else:
+    if isinstance(channel, SerialChannel) or config.debug_console:
+        argv += ["-device", "virtio-serial-pci,id=serial0"]
+    if isinstance(channel, SerialChannel):
         argv += [
-            "-device",
-            "virtio-serial-pci,id=serial0",
             "-chardev",
             f"socket,id=agent0,path={q(channel.socket)},server=on,wait=off",
             "-device",
             f"virtserialport,chardev=agent0,name={AGENT_PORT_NAME},id={AGENT_PORT_ID}",
+        ]
+    if config.debug_console:
+        argv += [
+            "-chardev",
+            f"socket,id=dbgcon,path={q(paths.debug_console_socket)},server=on,wait=off",
+            "-device",
+            f"virtserialport,chardev=dbgcon,name={DEBUG_CONSOLE_PORT_NAME},"
+            f"id={DEBUG_CONSOLE_PORT_ID}",
         ]
     argv += [
         "-object",
