@@ -20,6 +20,7 @@ from integration.pykata_env import RUNTIME, SHIM_NAME, STATE_ROOT, leftovers
 from integration.test_network_env import NetnsPair, snapshot
 
 SHIM_SOCKET_DIR = Path("/run/containerd/s")
+RUNC = "io.containerd.runc.v2"
 POD_SCRIPT = "echo pod $POD_INDEX; ip -o -4 addr show eth0 | grep -o 'inet [0-9.]*'"
 
 
@@ -112,12 +113,13 @@ class LoadReport:
     pods_at_once: list[PodRun] = field(default_factory=list)
     at_once_seconds: float = 0.0
     cycles: list[PodRun] = field(default_factory=list)
+    runc_cycles: list[PodRun] = field(default_factory=list)  # the same pods with runc
     peak_pss_mib: float = 0.0
     peak_machine_mib: float = 0.0  # the largest fall of MemAvailable
     peak_vms: int = 0
 
-    def cycle_seconds(self) -> dict[str, float]:
-        times = sorted(run.seconds for run in self.cycles)
+    def cycle_seconds(self, runs: list[PodRun] | None = None) -> dict[str, float]:
+        times = sorted(run.seconds for run in (self.cycles if runs is None else runs))
         if not times:
             return {}
         return {
@@ -128,12 +130,14 @@ class LoadReport:
         }
 
 
-def run_pod(cd: PrivateContainerd, image: str, index: int, pair: NetnsPair, config: Path,
-            name: str) -> subprocess.Popen:
+def run_pod(cd: PrivateContainerd, image: str, index: int, pair: NetnsPair,
+            config: Path | None, name: str) -> subprocess.Popen:
+    """`ctr run --rm` of one pod; config None: with runc instead of pykata."""
+    runtime = ["--runtime", RUNC] if config is None else [
+        "--runtime", RUNTIME, "--runtime-config-path", str(config)]
     argv = cd.ctr_argv(
-        "run", "--runtime", RUNTIME, "--runtime-config-path", str(config), "--rm",
-        "--with-ns", f"network:{pair.pod_path}", "--env", f"POD_INDEX={index}",
-        image, name, "sh", "-c", POD_SCRIPT,
+        "run", *runtime, "--rm", "--with-ns", f"network:{pair.pod_path}",
+        "--env", f"POD_INDEX={index}", image, name, "sh", "-c", POD_SCRIPT,
     )
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -155,12 +159,13 @@ def pods_at_once(cd, image, pairs: list[NetnsPair], config: Path, timeout: float
     return [finish(proc, i, started, timeout) for i, proc in enumerate(procs)]
 
 
-def cycles(cd, image, pair: NetnsPair, index: int, count: int, config: Path,
+def cycles(cd, image, pair: NetnsPair, index: int, count: int, config: Path | None,
            timeout: float) -> list[PodRun]:
     runs = []
     for n in range(count):
         started = time.monotonic()
-        proc = run_pod(cd, image, index, pair, config, f"load-{os.getpid()}-c{n}")
+        tag = "c" if config is not None else "r"
+        proc = run_pod(cd, image, index, pair, config, f"load-{os.getpid()}-{tag}{n}")
         runs.append(finish(proc, index, started, timeout))
     return runs
 
@@ -194,15 +199,18 @@ def leaks(cd: PrivateContainerd, sockets_before: set[str], netns_before: dict[st
         time.sleep(0.5)
 
 
-def write_config(path: Path, dial_timeout: int) -> Path:
+def write_config(path: Path, timeout: int) -> Path:
     """A runtime config for loaded hosts: the agent may take long to answer under TCG."""
-    path.write_text(f"[agent.kata]\ndial_timeout = {dial_timeout}\n")
+    path.write_text(f"[agent.kata]\ndial_timeout = {timeout}\n\n"
+                    f"[runtime]\ncreate_container_timeout = {timeout}\n")
     return path
 
 
 def run_load(cd: PrivateContainerd, image: str, *, pods: int, cycle_count: int, workdir: Path,
-             dial_timeout: int = 300, timeout: float = 900) -> tuple[LoadReport, dict]:
-    """`pods` pods at once, then `cycle_count` cycles in a row; the report and the leaks."""
+             runc_cycles: int = 0, dial_timeout: int = 300,
+             timeout: float = 900) -> tuple[LoadReport, dict]:
+    """`pods` pods at once, then `cycle_count` cycles in a row (and `runc_cycles` with runc,
+    for the ratio); the report and the leaks."""
     config = write_config(workdir / "load.toml", dial_timeout)
     pairs = [pod_netns(i) for i in range(max(pods, 1))]
     try:
@@ -214,6 +222,7 @@ def run_load(cd: PrivateContainerd, image: str, *, pods: int, cycle_count: int, 
             report.pods_at_once = pods_at_once(cd, image, pairs[:pods], config, timeout)
             report.at_once_seconds = time.monotonic() - t0
             report.cycles = cycles(cd, image, pairs[0], 0, cycle_count, config, timeout)
+        report.runc_cycles = cycles(cd, image, pairs[0], 0, runc_cycles, None, timeout)
         report.peak_pss_mib = sampler.peak_kib / 1024
         report.peak_vms = sampler.peak_vms
         report.peak_machine_mib = sampler.peak_drop_kib / 1024

@@ -56,6 +56,7 @@ class RuntimeConfig:
 
     enable_debug: bool = False
     internetworking_model: str = "tcfilter"
+    create_container_timeout: float = 60.0  # seconds for the agent's CreateContainer (Kata's)
 
 
 @dataclass

@@ -28,12 +28,14 @@ def test_kata_key_names_are_read():
         unknown_kata_key = "ignored"
         [runtime]
         internetworking_model = "none"
+        create_container_timeout = 300
         """
     )
     assert config.hypervisor.path == "/opt/qemu"
     assert (config.hypervisor.default_vcpus, config.hypervisor.default_memory) == (2, 1024)
     assert config.hypervisor.enable_debug is True
     assert config.runtime.internetworking_model == "none"
+    assert config.runtime.create_container_timeout == 300
 
 
 @pytest.mark.parametrize(

@@ -388,7 +388,7 @@ class TaskService:
                     OCI=guest_spec,
                     sandbox_pidns=_shares_pod_pidns(container.spec),
                 ),
-                timeout=AGENT_TIMEOUT,
+                timeout=sandbox.config.runtime.create_container_timeout,
             )
         except BaseException:
             sandbox.remove_container(container.id)
