@@ -52,5 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import structlog
 
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    # warnings only, and on stderr: stdout carries what scripts read (YAML, JSON, metrics)
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
     return run(argv)
