@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from integration.containerd_env import _pids_with_arg
 from integration.pykata_env import (
     RUNTIME,
     STATE_ROOT,
@@ -31,6 +32,20 @@ def runtime(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedP
     """`pykata-runtime ARGS` as an operator runs it."""
     return subprocess.run([sys.executable, "-m", "shim.admin", *args], capture_output=True,
                           text=True, timeout=timeout, **kwargs)
+
+
+def test_overhead_boots_an_idle_pod_of_its_own_and_removes_it():
+    ensure_shim_on_path()
+    ensure_guest_assets()
+    got = runtime("overhead", "--seconds", "2", "--settle", "2", timeout=300)
+    assert got.returncode == 0, got.stderr
+    assert "idle pod booted for this" in got.stdout
+    measured = re.search(r"= ([0-9.]+) MiB", got.stdout)
+    memory = re.search(r'memory: "(\d+)Mi"', got.stdout)
+    assert measured and memory, got.stdout
+    assert int(memory.group(1)) >= float(measured.group(1)) > 50
+    assert not (STATE_ROOT / "pykata-overhead").exists()
+    assert not _pids_with_arg(str(STATE_ROOT / "pykata-overhead"))
 
 
 @pytest.fixture(scope="module")
