@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -126,8 +125,19 @@ class AgentClient:
         self._closed_reason = "agent client closed"
         self.agent = Stub(self, AGENT_SERVICE)
         self.health = Stub(self, HEALTH_SERVICE)
-        # called with (service, method, seconds, code) after each call, retries included
-        self.observer: Callable[[str, str, float, ttrpc.Code], None] | None = None
+        self._observer: ttrpc.client.Observer | None = None
+
+    @property
+    def observer(self) -> ttrpc.client.Observer | None:
+        """Called with (service, method, seconds, code) after each call, retries included
+        (the ttrpc client's observer, on this connection and every later one)."""
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: ttrpc.client.Observer | None) -> None:
+        self._observer = observer
+        if self._client is not None:
+            self._client.observer = observer
 
     @property
     def connected(self) -> bool:
@@ -139,7 +149,9 @@ class AgentClient:
 
     async def _open(self) -> ttrpc.Client:
         if self.address.unix_path is not None:
-            return await ttrpc.Client.connect(self.address.unix_path, timeout=self.connect_timeout)
+            return await ttrpc.Client.connect(
+                self.address.unix_path, timeout=self.connect_timeout, observer=self._observer
+            )
         sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
@@ -149,7 +161,7 @@ class AgentClient:
                 ),
                 self.connect_timeout,
             )
-            return await ttrpc.Client.from_socket(sock)
+            return await ttrpc.Client.from_socket(sock, observer=self._observer)
         except BaseException:
             sock.close()
             raise
@@ -182,29 +194,6 @@ class AgentClient:
         metadata: Metadata | None = None,
     ) -> bytes:
         """One unary call (used by the stubs); see the class docstring for retries."""
-        if self.observer is None:
-            return await self._call(service, method, payload, timeout, metadata)
-        started = time.perf_counter()
-        code = ttrpc.Code.OK
-        try:
-            return await self._call(service, method, payload, timeout, metadata)
-        except ttrpc.TTRPCError as e:
-            code = e.code
-            raise
-        except asyncio.CancelledError:
-            code = ttrpc.Code.CANCELLED
-            raise
-        finally:
-            self.observer(service, method, time.perf_counter() - started, code)
-
-    async def _call(
-        self,
-        service: str,
-        method: str,
-        payload: bytes,
-        timeout: float | None,
-        metadata: Metadata | None,
-    ) -> bytes:
         if timeout is DEFAULT:
             timeout = METHOD_TIMEOUTS.get(method, DEFAULT_TIMEOUT)
         attempts = 2 if method in IDEMPOTENT else 1

@@ -200,3 +200,20 @@ async def test_vsock_connect_failure_is_unavailable():
         await client.check()
     assert err.value.code == ttrpc.Code.UNAVAILABLE
     await client.close()
+
+
+async def test_an_observer_set_on_a_connected_client_sees_this_and_later_connections(served):
+    _, _, path = served
+    seen: list[tuple[str, str, ttrpc.Code]] = []
+    client = AgentClient(AgentAddress(unix_path=path))
+    try:
+        await client.check()
+        client.observer = lambda service, method, seconds, code: seen.append(
+            (service, method, code)
+        )
+        await client.check()
+        await client.reset()  # the next call opens a new connection
+        await client.check()
+    finally:
+        await client.close()
+    assert seen == [("grpc.Health", "Check", ttrpc.Code.OK)] * 2

@@ -54,7 +54,7 @@ class Client:
     """
 
     def __init__(self, metadata: Metadata | None = None, observer: Observer | None = None) -> None:
-        self._observer = observer
+        self.observer = observer  # may be replaced at any time
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._next_id = 1
         self._closed_reason: str | None = None
@@ -123,7 +123,7 @@ class Client:
         Raises TTRPCError with the peer's status, DEADLINE_EXCEEDED when timeout
         (seconds) passes, UNAVAILABLE when the connection is gone.
         """
-        observer = self._observer
+        observer = self.observer
         if observer is None:
             return await self._call(service, method, payload, timeout, metadata)
         started = time.perf_counter()

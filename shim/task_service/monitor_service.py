@@ -15,8 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
 
@@ -61,10 +60,6 @@ class GuestReading(NamedTuple):
     page: str | None  # the agent's GetMetrics text (None: it gave none)
     cpu_ns: int  # the containers' CPU time in the guest
     memory_bytes: int  # and their memory now
-
-
-async def _ready(value: GuestReading) -> GuestReading:
-    return value
 
 
 def _error(exc: ttrpc.TTRPCError) -> Reply:
@@ -153,7 +148,7 @@ class SandboxMonitor:
             return None
         return answer.metrics
 
-    def _guest_reading(self, sandbox: Sandbox) -> Awaitable[GuestReading]:
+    async def _guest_reading(self, sandbox: Sandbox) -> GuestReading:
         """The guest's figures: those read for the previous scrape, while a new reading
         starts for the next one (the guest's Python takes 15-60 ms under TCG for its
         page, the host's part 2 ms: a scrape should not wait on the guest). The first
@@ -161,8 +156,8 @@ class SandboxMonitor:
         if self._refresh is None or self._refresh.done():
             self._refresh = asyncio.ensure_future(self._read_guest(sandbox))
         if self._guest is not None:
-            return _ready(self._guest)
-        return asyncio.shield(self._refresh)
+            return self._guest
+        return await asyncio.shield(self._refresh)
 
     async def _guest_usage(self, sandbox: Sandbox) -> tuple[int, int]:
         """The containers' CPU time (ns) and memory (bytes) in the guest, from their stats."""
@@ -270,8 +265,3 @@ class SandboxMonitor:
         except ttrpc.TTRPCError as exc:
             return _error(exc)
         return 200, TEXT, answer.data
-
-
-def observe_agent_calls(agent_client: Any, rpc: RpcMetrics) -> None:
-    """Have an AgentClient report each call's duration to the pod's RPC histograms."""
-    agent_client.observer = rpc.observe_agent

@@ -294,9 +294,7 @@ class TaskService:
         return sandbox
 
     async def _open_monitor(self, sandbox: Sandbox) -> None:
-        from shim.task_service.monitor_service import observe_agent_calls
-
-        observe_agent_calls(sandbox.vm.agent, self.monitor.rpc)
+        sandbox.vm.agent.observer = self.monitor.rpc.observe_agent  # agent call durations
         try:
             await self.monitor.open(sandbox)
         except OSError as exc:  # the pod runs without it; the log says why
