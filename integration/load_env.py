@@ -18,6 +18,7 @@ from pathlib import Path
 from integration.containerd_env import PrivateContainerd, _mounts_under, _pids_with_arg
 from integration.pykata_env import RUNTIME, SHIM_NAME, STATE_ROOT, leftovers
 from integration.test_network_env import NetnsPair, snapshot
+from shim.monitor.procfs import pss_bytes
 
 SHIM_SOCKET_DIR = Path("/run/containerd/s")
 RUNC = "io.containerd.runc.v2"
@@ -39,18 +40,6 @@ def pykata_pids() -> list[int]:
     """Every shim daemon, QEMU and virtiofsd of pykata on this host."""
     shims = [p for p in _pids_with_arg(SHIM_NAME) if p != os.getpid()]
     return sorted(set(shims) | set(_pids_with_arg(str(STATE_ROOT) + "/")))
-
-
-def pss_kib(pid: int) -> int:
-    """Proportional set size of one process (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def mem_available_kib() -> int:
@@ -77,7 +66,7 @@ class MemorySampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             pids = pykata_pids()
-            self.peak_kib = max(self.peak_kib, sum(pss_kib(p) for p in pids))
+            self.peak_kib = max(self.peak_kib, sum((pss_bytes(p) or 0) >> 10 for p in pids))
             self.peak_vms = max(self.peak_vms, len(_pids_with_arg("qemu-system")))
             drop = self.baseline_available_kib - mem_available_kib()
             self.peak_drop_kib = max(self.peak_drop_kib, drop)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from shim.cli import ShimArgs
+from shim.mountinfo import mounted_under
 from shim.paths import (
     SANDBOX_FILE,
     STATE_ROOT,
@@ -70,11 +71,10 @@ def cleanup(namespace: str, container_id: str, bundle: str) -> int:
     With its daemon dead the whole sandbox goes, by the same teardown the daemon
     runs; with the daemon alive only this container is forgotten.
     """
-    from shim.sandbox import teardown
-
     state_dir = _find_sandbox(namespace, container_id, bundle)
     qemu_pid = 0
     if state_dir is not None:
+        from shim.sandbox import teardown
         from shim.sandbox.state import SandboxRecord
 
         record = SandboxRecord.load(state_dir)
@@ -83,8 +83,12 @@ def cleanup(namespace: str, container_id: str, bundle: str) -> int:
             teardown.release(state_dir, record, _report)
         else:
             teardown.forget_container(state_dir, record, container_id)
-    if bundle:
-        teardown.unmount_rootfs(bundle)  # as runc's shim does, whoever mounted it
+    if bundle and mounted_under(os.path.join(bundle, "rootfs")):
+        # as runc's shim does, whoever mounted it (the usual case: nothing is left to load
+        # the teardown code for)
+        from shim.sandbox.teardown import unmount_rootfs
+
+        unmount_rootfs(bundle)
     return qemu_pid
 
 

@@ -496,7 +496,7 @@ class TaskService:
             )
             status = answer.status
         except ttrpc.TTRPCError as exc:
-            if await self._vm_died_meanwhile():
+            if exc.code == Code.UNAVAILABLE and await self._vm_died_meanwhile():
                 return  # the death watcher gave every process its exit, with the reason
             log.warning(
                 "lost the process: the agent did not report its exit",
@@ -512,7 +512,8 @@ class TaskService:
         self._exited(process, status)
 
     async def _vm_died_meanwhile(self) -> bool:
-        """After a failed agent call: is the VM dying? (its watcher then owns the exits)."""
+        """The agent's connection broke: is the VM dying? (its watcher then owns the exits;
+        the socket's end may reach us before QEMU's exit does)."""
         watcher = self._death_watcher
         if watcher is None:
             return False
