@@ -60,12 +60,21 @@ class RuntimeConfig:
 
 
 @dataclass
+class FactoryConfig:
+    """[factory]: VM templates (Kata's keys). Off by default."""
+
+    enable_template: bool = False
+    template_path: str = "/run/pykata-factory/template"
+
+
+@dataclass
 class Config:
     """The whole configuration, with where it came from."""
 
     hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    factory: FactoryConfig = field(default_factory=FactoryConfig)
     source: str = "built-in defaults"
 
 
@@ -115,6 +124,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     _fill(config.hypervisor, data.get("hypervisor", {}).get("qemu", {}), "hypervisor.qemu")
     _fill(config.agent, data.get("agent", {}).get("kata", {}), "agent.kata")
     _fill(config.runtime, data.get("runtime", {}), "runtime")
+    _fill(config.factory, data.get("factory", {}), "factory")
     checks = (
         ("hypervisor.qemu.shared_fs", config.hypervisor.shared_fs, SHARED_FS),
         ("hypervisor.qemu.accel", config.hypervisor.accel, ACCELS),
@@ -125,6 +135,8 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             raise ConfigError(f"{source}: {key} = {value!r}; expected one of {', '.join(allowed)}")
     if config.hypervisor.default_vcpus < 1 or config.hypervisor.default_memory < 64:
         raise ConfigError(f"{source}: default_vcpus must be >= 1 and default_memory >= 64 (MiB)")
+    if not os.path.isabs(config.factory.template_path):
+        raise ConfigError(f"{source}: factory.template_path must be an absolute path")
     return config
 
 

@@ -10,6 +10,7 @@ pykata-runtime iptables get|set         the guest's iptables (--v6: ip6tables)
 pykata-runtime direct-volume ...        add|remove|stats|resize directly assigned volumes
 pykata-runtime monitor                  one metrics endpoint for every sandbox of the node
 pykata-runtime overhead                 a RuntimeClass with the pod overhead measured here
+pykata-runtime factory init|status|destroy  the VM template pods are restored from
 
 Each command group lives in its own module; each registers its parsers and the
 function that runs it (args -> exit status).
@@ -20,7 +21,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shim.admin import host, node_monitor, overhead, sandbox_calls, sandboxes, volumes
+from shim.admin import (
+    factory,
+    host,
+    node_monitor,
+    overhead,
+    sandbox_calls,
+    sandboxes,
+    volumes,
+)
 from shim.admin.errors import AdminError
 
 PROG = "pykata-runtime"
@@ -31,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     top.add_argument("--config", default="", help="configuration file (else the search order)")
     sub = top.add_subparsers(dest="command", required=True)
-    for module in (host, sandboxes, sandbox_calls, volumes, node_monitor, overhead):
+    for module in (host, sandboxes, sandbox_calls, volumes, node_monitor, overhead, factory):
         module.register(sub)
     return top
 

@@ -66,3 +66,4 @@ class VMConfig:
     extra_qemu_args: list[str] = field(default_factory=list)
     agent_timeout: float = 60.0  # seconds from launch to the agent's first answer
     stop_timeout: float = 10.0  # seconds to wait for QEMU to quit before SIGKILL
+    template_path: str | None = None  # restore from the VM template there (None: always boot)

@@ -54,6 +54,22 @@ class VsockChannel:
 
 AgentChannel = SerialChannel | VsockChannel
 
+# PCIe root ports a template VM keeps free: the shared filesystem and the NICs
+# are hot-plugged into them after a restore (q35's root bus cannot hot-plug).
+HOTPLUG_PORTS = 4
+SHARED_FS_PORT = "rp0"
+
+
+@dataclass(frozen=True)
+class TemplateLayout:
+    """A VM that is a template or a clone of one: RAM in a named file, free root ports,
+    no shared filesystem or NICs on the command line (they are hot-plugged).
+
+    `incoming`: a clone, which waits for its device state (`-incoming defer`)."""
+
+    memory_path: Path
+    incoming: bool = False
+
 
 def q(value: object) -> str:
     """Escape a value for a QEMU option list (a comma is written as two)."""
@@ -108,6 +124,7 @@ def build_argv(
     name: str | None = None,
     firmware: str | None = None,
     start_paused: bool = True,
+    layout: TemplateLayout | None = None,
 ) -> list[str]:
     """argv for QEMU (argv[0] = config.qemu_path).
 
@@ -160,7 +177,20 @@ def build_argv(
         "-serial",
         "chardev:console0",
     ]
-    if config.shared_fs == "virtio-fs":
+    if layout is not None:
+        if config.shared_fs not in ("virtio-fs", "none"):
+            raise ValueError(f"shared_fs must be virtio-fs or none, not {config.shared_fs!r}")
+        # share=on: virtiofsd maps the clone's RAM, and the template's pages are saved
+        # in the file itself (x-ignore-shared keeps them out of the device state)
+        argv += [
+            "-object",
+            f"memory-backend-file,id=mem0,size={mem},mem-path={q(layout.memory_path)},share=on",
+            "-numa",
+            "node,memdev=mem0",
+        ]
+        for i in range(HOTPLUG_PORTS):
+            argv += ["-device", f"pcie-root-port,id=rp{i},bus=pcie.0,chassis={i + 1},slot={i + 1}"]
+    elif config.shared_fs == "virtio-fs":
         argv += [
             "-object",
             f"memory-backend-memfd,id=mem0,size={mem},share=on",
@@ -201,16 +231,21 @@ def build_argv(
         "-device",
         "virtio-rng-pci,rng=rng0,id=rng0dev",
     ]
-    for i, nic in enumerate(config.nics):
-        argv += _nic_args(i, nic)
+    if layout is None:
+        for i, nic in enumerate(config.nics):
+            argv += _nic_args(i, nic)
     argv += config.extra_qemu_args
+    if layout is not None and layout.incoming:
+        argv += ["-incoming", "defer"]
     return argv
 
 
-def passed_fds(config: VMConfig, channel: AgentChannel) -> list[int]:
-    """File descriptors the QEMU child must inherit (taps, vhost-vsock)."""
-    fds = [nic.tap_fd for nic in config.nics if nic.tap_fd is not None]
-    fds += [fd for nic in config.nics for fd in nic.tap_fds]
+def passed_fds(config: VMConfig, channel: AgentChannel, *, nics: bool = True) -> list[int]:
+    """File descriptors the QEMU child must inherit (taps, vhost-vsock).
+
+    `nics=False`: a clone, whose taps are handed over with QMP when hot-plugged."""
+    fds = [nic.tap_fd for nic in config.nics if nic.tap_fd is not None] if nics else []
+    fds += [fd for nic in config.nics for fd in nic.tap_fds] if nics else []
     if isinstance(channel, VsockChannel) and channel.vhostfd is not None:
         fds.append(channel.vhostfd)
     return fds

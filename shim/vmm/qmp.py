@@ -70,6 +70,14 @@ class QMP:
         except Exception as e:
             raise QMPError(f"QMP {command}: {e}") from e
 
+    async def send_fd(self, name: str, fd: int) -> None:
+        """Hand QEMU a file descriptor (SCM_RIGHTS), then name it with `getfd`."""
+        try:
+            self._client.send_fd_scm(fd)
+        except Exception as e:
+            raise QMPError(f"QMP getfd {name}: {e}") from e
+        await self.execute("getfd", {"fdname": name})
+
     def listen(
         self, names: str | list[str], match: Callable[[Message], bool] | None = None
     ) -> EventListener:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Awaitable
@@ -15,11 +16,12 @@ import structlog
 
 import ttrpc
 from shim.agent_client import AgentAddress, AgentClient
-from shim.vmm import procs, qemu_args
+from shim.vmm import hotplug, procs, qemu_args, restore
 from shim.vmm.accel import AccelChoice, choose_accel
 from shim.vmm.child import ChildProcess
 from shim.vmm.config import AGENT_VSOCK_PORT, QBOOT, VMConfig
 from shim.vmm.errors import AgentTimeoutError, QemuExitedError, VMError, VMStartError
+from shim.vmm.factory import Clone, prepare_clone
 from shim.vmm.hostcaps import (
     DEFAULT_CACHE_DIR,
     HostCapsCache,
@@ -55,6 +57,7 @@ class RunningVM:
         agent: AgentClient,
         accel: AccelChoice,
         timings: dict[str, float],
+        restored: bool = False,
     ) -> None:
         self.paths = paths
         self.config = config
@@ -64,6 +67,7 @@ class RunningVM:
         self.agent = agent
         self.accel = accel
         self.timings = timings
+        self.restored = restored  # a clone of a template, not booted
         self._stopping: asyncio.Task[None] | None = None
         qemu.exited.add_done_callback(self._on_qemu_exit)
 
@@ -305,11 +309,17 @@ class _Start:
             self.vhostfd = None
 
 
-def _channel(config: VMConfig, paths: VMPaths, st: _Start) -> qemu_args.AgentChannel:
-    use_vsock = config.agent_transport == "vsock" or (
+def channel_kind(config: VMConfig) -> str:
+    """"vsock" or "serial": the agent channel this config gets on this host."""
+    if config.agent_transport == "vsock" or (
         config.agent_transport == "auto" and vsock_available()
-    )
-    if not use_vsock:
+    ):
+        return "vsock"
+    return "serial"
+
+
+def _channel(config: VMConfig, paths: VMPaths, st: _Start) -> qemu_args.AgentChannel:
+    if channel_kind(config) == "serial":
         return qemu_args.SerialChannel(paths.agent_socket)
     try:
         st.vhostfd, cid = open_vhost_vsock(config.vsock_cid)
@@ -386,16 +396,45 @@ def _check_confinement(st: _Start, seccomp: bool, virtiofsd_args: list[str]) -> 
 async def start_vm(
     config: VMConfig,
     state_dir: Path,
-    shared_dir: Path,
+    shared_dir: Path | None,
     *,
     timeout: float | None = None,
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    as_template: bool = False,
 ) -> RunningVM:
-    """Boot a VM for a sandbox and return it once its agent answers Health/Check.
+    """Start a VM for a sandbox and return it once its agent answers Health/Check.
 
-    Raises VMStartError (QemuExitedError, AgentTimeoutError, VirtiofsdError) after
-    tearing down everything it started.
+    Booted, or restored from the template at config.template_path when there is one
+    that fits (a clone gets the shared filesystem and NICs hot-plugged, and its own
+    clock and RNG seed); a restore that fails falls back to a boot. `as_template`:
+    boot the VM a template is made from (RAM in state_dir/memory, no shared
+    filesystem, no NICs). Raises VMStartError (QemuExitedError, AgentTimeoutError,
+    VirtiofsdError) after tearing down everything it started.
     """
+    try:
+        return await _start_vm(config, state_dir, shared_dir, timeout, cache_dir, as_template)
+    except _RestoreFailed as failed:
+        log.warning(
+            "restoring the VM from its template failed: booting it",
+            template=config.template_path,
+            error=str(failed.__cause__),
+        )
+        booted = dataclasses.replace(config, template_path=None)
+        return await _start_vm(booted, state_dir, shared_dir, timeout, cache_dir, False)
+
+
+class _RestoreFailed(Exception):
+    """A clone did not come up; its cause is the VMError. start_vm boots instead."""
+
+
+async def _start_vm(
+    config: VMConfig,
+    state_dir: Path,
+    shared_dir: Path | None,
+    timeout: float | None,
+    cache_dir: Path | None,
+    as_template: bool,
+) -> RunningVM:
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     paths = VMPaths(state_dir)
@@ -403,6 +442,8 @@ async def start_vm(
     kill_from_state(state_dir)  # stale sockets of an earlier, dead VM
     st = _Start(config, paths, config.agent_timeout if timeout is None else timeout)
     cache = HostCapsCache(cache_dir)
+    clone: Clone | None = None
+    virtiofs = config.shared_fs == "virtio-fs" and not as_template
     try:
         accel = await choose_accel(
             config.accel, config.qemu_path, config.kernel, config.cpu_model, cache=cache
@@ -417,11 +458,21 @@ async def start_vm(
                     detail=detail,
                 )
         virtiofsd_args = []
-        if config.shared_fs == "virtio-fs":
+        if virtiofs:
             virtiofsd_args = await _virtiofsd_confinement(config, cache)
         st.mark("probed")
+        firmware = resolve_firmware(config.firmware)
+        if config.template_path and not as_template:
+            clone = await prepare_clone(
+                config, accel=accel, firmware=firmware, channel=channel_kind(config),
+                cache_dir=cache_dir,
+            )
+            if clone is not None:
+                st.timings["ram_copied_bytes"] = clone.copied
+                st.mark("ram_copied")
         writer = StateWriter(paths)
-        if config.shared_fs == "virtio-fs":
+        if virtiofs:
+            assert shared_dir is not None
             st.virtiofsd = await start_virtiofsd(
                 config.virtiofsd_path,
                 paths.virtiofsd_socket,
@@ -435,6 +486,12 @@ async def start_vm(
             writer.add_process("virtiofsd", st.virtiofsd.pid, config.virtiofsd_path)
             st.mark("virtiofsd_ready")
         channel = _channel(config, paths, st)
+        layout = None
+        if as_template:
+            layout = qemu_args.TemplateLayout(paths.state_dir / "memory")
+        elif clone is not None:
+            memory = Path(f"/proc/self/fd/{clone.memory_fd}")  # QEMU inherits the memfd
+            layout = qemu_args.TemplateLayout(memory, incoming=True)
         argv = qemu_args.build_argv(
             config,
             paths,
@@ -442,13 +499,15 @@ async def start_vm(
             cpu=accel.cpu,
             channel=channel,
             seccomp=seccomp,
-            firmware=resolve_firmware(config.firmware),
+            firmware=firmware,
+            layout=layout,
         )
+        fds = qemu_args.passed_fds(config, channel, nics=layout is None)
         st.qemu = launch(
             argv,
             stderr_path=paths.qemu_stderr,
             netns=config.netns,
-            pass_fds=qemu_args.passed_fds(config, channel),
+            pass_fds=fds + ([clone.memory_fd] if clone is not None else []),
         )
         writer.add_process("qemu", st.qemu.pid, config.qemu_path)
         st.mark("qemu_launched")
@@ -470,27 +529,32 @@ async def start_vm(
             "waiting for QMP",
             agent=False,
         )
-        listener = None
-        if isinstance(channel, qemu_args.SerialChannel):
-            listener = st.qmp.listen("VSERPORT_CHANGE", port_open_event(qemu_args.AGENT_PORT_ID))
-        await st.guard(st.qmp.execute("cont"), "starting the vCPUs", agent=False)
-        st.mark("qmp_ready")
-        if listener is not None:
-            await st.guard(_wait_port(st, listener), "waiting for the agent port")
-            st.qmp.unlisten(listener)
-            st.port_opened = True
-            st.mark("port_open")
+        if clone is not None:
+            await _resume_clone(st, clone, virtiofs)
+        else:
+            await _boot(st, channel)
         st.agent = AgentClient(address, connect_timeout=5.0)
         await st.guard(_wait_agent(st, st.agent), "waiting for the agent's Health/Check")
         st.mark("agent_ready")
+        if clone is not None:
+            await st.guard(
+                restore.give_identity(st.agent.agent), "setting the clone's clock and RNG"
+            )
+            st.mark("identity_given")
         confinement = _check_confinement(st, seccomp, virtiofsd_args)
     except BaseException as exc:
         await st.abort()
+        if clone is not None and isinstance(exc, Exception):
+            error = exc if isinstance(exc, VMError) else VMStartError(str(exc))
+            raise _RestoreFailed() from error
         if isinstance(exc, VMError) or not isinstance(exc, Exception):
             raise
         if st.qemu is not None and st.qemu.exited.done():
             raise st.exited_error(f"starting ({exc})") from exc
         raise VMStartError(f"VM start failed: {exc}") from exc
+    finally:
+        if clone is not None:
+            clone.close()
     assert st.qemu is not None and st.qmp is not None and st.agent is not None
     vm = RunningVM(
         paths=paths,
@@ -501,13 +565,47 @@ async def start_vm(
         agent=st.agent,
         accel=accel,
         timings=st.timings,
+        restored=clone is not None,
     )
     log.info(
         "vm started",
         pid=vm.pid,
         accel=accel.accel,
+        restored_from=str(clone.tdir.path) if clone is not None else None,
         state_dir=str(state_dir),
         **confinement,
         **st.timings,
     )
     return vm
+
+
+async def _boot(st: _Start, channel: qemu_args.AgentChannel) -> None:
+    """Start the vCPUs of a VM that boots; wait until the guest opens the agent port."""
+    assert st.qmp is not None
+    listener = None
+    if isinstance(channel, qemu_args.SerialChannel):
+        listener = st.qmp.listen("VSERPORT_CHANGE", port_open_event(qemu_args.AGENT_PORT_ID))
+    await st.guard(st.qmp.execute("cont"), "starting the vCPUs", agent=False)
+    st.mark("qmp_ready")
+    if listener is not None:
+        await st.guard(_wait_port(st, listener), "waiting for the agent port")
+        st.qmp.unlisten(listener)
+        st.port_opened = True
+        st.mark("port_open")
+
+
+async def _resume_clone(st: _Start, clone: Clone, virtiofs: bool) -> None:
+    """Load the template's device state, hot-plug the pod's devices, start the vCPUs.
+
+    The agent port stays open across the snapshot, so there is no open event."""
+    assert st.qmp is not None
+    st.mark("qmp_ready")
+    await st.guard(restore.load(st.qmp, clone.state_fd), "loading the template", agent=False)
+    os.close(clone.state_fd)
+    clone.state_fd = -1
+    st.mark("state_loaded")
+    steps = hotplug.clone_steps(st.paths.virtiofsd_socket if virtiofs else None, st.config.nics)
+    await st.guard(restore.hotplug(st.qmp, steps), "hot-plugging devices", agent=False)
+    st.mark("hotplugged")
+    await st.guard(st.qmp.execute("cont"), "starting the vCPUs", agent=False)
+    st.port_opened = True

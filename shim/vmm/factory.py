@@ -1,0 +1,187 @@
+"""Kata's VM factory, templates only: make a template, and decide per pod whether its
+VM is restored from one (and what the clone is handed), rebuilt first, or booted."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import fcntl
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from shim.vmm import template
+from shim.vmm.config import VMConfig
+from shim.vmm.template import REBUILD, RESTORE, TemplateDir, Verdict
+
+log = structlog.get_logger(__name__)
+
+# seconds between hanging up on the agent and the pause: the agent ends that session
+# (a clone's host is a new one, whose ttrpc stream ids start again at 1) and waits
+IDLE_SETTLE = 0.3
+
+
+@dataclass
+class Clone:
+    """What a clone starts from: a private copy of the template's RAM and its state."""
+
+    tdir: TemplateDir
+    memory_fd: int
+    state_fd: int
+    copied: int
+    seconds: float
+
+    def close(self) -> None:
+        for name in ("memory_fd", "state_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+
+def key(
+    config: VMConfig, *, accel: str, cpu: str, firmware: str | None, channel: str
+) -> tuple[dict, dict]:
+    """(shape, inputs) of the template a VM with this config would be a clone of."""
+    shape = template.shape(config, accel=accel, cpu=cpu, firmware=firmware, channel=channel)
+    return shape, template.inputs(config, firmware)
+
+
+async def _lock(tdir: TemplateDir, exclusive: bool) -> int:
+    tdir.lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(tdir.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_clone(tdir: TemplateDir, shape: dict, inputs: dict) -> Clone | None:
+    """Under the shared lock: check again, copy the RAM, open the state."""
+    if template.judge(tdir, shape, inputs).action != RESTORE:
+        return None
+    t0 = time.monotonic()
+    memory_fd, copied = template.clone_memory(tdir)
+    try:
+        state_fd = os.open(tdir.state, os.O_RDONLY | os.O_CLOEXEC)
+    except BaseException:
+        os.close(memory_fd)
+        raise
+    return Clone(tdir, memory_fd, state_fd, copied, round(time.monotonic() - t0, 4))
+
+
+async def prepare_clone(
+    config: VMConfig,
+    *,
+    accel: Any,
+    firmware: str | None,
+    channel: str,
+    cache_dir: Path | None,
+) -> Clone | None:
+    """The clone to start, or None to boot (logged with the reason). A stale template
+    (one of its files changed) is rebuilt first."""
+    assert config.template_path
+    tdir = TemplateDir(Path(config.template_path))
+    shape, inputs = key(config, accel=accel.accel, cpu=accel.cpu, firmware=firmware,
+                        channel=channel)
+    verdict = template.judge(tdir, shape, inputs, nics=len(config.nics))
+    if verdict.action == REBUILD:
+        log.info("rebuilding the VM template", template=str(tdir.path), reason=verdict.reason)
+        await build(config, tdir, cache_dir=cache_dir)
+        verdict = template.judge(tdir, shape, inputs, nics=len(config.nics))
+    if verdict.action != RESTORE:
+        log.info("booting the VM: no template used", template=str(tdir.path), reason=verdict.reason)
+        return None
+    fd = await _lock(tdir, exclusive=False)
+    try:
+        clone = await asyncio.to_thread(_open_clone, tdir, shape, inputs)
+    finally:
+        os.close(fd)
+    if clone is None:
+        log.info("booting the VM: the template changed meanwhile", template=str(tdir.path))
+    return clone
+
+
+def template_config(config: VMConfig) -> VMConfig:
+    """The VM a template is made from: the pod's, less what is per pod."""
+    return dataclasses.replace(config, nics=[], netns=None, template_path=None)
+
+
+async def build(
+    config: VMConfig,
+    tdir: TemplateDir,
+    *,
+    cache_dir: Path | None,
+    force: bool = False,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Boot a template VM, wait until its agent is idle, save it; the new template's meta.
+
+    Holds the exclusive lock: a second builder waits, then finds the template made
+    (unless `force`)."""
+    from shim.vmm.vm import channel_kind, resolve_firmware, start_vm
+
+    firmware = resolve_firmware(config.firmware)
+    lock = await _lock(tdir, exclusive=True)
+    work = tdir.build_dir()
+    try:
+        if not force:
+            meta = template.load_meta(tdir)
+            if meta is not None and _current(config, meta, firmware):
+                return meta
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, mode=0o700)
+        t0 = time.monotonic()
+        vm = await start_vm(template_config(config), work, None, cache_dir=cache_dir,
+                            timeout=timeout, as_template=True)
+        try:
+            await vm.agent.check(timeout=5.0)
+            await vm.agent.close()
+            await asyncio.sleep(IDLE_SETTLE)
+            from shim.vmm.restore import save
+
+            await save(vm.qmp, work / "state")
+        finally:
+            await vm.stop()
+        shape, inputs = key(config, accel=vm.accel.accel, cpu=vm.accel.cpu, firmware=firmware,
+                            channel=channel_kind(config))
+        meta = {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created_unix": time.time(),
+            "build_seconds": round(time.monotonic() - t0, 2),
+            "boot_timings": vm.timings,
+            "shape": shape,
+            "inputs": inputs,
+        }
+        template.write_meta(work, meta)
+        template.install(tdir, work)
+        if not template.on_tmpfs(tdir.path):
+            log.warning("the VM template is not on tmpfs: its RAM file lives on disk",
+                        template=str(tdir.path))
+        log.info("VM template made", template=str(tdir.path), seconds=meta["build_seconds"],
+                 memory_mib=round(template.allocated(tdir.memory) / 2**20, 1))
+        return meta
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        os.close(lock)
+
+
+def _current(config: VMConfig, meta: dict[str, Any], firmware: str | None) -> bool:
+    """Whether a template's meta matches this config's files and shape (cheap check:
+    the accelerator is compared as recorded)."""
+    from shim.vmm.vm import channel_kind
+
+    have = meta.get("shape", {})
+    shape, inputs = key(config, accel=have.get("accel", ""), cpu=have.get("cpu", ""),
+                        firmware=firmware, channel=channel_kind(config))
+    return shape == have and inputs == meta.get("inputs")
+
+
+__all__ = ["Clone", "Verdict", "build", "prepare_clone", "template_config"]
