@@ -124,6 +124,10 @@ class AgentService:
         from agent.entropy import reseed
 
         how = reseed(request.data)
+        import sys
+
+        if "random" in sys.modules:  # a clone of a template shares its Mersenne state too
+            sys.modules["random"].seed()
         log.debug("ReseedRandomDev: %d bytes (%s)", len(request.data), how)
         return Empty()
 

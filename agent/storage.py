@@ -11,7 +11,9 @@ came is never unmounted.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import time
 
 from ttrpc.codes import Code
 from ttrpc.errors import TTRPCError
@@ -26,6 +28,10 @@ DRIVERS = {
     "local": None,
 }
 STORAGE_HANDLERS = sorted(DRIVERS)
+# A VM restored from a template gets its virtio-fs device hot-plugged just before the
+# agent's first call; until the guest has probed it, mounting the tag fails (EINVAL).
+TAG_WAIT = 5.0
+TAG_POLL = 0.01
 
 
 def mounted(path: str) -> bool:
@@ -78,7 +84,11 @@ class Storages:
         if driver == "bind":
             flags |= libc.MOUNT_FLAGS["bind"][0]
             fstype = ""
-        libc.mount(storage.source or fstype, point, fstype, flags, data)  # type: ignore[attr-defined]
+        source = storage.source or fstype  # type: ignore[attr-defined]
+        if fstype == "virtiofs":
+            _mount_when_tag_appears(source, point, flags, data)
+        else:
+            libc.mount(source, point, fstype, flags, data)
         self._users[point] = [1, True]
         return point
 
@@ -97,3 +107,18 @@ class Storages:
 
         with contextlib.suppress(OSError):
             libc.umount(point)
+
+
+def _mount_when_tag_appears(tag: str, point: str, flags: int, data: str) -> None:
+    """Mount a virtio-fs tag, waiting (bounded) for a device still being hot-plugged."""
+    from agent import libc
+
+    deadline = time.monotonic() + TAG_WAIT
+    while True:
+        try:
+            libc.mount(tag, point, "virtiofs", flags, data)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOENT) or time.monotonic() > deadline:
+                raise
+        time.sleep(TAG_POLL)

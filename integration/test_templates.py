@@ -106,6 +106,11 @@ def test_factory_status_reports_a_template_pods_can_use(factory):
     assert facts["present"] and facts["enabled"] and facts["action"] == "restore"
     assert facts["on_tmpfs"] and facts["state_bytes"] > 0
     assert 0 < facts["memory_bytes_used"] < facts["shape"]["memory_mib"] * 2**20
+    checked = json.loads(runtime(config, "check", "--json").stdout)
+    [line] = [c for c in checked["checks"] if c["name"] == "VM template"]
+    assert line["status"] == "ok" and line["detail"].startswith("pods restore"), line
+    env = json.loads(runtime(config, "env", "--json").stdout)
+    assert env["factory"]["enable_template"] and env["factory"]["template"]["action"] == "restore"
     again = runtime(config, "factory", "init")
     assert again.returncode == 0 and "already up to date" in again.stdout, again.stdout
 

@@ -100,7 +100,20 @@ def findings(config_path: str) -> list[Finding]:
     vhost_net = "yes" if os.path.exists("/dev/vhost-net") else "no"
     found.append(Finding("vhost-net", INFO, vhost_net))
     found.extend(_protections(hv, cache))
+    found.append(_template(config))
     return found
+
+
+def _template(config: Any) -> Finding:
+    """Whether pods are restored from a VM template here, and if not, why (never a failure:
+    pods boot without one)."""
+    if not config.factory.enable_template:
+        return Finding("VM template", INFO, "off ([factory] enable_template = false)")
+    from shim.admin.factory import verdict
+
+    judged, _ = verdict(config)
+    status = OK if judged.action == "restore" else INFO
+    return Finding("VM template", status, f"pods {judged.action}: {judged.reason}")
 
 
 def check(args: argparse.Namespace) -> int:
@@ -127,7 +140,12 @@ def env(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(asdict(config), indent=2))
+    document = asdict(config)
+    from shim.admin.factory import verdict
+
+    judged, facts = verdict(config)
+    document["factory"]["template"] = {**facts, "action": judged.action, "reason": judged.reason}
+    print(json.dumps(document, indent=2))
     return 0
 
 
