@@ -23,6 +23,9 @@ GUEST_MODULES: tuple[str, ...] = (
     # -cpu qemu64,+rdrand) the first read of randomness (Python's hash seed at
     # start-up) waits ~1 s under TCG for the kernel's jitter entropy.
     "virtio_rng",
+    # Free page reporting: the guest hands pages it freed back to the host (QEMU punches
+    # them out of guest RAM), e.g. the initrd's copy once it is unpacked.
+    "virtio_balloon",
 )
 
 #: Modules shipped but not loaded at boot: the kernel asks for them when a rule

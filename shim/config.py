@@ -39,6 +39,7 @@ class HypervisorConfig:
     virtio_fs_extra_args: list[str] = field(default_factory=list)
     accel: str = "auto"
     enable_debug: bool = False
+    reclaim_guest_freed_memory: bool = True  # virtio-balloon free page reporting (Kata's key)
 
 
 @dataclass

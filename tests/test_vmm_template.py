@@ -189,3 +189,20 @@ def test_factory_section_of_the_configuration():
     assert not parse_config("").factory.enable_template
     with pytest.raises(ConfigError, match="absolute"):
         parse_config('[factory]\ntemplate_path = "relative"\n')
+
+
+def test_free_page_reporting_is_a_balloon_device_and_part_of_the_shape(tmp_path):
+    paths = VMPaths(tmp_path)
+    on = build_argv(VMConfig(), paths, accel="tcg", cpu=TCG_CPU_MODEL,
+                    channel=SerialChannel(paths.agent_socket))
+    assert "virtio-balloon-pci,id=balloon0,free-page-reporting=on" in on
+    off = build_argv(VMConfig(free_page_reporting=False), paths, accel="tcg", cpu=TCG_CPU_MODEL,
+                     channel=SerialChannel(paths.agent_socket))
+    assert not any("balloon" in a for a in off)
+    config = files(tmp_path)
+    shape_on, _ = key_of(config)
+    config.free_page_reporting = False
+    assert key_of(config)[0] != shape_on
+    assert not parse_config(
+        "[hypervisor.qemu]\nreclaim_guest_freed_memory = false\n"
+    ).hypervisor.reclaim_guest_freed_memory

@@ -51,6 +51,7 @@ def vm_config(config: Config, netns: str | None, nics: list[Any] | None = None) 
         nics=list(nics or []),
         agent_timeout=config.agent.dial_timeout,
         debug_console=config.agent.debug_console_enabled,
+        free_page_reporting=hv.reclaim_guest_freed_memory,
         template_path=config.factory.template_path if config.factory.enable_template else None,
     )
 

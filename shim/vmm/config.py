@@ -62,6 +62,7 @@ class VMConfig:
     agent_transport: AgentTransport = "auto"  # auto: vsock when /dev/vhost-vsock exists
     vsock_cid: int | None = None  # None: pick a free one
     seccomp_sandbox: bool = True  # QEMU -sandbox on (if this QEMU supports it)
+    free_page_reporting: bool = True  # the guest returns the pages it frees (virtio-balloon)
     debug_console: bool = False  # a shell in the guest on a port of its own (dbgcon.sock)
     extra_qemu_args: list[str] = field(default_factory=list)
     agent_timeout: float = 60.0  # seconds from launch to the agent's first answer

@@ -225,6 +225,9 @@ def build_argv(
             f"virtserialport,chardev=dbgcon,name={DEBUG_CONSOLE_PORT_NAME},"
             f"id={DEBUG_CONSOLE_PORT_ID}",
         ]
+    if config.free_page_reporting:
+        # QEMU punches the pages the guest reports free out of its RAM (memfd or file)
+        argv += ["-device", "virtio-balloon-pci,id=balloon0,free-page-reporting=on"]
     argv += [
         "-object",
         "rng-random,id=rng0,filename=/dev/urandom",

@@ -89,6 +89,7 @@ def shape(config: VMConfig, *, accel: str, cpu: str, firmware: str | None, chann
         "agent_channel": channel,
         "cmdline": kernel_cmdline(config),
         "extra_qemu_args": list(config.extra_qemu_args),
+        "free_page_reporting": config.free_page_reporting,
     }
 
 
