@@ -75,6 +75,9 @@ async def serve(config: Config) -> int:
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"], AgentService(sandbox, config)
     )
 
+    if config.prewarm:
+        await sandbox.prewarm()
+        log.debug("start-up: prewarmed at %.3fs", since_process_start())
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)

@@ -11,6 +11,9 @@ KATA_RUN_DIR = "/run/kata-containers"
 VSOCK_PORT = 1024
 SERIAL_PORT_NAME = "agent.channel.0"
 DEBUG_CONSOLE_FLAG = "agent.debug_console"  # Kata's kernel parameter
+# set by the shim only on the VM a template is made from: its clones then start with the
+# first container's imports done and the runtime's sealed copy made
+PREWARM_FLAG = "agent.prewarm"
 DEBUG_CONSOLE_PORT = "pykata.console.0"  # the virtio-serial port the shim adds for it
 
 
@@ -28,6 +31,7 @@ class Config:
     output_limit: int = 1 << 20  # bytes buffered per stdout/stderr before back-pressure
     log_level: str = "info"
     debug_console: str | None = None  # serve a shell on this port (name or /dev path)
+    prewarm: bool = False  # do the first container's one-time work before serving
 
 
 def kernel_params(cmdline: str = "/proc/cmdline") -> list[str]:
@@ -47,13 +51,18 @@ def kernel_log_level(words: list[str]) -> str | None:
     return None
 
 
-def kernel_debug_console(words: list[str]) -> bool:
-    """`agent.debug_console` (or `agent.debug_console=1|true|on`) is there."""
+def kernel_flag(words: list[str], flag: str) -> bool:
+    """`flag` (or `flag=1|true|on|yes`) is on the kernel command line."""
     for word in words:
         name, equals, value = word.partition("=")
-        if name == DEBUG_CONSOLE_FLAG:
+        if name == flag:
             return not equals or value.lower() in ("1", "true", "on", "yes")
     return False
+
+
+def kernel_debug_console(words: list[str]) -> bool:
+    """`agent.debug_console` (or `agent.debug_console=1|true|on`) is there."""
+    return kernel_flag(words, DEBUG_CONSOLE_FLAG)
 
 
 def parse(argv: list[str] | None = None) -> Config:
@@ -111,4 +120,5 @@ def parse(argv: list[str] | None = None) -> Config:
         log_level=(args.log_level or kernel_log_level(words) or "info").lower(),
         debug_console=args.debug_console
         or (DEBUG_CONSOLE_PORT if kernel_debug_console(words) else None),
+        prewarm=kernel_flag(words, PREWARM_FLAG),
     )

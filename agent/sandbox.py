@@ -86,6 +86,22 @@ class Sandbox:
             self._oom = OomWatcher(self.config.cgroup_root)
         return self._oom
 
+    async def prewarm(self) -> None:
+        """The one-time work of the first sandbox and container, done now (in the VM a
+        template is made from, so that every clone starts with it done): the modules
+        CreateSandbox and CreateContainer import, the runtime's sealed copy, one run of it."""
+        import shutil  # noqa: F401
+
+        from agent import container, oci, process, stdio, storage  # noqa: F401
+        from agent.children import run
+        from protos.kata import oci_pb2  # noqa: F401
+
+        self.storages  # noqa: B018
+        try:
+            await run(self.reaper, [self.runc.executable, "--version"])
+        except OSError as exc:
+            log.warning("prewarm: %s --version: %s", self.runc.binary, exc)
+
     # -- sandbox -------------------------------------------------------------------
     def create(self, request: Any) -> None:
         """CreateSandbox: hostname, DNS, storages (the shared fs), the sandbox dirs."""

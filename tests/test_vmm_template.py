@@ -95,7 +95,9 @@ def test_per_pod_settings_are_not_part_of_the_template(tmp_path):
                       "nics": [NicSpec(mac="02:00:00:00:00:01", tap_fd=7)],
                       "template_path": "/t"})
     assert key_of(pod) == key_of(config)
-    assert template_config(pod).nics == [] and template_config(pod).template_path is None
+    made = template_config(pod)
+    assert made.nics == [] and made.template_path is None and made.netns is None
+    assert made.kernel_params == ["agent.prewarm"]  # only the template's agent prewarms
 
 
 def test_the_clone_gets_a_sparse_private_copy_of_the_ram(tmp_path):
@@ -206,3 +208,12 @@ def test_free_page_reporting_is_a_balloon_device_and_part_of_the_shape(tmp_path)
     assert not parse_config(
         "[hypervisor.qemu]\nreclaim_guest_freed_memory = false\n"
     ).hypervisor.reclaim_guest_freed_memory
+
+
+def test_the_agent_reads_its_prewarm_flag():
+    from agent.config import PREWARM_FLAG, kernel_flag
+
+    assert PREWARM_FLAG == "agent.prewarm"
+    assert kernel_flag(["quiet", "agent.prewarm"], PREWARM_FLAG)
+    assert kernel_flag(["agent.prewarm=on"], PREWARM_FLAG)
+    assert not kernel_flag(["agent.prewarm=0", "agent.prewarmed"], PREWARM_FLAG)

@@ -112,9 +112,16 @@ async def prepare_clone(
     return clone
 
 
+PREWARM_PARAM = "agent.prewarm"  # the agent does its first-container work before serving
+
+
 def template_config(config: VMConfig) -> VMConfig:
-    """The VM a template is made from: the pod's, less what is per pod."""
-    return dataclasses.replace(config, nics=[], netns=None, template_path=None)
+    """The VM a template is made from: the pod's, less what is per pod, and an agent that
+    prewarms (the shape is the pod's: clones never boot, so the extra parameter is moot)."""
+    return dataclasses.replace(
+        config, nics=[], netns=None, template_path=None,
+        kernel_params=[*config.kernel_params, PREWARM_PARAM],
+    )
 
 
 async def build(
