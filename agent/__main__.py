@@ -81,7 +81,8 @@ async def serve(config: Config) -> int:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    serving = asyncio.create_task(channel.serve(server, config.listen))
+    pause = channel.TEMPLATE_RETRY if config.prewarm else channel.RETRY
+    serving = asyncio.create_task(channel.serve(server, config.listen, pause=pause))
     stopping = asyncio.create_task(stop.wait())
     console = None
     if config.debug_console:  # off by default: then nothing of it is even imported

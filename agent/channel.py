@@ -31,6 +31,9 @@ VSOCK_DEVICE = "/dev/vsock"
 IOCTL_VM_SOCKETS_GET_LOCAL_CID = 0x7B9
 VMADDR_CID_ANY = 0xFFFFFFFF
 RETRY = 0.05  # s between looks for a device, and between host sessions on a serial port
+# A template's agent waits for a host that comes only in its clones, right after their
+# restore: look more often (the first answer of a clone waits for it)
+TEMPLATE_RETRY = 0.01
 FIND_TIMEOUT = 30.0
 
 
@@ -133,8 +136,9 @@ async def serve_reconnecting(
             await asyncio.sleep(pause)
 
 
-async def serve(server: object, listen: str | None) -> None:
-    """Serve the ttrpc server on the agent's channel until cancelled."""
+async def serve(server: object, listen: str | None, *, pause: float = RETRY) -> None:
+    """Serve the ttrpc server on the agent's channel until cancelled; `pause`: between
+    looks for the host of a serial port."""
     if listen is None:
         listen = await detect()
     scheme, _, rest = listen.partition("://")
@@ -154,6 +158,7 @@ async def serve(server: object, listen: str | None) -> None:
             await serve_reconnecting(
                 server.serve_pipes,  # type: ignore[attr-defined]
                 lambda: os.dup(keeper),
+                pause=pause,
             )
         finally:
             os.close(keeper)

@@ -68,10 +68,12 @@ async def give_identity(agent: Any, timeout: float = 10.0) -> None:
     from protos.kata import agent_pb2
 
     now = time.time_ns()
-    await agent.SetGuestDateTime(
-        agent_pb2.SetGuestDateTimeRequest(Sec=now // 10**9, Usec=(now // 1000) % 10**6),
-        timeout=timeout,
-    )
-    await agent.ReseedRandomDev(
-        agent_pb2.ReseedRandomDevRequest(data=os.urandom(RESEED_BYTES)), timeout=timeout
+    await asyncio.gather(  # one round trip: the agent answers them in order
+        agent.SetGuestDateTime(
+            agent_pb2.SetGuestDateTimeRequest(Sec=now // 10**9, Usec=(now // 1000) % 10**6),
+            timeout=timeout,
+        ),
+        agent.ReseedRandomDev(
+            agent_pb2.ReseedRandomDevRequest(data=os.urandom(RESEED_BYTES)), timeout=timeout
+        ),
     )
