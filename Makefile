@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PREFIX_VENV ?= /opt/pykata/venv
 PY := $(PREFIX_VENV)/bin/python
 BIN_DIR ?= /usr/local/bin
-HOST_PACKAGES := containerd runc crun busybox-static qemu-system-x86 cpio kmod iproute2 util-linux \
+HOST_PACKAGES := containerd runc crun busybox-static qemu-system-x86 cpio kmod e2fsprogs iproute2 util-linux \
 	containernetworking-plugins \
 	golang-go golang-github-containerd-ttrpc-dev golang-github-gogo-protobuf-dev
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from guest import initrd, kernel, manifest, python_runtime, rootfs, spec, ui
+from guest import image, initrd, kernel, manifest, python_runtime, rootfs, spec, ui
 from guest.debs import Apt
 from guest.tools import ensure_tools, tool
 from guest.ui import BuildError
@@ -72,6 +72,9 @@ def _summary(out: Path, m: dict[str, Any]) -> None:
     ui.info(f"initrd  {out / m['initrd']['file']}  {ui.size(m['initrd']['size'])} "
             f"({ui.size(m['initrd']['uncompressed_size'])} unpacked)")
     ui.info(f"modules {' '.join(m['modules'])}")
+    if "image" in m:
+        ui.info(f"image   {out / m['image']['file']}  {ui.size(m['image']['size'])} "
+                f"(first stage {out / m['image_initrd']['file']})")
 
 
 def build(out: Path = DEFAULT_OUT, cache: Path | None = None, force: bool = False,
@@ -152,6 +155,13 @@ def build(out: Path = DEFAULT_OUT, cache: Path | None = None, force: bool = Fals
         kdata = kernel.vmlinuz(roots[kpkg]).read_bytes()
         kfile = _install_kernel(kdata, out, release)
 
+        ui.step("guest image (ext4 for virtio-pmem, DAX) and its first-stage initrd")
+        image_size = image.build_image(root, out / image.IMAGE_NAME)
+        stage1 = image.build_stage1(roots[kpkg], root / "usr/bin/busybox",
+                                    Path(__file__).resolve().parent / "init" / "stage1.sh")
+        manifest.write_if_changed(out / image.IMAGE_INITRD_NAME, stage1)
+        ui.info(f"image {ui.size(image_size)}, first-stage initrd {ui.size(len(stage1))}")
+
     m: dict[str, Any] = {
         "format": manifest.FORMAT,
         "fingerprint": fp,
@@ -159,6 +169,8 @@ def build(out: Path = DEFAULT_OUT, cache: Path | None = None, force: bool = Fals
         "kernel": {**manifest.file_record(kfile, kdata), "release": release, "package": kpkg},
         "initrd": {**manifest.file_record(out / INITRD_NAME, data), "compression": compression,
                    "uncompressed_size": raw_size, "entries": entries},
+        "image": manifest.file_record(out / image.IMAGE_NAME),
+        "image_initrd": manifest.file_record(out / image.IMAGE_INITRD_NAME, stage1),
         "packages": {n: d.version for n, d in sorted(debs.items())},
         "modules": modules,
         "modules_on_demand": on_demand,

@@ -58,8 +58,11 @@ def load(out: Path) -> dict[str, Any] | None:
 
 
 def outputs_intact(out: Path, manifest: dict[str, Any]) -> bool:
-    """Kernel and initrd named by the manifest exist with the recorded size and sha256."""
-    for key in ("kernel", "initrd"):
+    """Kernel, initrd (and image) named by the manifest exist with the recorded size and
+    sha256."""
+    for key in ("kernel", "initrd", "image", "image_initrd"):
+        if key not in manifest and key.startswith("image"):
+            continue  # older manifests have no image (their fingerprint differs anyway)
         rec = manifest.get(key) or {}
         path = out / rec.get("file", "")
         if not path.is_file() or path.stat().st_size != rec.get("size"):

@@ -186,6 +186,7 @@ HOST_TOOLS: dict[str, str] = {
     "dpkg-deb": "dpkg",
     "depmod": "kmod",
     "cpio": "cpio",
+    "mkfs.ext4": "e2fsprogs",
 }
 
 # --- Host virtiofsd (trixie, private glibc) -----------------------------------

@@ -202,3 +202,40 @@ def test_a_pod_whose_vm_differs_from_the_template_boots(factory, tmp_path):
     log = shim_log_since(cd, offset)
     assert "booting the VM: no template used" in log and "memory_mib 640" in log, log[-3000:]
     assert "restored_from=/" not in log
+
+
+def test_a_clone_of_a_template_on_the_guest_image_reads_it_with_dax(containerd, busybox_image,
+                                                                    tmp_path):
+    """image = the ext4 guest image on virtio-pmem: booted and cloned pods run from it,
+    mounted with DAX (its files are never copied into guest RAM)."""
+    ensure_shim_on_path()
+    ensure_guest_assets()
+    work = Path(f"/dev/shm/pykata-test-{uuid.uuid4().hex[:8]}")
+    work.mkdir()
+    image = ("[hypervisor.qemu]\nimage = \"/usr/share/pykata/pykata-rootfs.img\"\n"
+             "initrd = \"/usr/share/pykata/pykata-image-initrd.img\"\n"
+             "[agent.kata]\ndebug_console_enabled = true\n")
+    config = write_config(work / "configuration.toml", work / "template", image)
+    cd = containerd
+    cid = f"tpl-img-{uuid.uuid4().hex[:6]}"
+    try:
+        made = runtime(config, "factory", "init")
+        assert made.returncode == 0, made.stderr
+        held = json.loads(runtime(config, "factory", "status", "--json").stdout)
+        assert held["memory_bytes_used"] < 120 * 2**20, held  # no copy of the guest's files
+        offset = log_offset(cd)
+        started = cd.ctr("run", "-d", "--runtime", RUNTIME, "--runtime-config-path", str(config),
+                         busybox_image, cid, "sleep", "600", timeout=300)
+        assert started.returncode == 0, started.stderr
+        mounts = runtime(config, "exec", cid, "grep", "pmem0", "/proc/mounts")
+        assert mounts.returncode == 0 and "dax" in mounts.stdout, mounts.stdout + mounts.stderr
+        said = cd.ctr("task", "exec", "--exec-id", "e", cid, "echo", "from-the-clone", timeout=60)
+        assert said.stdout.strip() == "from-the-clone", said.stderr
+        assert "restored_from" in shim_log_since(cd, offset)
+    finally:
+        cd.ctr("task", "kill", "-s", "KILL", cid)
+        cd.ctr("task", "rm", "-f", cid, timeout=60)
+        cd.ctr("container", "rm", cid)
+        runtime(config, "factory", "destroy")
+        shutil.rmtree(work, ignore_errors=True)
+    assert_nothing_left()

@@ -29,6 +29,7 @@ class HypervisorConfig:
     path: str = "/usr/bin/qemu-system-x86_64"
     kernel: str = "/usr/share/pykata/vmlinuz"
     initrd: str = "/usr/share/pykata/pykata-initrd.img"
+    image: str = ""  # guest image on virtio-pmem (DAX); then initrd is its first stage
     machine_type: str = "q35"
     kernel_params: str = ""
     default_vcpus: int = 1

@@ -217,3 +217,37 @@ def test_the_agent_reads_its_prewarm_flag():
     assert kernel_flag(["quiet", "agent.prewarm"], PREWARM_FLAG)
     assert kernel_flag(["agent.prewarm=on"], PREWARM_FLAG)
     assert not kernel_flag(["agent.prewarm=0", "agent.prewarmed"], PREWARM_FLAG)
+
+
+def test_a_guest_image_is_a_read_only_shared_virtio_pmem_device(tmp_path):
+    paths = VMPaths(tmp_path)
+    config = VMConfig(image="/images/root.img", memory_mib=512)
+    argv = build_argv(config, paths, accel="tcg", cpu=TCG_CPU_MODEL,
+                      channel=SerialChannel(paths.agent_socket), image_bytes=128 << 20)
+    assert argv[argv.index("-m") + 1] == "512M,slots=1,maxmem=640M"
+    assert ("memory-backend-file,id=rootfs0,mem-path=/images/root.img,size=134217728,"
+            "share=on,readonly=on") in argv
+    assert "virtio-pmem-pci,memdev=rootfs0,id=rootfs0dev" in argv
+    assert "swiotlb=noforce" in argv[argv.index("-append") + 1]
+    with pytest.raises(ValueError, match="image_bytes"):
+        build_argv(config, paths, accel="tcg", cpu=TCG_CPU_MODEL,
+                   channel=SerialChannel(paths.agent_socket))
+    plain = build_argv(VMConfig(), paths, accel="tcg", cpu=TCG_CPU_MODEL,
+                       channel=SerialChannel(paths.agent_socket))
+    assert plain[plain.index("-m") + 1] == "2048M" and "swiotlb" not in " ".join(plain)
+    cfg = files(tmp_path)
+    (tmp_path / "root.img").write_bytes(b"ext4")
+    cfg.image = str(tmp_path / "root.img")
+    shape, inputs = key_of(cfg)
+    assert shape["image"] == cfg.image and inputs["image"] == [4, os.stat(cfg.image).st_mtime_ns]
+    assert parse_config('[hypervisor.qemu]\nimage = "/x.img"\n').hypervisor.image == "/x.img"
+
+
+def test_the_image_is_sized_in_whole_sections(tmp_path):
+    from guest.image import ALIGN, image_size
+
+    (tmp_path / "a").write_bytes(b"x" * 5000)
+    (tmp_path / "d").mkdir()
+    assert image_size(tmp_path) == ALIGN
+    (tmp_path / "big").write_bytes(b"x" * ALIGN)
+    assert image_size(tmp_path) == 2 * ALIGN

@@ -64,8 +64,10 @@ fi
 read -r PYKATA_T_MOUNTS _ < /proc/uptime
 
 # kernel modules, dependencies first (the list is computed at build time)
+# (after the image's first stage, some are loaded already)
 while read -r ko; do
-    insmod "$ko" || say "insmod $ko failed"
+    name=$(basename "$ko" .ko | tr - _)
+    [ -d "/sys/module/$name" ] || insmod "$ko" || say "insmod $ko failed"
 done < /etc/pykata/modules
 read -r PYKATA_T_MODULES _ < /proc/uptime
 

@@ -37,6 +37,7 @@ def vm_config(config: Config, netns: str | None, nics: list[Any] | None = None) 
         qemu_path=hv.path,
         kernel=hv.kernel,
         initrd=hv.initrd,
+        image=hv.image or None,
         machine_type=hv.machine_type,
         vcpus=hv.default_vcpus,
         memory_mib=hv.default_memory,

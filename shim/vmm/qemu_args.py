@@ -79,6 +79,10 @@ def q(value: object) -> str:
 def kernel_cmdline(config: VMConfig) -> str:
     """The guest kernel command line: console, panic behaviour, speed-ups, knobs."""
     params = ["console=ttyS0", "panic=-1", *FAST_BOOT_PARAMS]
+    if config.image:
+        # the image's memory-device space lies above 4 GiB, which makes the kernel set
+        # 64 MiB aside for bounce buffers (swiotlb) that virtio never uses
+        params.append("swiotlb=noforce")
     # pykata.debug=1: /init traces and kernel messages; agent.log=debug: Kata's agent knob
     params += ["pykata.debug=1", "agent.log=debug"] if config.debug else ["quiet"]
     if config.debug_console:
@@ -125,6 +129,7 @@ def build_argv(
     firmware: str | None = None,
     start_paused: bool = True,
     layout: TemplateLayout | None = None,
+    image_bytes: int = 0,
 ) -> list[str]:
     """argv for QEMU (argv[0] = config.qemu_path).
 
@@ -135,6 +140,11 @@ def build_argv(
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"accel must be kvm or tcg here, not {accel!r}")
     mem = f"{config.memory_mib}M"
+    memory = mem
+    if config.image:
+        if image_bytes <= 0:
+            raise ValueError("a guest image needs its size (image_bytes)")
+        memory = f"{mem},slots=1,maxmem={config.memory_mib + -(-image_bytes // 2**20)}M"
     machine = ",".join([config.machine_type, f"accel={accel}", *MACHINE_TRIMS])
     argv = [
         config.qemu_path,
@@ -145,7 +155,7 @@ def build_argv(
         "-cpu",
         cpu,  # a model plus comma-separated features: not escaped
         "-m",
-        mem,
+        memory,
         "-smp",
         str(config.vcpus),
         "-nodefaults",
@@ -224,6 +234,15 @@ def build_argv(
             "-device",
             f"virtserialport,chardev=dbgcon,name={DEBUG_CONSOLE_PORT_NAME},"
             f"id={DEBUG_CONSOLE_PORT_ID}",
+        ]
+    if config.image:
+        # read-only and shared: every VM of the host maps the same page cache
+        argv += [
+            "-object",
+            f"memory-backend-file,id=rootfs0,mem-path={q(config.image)},size={image_bytes},"
+            "share=on,readonly=on",
+            "-device",
+            "virtio-pmem-pci,memdev=rootfs0,id=rootfs0dev",
         ]
     if config.free_page_reporting:
         # QEMU punches the pages the guest reports free out of its RAM (memfd or file)

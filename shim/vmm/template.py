@@ -80,6 +80,7 @@ def shape(config: VMConfig, *, accel: str, cpu: str, firmware: str | None, chann
         "qemu": config.qemu_path,
         "kernel": config.kernel,
         "initrd": config.initrd or "",
+        "image": config.image or "",
         "machine_type": config.machine_type,
         "vcpus": config.vcpus,
         "memory_mib": config.memory_mib,
@@ -107,6 +108,8 @@ def inputs(config: VMConfig, firmware: str | None) -> dict[str, list[int] | None
     files = {"qemu": config.qemu_path, "kernel": config.kernel}
     if config.initrd:
         files["initrd"] = config.initrd
+    if config.image:
+        files["image"] = config.image
     if firmware:
         files["firmware"] = firmware
     return {name: file_identity(path) for name, path in files.items()}

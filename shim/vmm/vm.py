@@ -209,6 +209,7 @@ def _check_inputs(config: VMConfig, paths: VMPaths) -> None:
         ("QEMU", config.qemu_path),
         ("guest kernel", config.kernel),
         ("guest initrd", config.initrd),
+        ("guest image", config.image),
         ("firmware", firmware),
     ):
         if path and not os.path.exists(path):
@@ -501,6 +502,7 @@ async def _start_vm(
             seccomp=seccomp,
             firmware=firmware,
             layout=layout,
+            image_bytes=os.path.getsize(config.image) if config.image else 0,
         )
         fds = qemu_args.passed_fds(config, channel, nics=layout is None)
         st.qemu = launch(
