@@ -105,7 +105,7 @@ def first_answers(log_text: str) -> list[float]:
     """From the shim's "vm started" lines of restored VMs: QEMU launch -> agent answer."""
     out = []
     for line in log_text.splitlines():
-        if "vm started" not in line or "restored_from" not in line:
+        if "vm started" not in line or not re.search(r'restored_from["=: ]+"?/', line):
             continue
         found = {k: float(v) for k, v in re.findall(r"(qemu_launched|agent_ready)[\"=:\\ ]+"
                                                     r"([0-9.]+)", line)}
@@ -133,6 +133,43 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _rollup(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def memfd_held(pid: int) -> int:
+    """Bytes the memfds a process has open hold, mapped or not (each memfd once: QEMU
+    has a clone's RAM open twice, as inherited and as opened by its path)."""
+    seen: dict[tuple[int, int], int] = {}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+                seen[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+        except OSError:
+            continue
+    return sum(seen.values())
+
+
+def unmapped_ram(processes: dict[str, list[int]]) -> int:
+    """Guest RAM a pod holds that no process has mapped, so no PSS counts it: a clone's
+    copy of the template's RAM, until its guest touches each page."""
+    qemu = processes["qemu"]
+    held = max((memfd_held(p) for p in qemu), default=0)
+    mapped = sum(_rollup(p, "Pss_Shmem") for p in qemu + processes["virtiofsd"])
+    return max(0, held - mapped)
+
+
 def idle_pods(cd: PrivateContainerd, image: str, config: Path, count: int,
               settle: float) -> tuple[float, dict[str, float]]:
     """Start `count` idle pods at once; (seconds until all ran, mean PSS MiB per process
@@ -146,10 +183,13 @@ def idle_pods(cd: PrivateContainerd, image: str, config: Path, count: int,
     ran = time.perf_counter() - t0
     try:
         time.sleep(settle)
-        totals: dict[str, float] = {"shim": 0.0, "qemu": 0.0, "virtiofsd": 0.0}
+        totals: dict[str, float] = {"shim": 0.0, "qemu": 0.0, "virtiofsd": 0.0,
+                                    "unmapped guest RAM": 0.0}
         for cid in cids:
-            for kind, pids in pod_processes(cid).items():
+            processes = pod_processes(cid)
+            for kind, pids in processes.items():
                 totals[kind] += sum(pss_bytes(p) or 0 for p in pids)
+            totals["unmapped guest RAM"] += unmapped_ram(processes)
         per_pod = {k: v / count / 2**20 for k, v in totals.items()}
         per_pod["total"] = sum(per_pod.values())
         return ran, per_pod
@@ -181,14 +221,16 @@ def line(label: str, values: list[float]) -> str:
 
 
 def pss_line(label: str, per_pod: dict[str, float]) -> str:
-    parts = "  ".join(f"{k} {v:6.1f}" for k, v in per_pod.items() if k != "total")
-    return f"{label:<46} {per_pod['total']:7.1f} MiB   ({parts})"
+    parts = "  ".join(f"{k} {v:.1f}" for k, v in per_pod.items() if k != "total")
+    return f"{label:<34} {per_pod['total']:6.1f} MiB  ({parts})"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--pods", type=int, default=10)
+    parser.add_argument("--image", action="store_true",
+                        help="pods on the guest image (virtio-pmem, DAX) instead of the initrd")
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds idle pods sit before their PSS is read")
     options = parser.parse_args()
@@ -198,9 +240,13 @@ def main() -> int:
     try:
         template = work / "template"
         on = work / "template.toml"
-        on.write_text(f'[factory]\nenable_template = true\ntemplate_path = "{template}"\n')
+        base = ""
+        if options.image:
+            base = (f'[hypervisor.qemu]\nimage = "{ASSETS / "pykata-rootfs.img"}"\n'
+                    f'initrd = "{ASSETS / "pykata-image-initrd.img"}"\n')
+        on.write_text(base + f'[factory]\nenable_template = true\ntemplate_path = "{template}"\n')
         off = work / "boot.toml"
-        off.write_text("")
+        off.write_text(base)
         memory = 512
         initrd = work / "tiny-initrd.gz"
         size = tiny_initrd(initrd)
@@ -229,6 +275,7 @@ def main() -> int:
                         "factory", "destroy"], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     floor_med = statistics.median(bare)
+    print(f"guest root: {'ext4 image on virtio-pmem (DAX)' if options.image else 'initrd'}")
     print(f"template: {meta['build_seconds']} s to make, "
           f"{meta['ram_mib']:.1f} MiB of guest RAM in use, {memory} MiB VMs")
     print(line(f"floor: bare boot, {size // 1024} KiB busybox initrd", bare))
@@ -238,10 +285,12 @@ def main() -> int:
     print(f"{'booted / floor':<46} {statistics.median(booted) / floor_med:7.2f}x")
     if answers:
         print(line("restored VM: QEMU launch -> agent's answer", answers))
-    print(pss_line("PSS per idle pod, 1 cloned", one_clone))
-    print(pss_line("PSS per idle pod, 1 booted", one_boot))
-    print(pss_line(f"PSS per idle pod, {options.pods} cloned", many_clones))
-    print(pss_line(f"PSS per idle pod, {options.pods} booted", many_boots))
+    print("host memory per idle pod: PSS of each process, plus guest RAM no process has "
+          "mapped yet")
+    print(pss_line("1 cloned", one_clone))
+    print(pss_line("1 booted", one_boot))
+    print(pss_line(f"{options.pods} cloned at once", many_clones))
+    print(pss_line(f"{options.pods} booted at once", many_boots))
     print(f"{options.pods} idle clones started one after another: all running in "
           f"{many_ran:.1f} s")
     print(f"{options.pods} x ctr run --rm true at once, template: all done in {together:.1f} s")
