@@ -3,6 +3,7 @@ the hot-plug steps and the template/clone command line."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -107,6 +108,9 @@ def test_the_clone_gets_a_sparse_private_copy_of_the_ram(tmp_path):
     clone = _open_clone(tdir, *key_of(config))
     assert isinstance(clone, Clone)
     try:
+        empty = os.fstat(clone.memory_fd)  # sized for QEMU, filled while it starts
+        assert empty.st_size == 64 << 20 and empty.st_blocks == 0
+        clone.copy()
         assert clone.copied < 2 << 20  # only the data extents
         assert os.fstat(clone.memory_fd).st_size == 64 << 20
         assert os.pread(clone.memory_fd, 12, 40 << 20) == b"agentagentag"
@@ -115,7 +119,7 @@ def test_the_clone_gets_a_sparse_private_copy_of_the_ram(tmp_path):
         assert os.fstat(clone.memory_fd).st_blocks * 512 < 4 << 20
         assert os.read(clone.state_fd, 4) == b"QEVM"
     finally:
-        clone.close()
+        asyncio.run(clone.release())
     assert clone.memory_fd == clone.state_fd == -1
     config.memory_mib = 1024
     assert _open_clone(tdir, *key_of(config)) is None

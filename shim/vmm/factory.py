@@ -4,6 +4,7 @@ VM is restored from one (and what the clone is handed), rebuilt first, or booted
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fcntl
 import os
@@ -31,15 +32,38 @@ REPORTING_SETTLE = 2.5
 
 @dataclass
 class Clone:
-    """What a clone starts from: a private copy of the template's RAM and its state."""
+    """What a clone starts from: a memfd for its private copy of the template's RAM
+    (filled by `copy`, while QEMU starts) and the template's device state."""
 
     tdir: TemplateDir
     memory_fd: int
     state_fd: int
-    copied: int
-    seconds: float
+    copied: int = 0
+    seconds: float = 0.0
+    copying: asyncio.Future[int] | None = None
 
-    def close(self) -> None:
+    def copy(self, unlock_fd: int | None = None) -> int:
+        """Copy the template's RAM into the memfd; closes `unlock_fd` (the shared lock
+        that keeps the template in place) when done."""
+        t0 = time.monotonic()
+        try:
+            self.copied = template.copy_sparse(self.tdir.memory, self.memory_fd)
+        finally:
+            if unlock_fd is not None:
+                os.close(unlock_fd)
+        self.seconds = round(time.monotonic() - t0, 4)
+        return self.copied
+
+    async def copied_ram(self) -> int:
+        """Wait for the copy started by prepare_clone."""
+        assert self.copying is not None
+        return await asyncio.shield(self.copying)
+
+    async def release(self) -> None:
+        """Close both fds, once a copy in flight has ended (its thread writes the memfd)."""
+        if self.copying is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self.copying)
         for name in ("memory_fd", "state_fd"):
             fd = getattr(self, name)
             if fd >= 0:
@@ -67,17 +91,20 @@ async def _lock(tdir: TemplateDir, exclusive: bool) -> int:
 
 
 def _open_clone(tdir: TemplateDir, shape: dict, inputs: dict) -> Clone | None:
-    """Under the shared lock: check again, copy the RAM, open the state."""
+    """Under the shared lock: check again, make the memfd (sized, still empty), open the
+    state."""
     if template.judge(tdir, shape, inputs).action != RESTORE:
         return None
-    t0 = time.monotonic()
-    memory_fd, copied = template.clone_memory(tdir)
+    clone = Clone(tdir, -1, os.open(tdir.state, os.O_RDONLY | os.O_CLOEXEC))
     try:
-        state_fd = os.open(tdir.state, os.O_RDONLY | os.O_CLOEXEC)
+        clone.memory_fd = os.memfd_create("pykata-guest-ram", os.MFD_CLOEXEC)
+        os.ftruncate(clone.memory_fd, tdir.memory.stat().st_size)
     except BaseException:
-        os.close(memory_fd)
+        for fd in (clone.memory_fd, clone.state_fd):
+            if fd >= 0:
+                os.close(fd)
         raise
-    return Clone(tdir, memory_fd, state_fd, copied, round(time.monotonic() - t0, 4))
+    return clone
 
 
 async def prepare_clone(
@@ -104,11 +131,16 @@ async def prepare_clone(
         return None
     fd = await _lock(tdir, exclusive=False)
     try:
-        clone = await asyncio.to_thread(_open_clone, tdir, shape, inputs)
-    finally:
+        clone = _open_clone(tdir, shape, inputs)
+    except BaseException:
         os.close(fd)
+        raise
     if clone is None:
+        os.close(fd)
         log.info("booting the VM: the template changed meanwhile", template=str(tdir.path))
+        return None
+    # the copy goes on while virtiofsd and QEMU start; it must end before the state loads
+    clone.copying = asyncio.ensure_future(asyncio.to_thread(clone.copy, fd))
     return clone
 
 

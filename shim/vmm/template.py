@@ -238,19 +238,6 @@ def copy_sparse(src: Path, dst_fd: int) -> int:
     return copied
 
 
-def clone_memory(tdir: TemplateDir) -> tuple[int, int]:
-    """A memfd holding a private copy of the template's RAM; (fd, bytes copied).
-
-    A clone's RAM must be shared with its virtiofsd, so it cannot be a copy-on-write
-    mapping of the template's file: it gets a copy of the pages the template used."""
-    fd = os.memfd_create("pykata-guest-ram", os.MFD_CLOEXEC)
-    try:
-        return fd, copy_sparse(tdir.memory, fd)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 @contextlib.contextmanager
 def locked(tdir: TemplateDir, exclusive: bool) -> Iterator[None]:
     """flock on the template's lock file: exclusive to replace it, shared to read it."""

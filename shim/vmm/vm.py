@@ -468,9 +468,6 @@ async def _start_vm(
                 config, accel=accel, firmware=firmware, channel=channel_kind(config),
                 cache_dir=cache_dir,
             )
-            if clone is not None:
-                st.timings["ram_copied_bytes"] = clone.copied
-                st.mark("ram_copied")
         writer = StateWriter(paths)
         if virtiofs:
             assert shared_dir is not None
@@ -556,7 +553,7 @@ async def _start_vm(
         raise VMStartError(f"VM start failed: {exc}") from exc
     finally:
         if clone is not None:
-            clone.close()
+            await clone.release()
     assert st.qemu is not None and st.qmp is not None and st.agent is not None
     vm = RunningVM(
         paths=paths,
@@ -602,6 +599,11 @@ async def _resume_clone(st: _Start, clone: Clone, virtiofs: bool) -> None:
     The agent port stays open across the snapshot, so there is no open event."""
     assert st.qmp is not None
     st.mark("qmp_ready")
+    # device state loading reads the virtqueues in guest RAM: the copy must be complete
+    st.timings["ram_copied_bytes"] = await st.guard(
+        clone.copied_ram(), "copying the template's RAM", agent=False
+    )
+    st.mark("ram_copied")
     await st.guard(restore.load(st.qmp, clone.state_fd), "loading the template", agent=False)
     os.close(clone.state_fd)
     clone.state_fd = -1
