@@ -78,7 +78,9 @@ def q(value: object) -> str:
 
 def kernel_cmdline(config: VMConfig) -> str:
     """The guest kernel command line: console, panic behaviour, speed-ups, knobs."""
-    params = ["console=ttyS0", "panic=-1", *FAST_BOOT_PARAMS]
+    # oops=panic: a guest kernel that hit a BUG is in no state to go on (a container it
+    # was ending may never be reported); the panic ends QEMU and the pod learns why
+    params = ["console=ttyS0", "panic=-1", "oops=panic", *FAST_BOOT_PARAMS]
     if config.image:
         # the image's memory-device space lies above 4 GiB, which makes the kernel set
         # 64 MiB aside for bounce buffers (swiotlb) that virtio never uses
