@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shim.vmm.config import (
     AGENT_PORT_NAME,
@@ -93,30 +94,60 @@ def kernel_cmdline(config: VMConfig) -> str:
     return " ".join(params)
 
 
-def _nic_args(index: int, nic: NicSpec) -> list[str]:
+def nic_properties(
+    index: int, nic: NicSpec, *, fd_names: bool = False
+) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, int]]]:
+    """(netdev, device, fds) of one NIC, as QEMU options in order.
+
+    `fd_names`: the taps are referred to by name (a hot-plug hands them over with
+    `getfd` first: `fds` pairs each name with its fd); else by fd number (inherited)."""
     ident = nic.id or f"net{index}"
     if (nic.tap_fd is not None) + bool(nic.tap_fds) + (nic.ifname is not None) != 1:
         raise ValueError(f"NIC {ident}: give exactly one of tap_fd, tap_fds and ifname")
-    netdev = f"tap,id={q(ident)}"
+    netdev: dict[str, Any] = {"type": "tap", "id": ident}
+    taps = [nic.tap_fd] if nic.tap_fd is not None else list(nic.tap_fds)
+    fds = [(f"{ident}-q{i}", fd) for i, fd in enumerate(taps)]
+    refs = [name if fd_names else str(fd) for name, fd in fds]
     if nic.tap_fd is not None:
-        queues = 1
-        netdev += f",fd={nic.tap_fd}"
+        netdev["fd"] = refs[0]
     elif nic.tap_fds:  # multi-queue: one fd per queue
-        queues = len(nic.tap_fds)
-        netdev += ",fds=" + ":".join(str(fd) for fd in nic.tap_fds)
+        netdev["fds"] = ":".join(refs)
     else:  # QEMU opens the tap by name (in its netns), `queues` times
-        queues = max(1, nic.queues)
-        netdev += f",ifname={q(nic.ifname)},script=no,downscript=no"
-        if queues > 1:
-            netdev += f",queues={queues}"
+        netdev.update(ifname=nic.ifname, script="no", downscript="no")
+        if nic.queues > 1:
+            netdev["queues"] = nic.queues
+    queues = len(taps) or max(1, nic.queues)
     if nic.vhost:
-        netdev += ",vhost=on"
-    device = f"virtio-net-pci,netdev={q(ident)},mac={q(nic.mac)},id=dev-{q(ident)},romfile="
+        netdev["vhost"] = True
+    device: dict[str, Any] = {
+        "driver": "virtio-net-pci",
+        "netdev": ident,
+        "mac": nic.mac,
+        "id": f"dev-{ident}",
+        "romfile": "",
+    }
     if queues > 1:
-        device += f",mq=on,vectors={2 * queues + 2}"
+        device.update(mq=True, vectors=2 * queues + 2)
     if nic.mtu:
-        device += f",host_mtu={nic.mtu}"
-    return ["-netdev", netdev, "-device", device]
+        device["host_mtu"] = nic.mtu
+    return netdev, device, fds if fd_names else []
+
+
+def option_list(first: str, options: dict[str, Any]) -> str:
+    """`first,key=value,...` for the command line (booleans as on/off, commas escaped)."""
+    parts = [first]
+    for key, value in options.items():
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        parts.append(f"{key}={q(value)}")
+    return ",".join(parts)
+
+
+def _nic_args(index: int, nic: NicSpec) -> list[str]:
+    netdev, device, _ = nic_properties(index, nic)
+    netdev_type = netdev.pop("type")
+    driver = device.pop("driver")
+    return ["-netdev", option_list(netdev_type, netdev), "-device", option_list(driver, device)]
 
 
 def build_argv(
