@@ -19,3 +19,20 @@ def mounted_under(prefix: str) -> list[str]:
             if point == prefix or point.startswith(prefix.rstrip("/") + "/"):
                 found.append(point)
     return sorted(found, key=lambda p: p.count("/"), reverse=True)
+
+
+def fstype_of(path: str) -> str | None:
+    """The file system type of the mount that holds path (its deepest mount point)."""
+    path = os.path.realpath(path)
+    best, fstype = "", None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                point = left.split()[4].replace("\\040", " ")
+                inside = path == point or path.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, fstype = point, right.split()[0]
+    except OSError:
+        return None
+    return fstype

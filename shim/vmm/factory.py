@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import os
 import shutil
 import time
@@ -39,19 +38,16 @@ class Clone:
     memory_fd: int
     state_fd: int
     copied: int = 0
-    seconds: float = 0.0
     copying: asyncio.Future[int] | None = None
 
     def copy(self, unlock_fd: int | None = None) -> int:
         """Copy the template's RAM into the memfd; closes `unlock_fd` (the shared lock
         that keeps the template in place) when done."""
-        t0 = time.monotonic()
         try:
             self.copied = template.copy_sparse(self.tdir.memory, self.memory_fd)
         finally:
             if unlock_fd is not None:
                 os.close(unlock_fd)
-        self.seconds = round(time.monotonic() - t0, 4)
         return self.copied
 
     async def copied_ram(self) -> int:
@@ -80,14 +76,8 @@ def key(
 
 
 async def _lock(tdir: TemplateDir, exclusive: bool) -> int:
-    tdir.lock_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(tdir.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    """template.lock without blocking the event loop while another holds it."""
+    return await asyncio.to_thread(template.lock, tdir, exclusive)
 
 
 def _open_clone(tdir: TemplateDir, shape: dict, inputs: dict) -> Clone | None:

@@ -183,18 +183,9 @@ def allocated(path: Path) -> int:
 
 def on_tmpfs(path: Path) -> bool:
     """Whether path is on tmpfs (a template's RAM file belongs in memory, not on disk)."""
-    path = Path(os.path.realpath(path))
-    best, fstype = "", ""
-    try:
-        with open("/proc/self/mountinfo") as table:
-            for line in table:
-                left, _, right = line.partition(" - ")
-                point = left.split(" ")[4].replace("\\040", " ")
-                if (path == Path(point) or Path(point) in path.parents) and len(point) > len(best):
-                    best, fstype = point, right.split(" ")[0]
-    except OSError:
-        return False
-    return fstype == "tmpfs"
+    from shim.mountinfo import fstype_of
+
+    return fstype_of(str(path)) == "tmpfs"
 
 
 def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
@@ -238,16 +229,17 @@ def copy_sparse(src: Path, dst_fd: int) -> int:
     return copied
 
 
-@contextlib.contextmanager
-def locked(tdir: TemplateDir, exclusive: bool) -> Iterator[None]:
-    """flock on the template's lock file: exclusive to replace it, shared to read it."""
+def lock(tdir: TemplateDir, exclusive: bool) -> int:
+    """flock on the template's lock file (waits): exclusive to replace the template,
+    shared to read it. Returns the fd; closing it releases the lock."""
     tdir.lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(tdir.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
 def install(tdir: TemplateDir, build: Path) -> None:
@@ -261,11 +253,14 @@ def install(tdir: TemplateDir, build: Path) -> None:
 
 def destroy(tdir: TemplateDir) -> bool:
     """Remove the template and any build left over; whether there was one."""
-    with locked(tdir, exclusive=True):
+    fd = lock(tdir, exclusive=True)
+    try:
         existed = tdir.path.exists()
         shutil.rmtree(tdir.path, ignore_errors=True)
         for leftover in tdir.path.parent.glob(f".{tdir.path.name}.build-*"):
             shutil.rmtree(leftover, ignore_errors=True)
+    finally:
+        os.close(fd)
     with contextlib.suppress(OSError):
         tdir.lock_file.unlink()
     return existed
