@@ -34,7 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from guest.initrd import pack  # noqa: E402
+from bench.shim_bench import timed  # noqa: E402
+from guest.initrd import pack, tree_entries  # noqa: E402
 from integration.containerd_env import PrivateContainerd, _pids_with_arg, import_busybox  # noqa: E402
 from integration.pykata_env import (  # noqa: E402
     RUNTIME,
@@ -42,18 +43,13 @@ from integration.pykata_env import (  # noqa: E402
     ensure_guest_assets,
     ensure_shim_on_path,
 )
-from shim.monitor.procfs import pss_bytes  # noqa: E402
+from shim.monitor.procfs import pss_bytes, rollup_bytes  # noqa: E402
 from shim.vmm.config import QBOOT, TCG_CPU_MODEL  # noqa: E402
+from shim.vmm.procs import cmdline  # noqa: E402
 from shim.vmm.qemu_args import FAST_BOOT_PARAMS, MACHINE_TRIMS  # noqa: E402
 
 ASSETS = Path("/usr/share/pykata")
 BUSYBOX = Path("/bin/busybox")
-
-
-def timed(argv: list[str], **kwargs) -> float:
-    start = time.perf_counter()
-    subprocess.run(argv, check=True, capture_output=True, **kwargs)
-    return time.perf_counter() - start
 
 
 def tiny_initrd(path: Path) -> int:
@@ -65,8 +61,6 @@ def tiny_initrd(path: Path) -> int:
         init = root / "init"
         init.write_text("#!/bin/busybox sh\n/bin/busybox poweroff -f\n")
         init.chmod(0o755)
-        from guest.initrd import tree_entries
-
         raw = pack(tree_entries(root))
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as out:
@@ -118,29 +112,13 @@ def pod_processes(cid: str) -> dict[str, list[int]]:
     shim = subprocess.run(["pgrep", "-f", f"containerd-shim-pykata-v2 .*-id {cid}( |$)"],
                           capture_output=True, text=True).stdout.split()
     state = f"{STATE_ROOT}/"
-    vm = [p for p in _pids_with_arg(state) if f"/{cid}/" in _cmdline(p)]
+    argv = {p: " ".join(cmdline(p)) for p in _pids_with_arg(state)}
+    vm = [p for p, line in argv.items() if f"/{cid}/" in line]
     return {
         "shim": [int(p) for p in shim],
-        "qemu": [p for p in vm if "qemu-system" in _cmdline(p)],
-        "virtiofsd": [p for p in vm if "virtiofsd" in _cmdline(p)],
+        "qemu": [p for p in vm if "qemu-system" in argv[p]],
+        "virtiofsd": [p for p in vm if "virtiofsd" in argv[p]],
     }
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _rollup(pid: int, field: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def memfd_held(pid: int) -> int:
@@ -166,7 +144,7 @@ def unmapped_ram(processes: dict[str, list[int]]) -> int:
     copy of the template's RAM, until its guest touches each page."""
     qemu = processes["qemu"]
     held = max((memfd_held(p) for p in qemu), default=0)
-    mapped = sum(_rollup(p, "Pss_Shmem") for p in qemu + processes["virtiofsd"])
+    mapped = sum(rollup_bytes(p, "Pss_Shmem") or 0 for p in qemu + processes["virtiofsd"])
     return max(0, held - mapped)
 
 

@@ -187,6 +187,11 @@ def pss_bytes(pid: int, proc: str = PROC) -> int | None:
 
     Costlier than VmRSS (the kernel walks every mapping): for measurements, not scrapes.
     """
+    return rollup_bytes(pid, "Pss", proc)
+
+
+def rollup_bytes(pid: int, field: str, proc: str = PROC) -> int | None:
+    """One field of smaps_rollup (Pss, Pss_Anon, Pss_Shmem...) in bytes, or None."""
     try:
         text = _read(f"{proc}/{pid}/smaps_rollup")
     except PermissionError:
@@ -194,7 +199,7 @@ def pss_bytes(pid: int, proc: str = PROC) -> int | None:
     if text is None:
         return None
     for line in text.splitlines():
-        if line.startswith("Pss:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return None
 
