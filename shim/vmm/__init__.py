@@ -48,7 +48,8 @@ _LAZY = {
 
 
 async def start_vm(config: VMConfig, state_dir: Path, shared_dir: Path, **kwargs: Any) -> RunningVM:
-    """Boot a VM (QEMU + virtiofsd) and return it once its agent answers Health/Check.
+    """Start a VM (QEMU + virtiofsd) and return it once its agent answers Health/Check:
+    restored from the template at config.template_path when one fits, else booted.
 
     Keyword options: `timeout` (default config.agent_timeout), `cache_dir` (host
     probe cache, default shim.paths.STATE_ROOT). Raises VMStartError after tearing down

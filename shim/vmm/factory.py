@@ -114,7 +114,12 @@ async def prepare_clone(
     verdict = template.judge(tdir, shape, inputs, nics=len(config.nics))
     if verdict.action == REBUILD:
         log.info("rebuilding the VM template", template=str(tdir.path), reason=verdict.reason)
-        await build(config, tdir, cache_dir=cache_dir)
+        try:
+            await build(config, tdir, cache_dir=cache_dir)
+        except Exception as exc:  # the pod must not fail for the template's sake
+            log.warning("rebuilding the VM template failed: booting the VM",
+                        template=str(tdir.path), error=str(exc))
+            return None
         verdict = template.judge(tdir, shape, inputs, nics=len(config.nics))
     if verdict.action != RESTORE:
         log.info("booting the VM: no template used", template=str(tdir.path), reason=verdict.reason)
