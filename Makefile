@@ -42,6 +42,9 @@ dev: host-packages venv
 	$(PY) -m pip install -q -e '.[dev]'
 	# CRI v1 stubs for the kubelet-style tests; --no-deps: it pins protobuf 6, ours is 7
 	$(PY) -m pip install -q --no-deps 'container-runtime-interface-api==2.0.1'
+	# byte-compile the checkout as pip does an install: containerd execs the shim for
+	# every pod, and under PYTHONDONTWRITEBYTECODE each start would compile it all again
+	$(PY) -m compileall -q -j 0 shim ttrpc protos >/dev/null
 	ln -sf $(PREFIX_VENV)/bin/containerd-shim-pykata-v2 $(BIN_DIR)/containerd-shim-pykata-v2
 	ln -sf $(PREFIX_VENV)/bin/pykata-image $(BIN_DIR)/pykata-image
 	ln -sf $(PREFIX_VENV)/bin/pykata-runtime $(BIN_DIR)/pykata-runtime

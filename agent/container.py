@@ -232,8 +232,9 @@ class Container:
 
         return read_cgroup(self.cgroups_path, root=self.cgroup_root)
 
-    async def destroy(self, timeout: float | None = None) -> None:
-        """Kill every process, `runc delete`, close stdio, remove the bundle."""
+    async def destroy(self, timeout: float | None = None, *, runtime_records: bool = True) -> None:
+        """Kill every process, `runc delete` (unless not `runtime_records`: the VM
+        ends next), close stdio, remove the bundle."""
         async with self.lock:
             if self._state == PAUSED and not self.init.has_exited:
                 with contextlib.suppress(RuncError):
@@ -251,7 +252,8 @@ class Container:
                             f"container {self.id}: processes still alive after {timeout}s",
                         ) from None
             try:
-                await self.runc.delete(self.id, force=True)
+                if runtime_records:
+                    await self.runc.delete(self.id, force=True)
             except RuncError as exc:
                 if "does not exist" not in str(exc):
                     log.warning("container %s: %s", self.id, exc)

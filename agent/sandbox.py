@@ -138,10 +138,17 @@ class Sandbox:
                 Code.INTERNAL, f"storage {storage.source!r} on {storage.mount_point!r}: {exc}"
             ) from None
 
-    async def destroy(self) -> None:
-        """DestroySandbox: every container goes, then the sandbox's mounts."""
+    async def destroy(self, *, vm_ends: bool = False) -> None:
+        """DestroySandbox: every container goes, then the sandbox's mounts.
+
+        vm_ends: the VM powers off next, so the OCI runtime's own records of the
+        containers (`runc delete`) are left to die with it; their processes are
+        still killed and their mounts released, so writes reach their devices."""
         cids = list(self.containers)
-        results = await asyncio.gather(*(self.remove(cid) for cid in cids), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self.remove(cid, runtime_records=not vm_ends) for cid in cids),
+            return_exceptions=True,
+        )
         for cid, result in zip(cids, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("container %s: not removed cleanly: %s", cid, result)
@@ -250,12 +257,14 @@ class Sandbox:
     async def start_container(self, cid: str) -> None:
         await self.get(cid).start()
 
-    async def remove(self, cid: str, timeout: float | None = None) -> None:
+    async def remove(
+        self, cid: str, timeout: float | None = None, *, runtime_records: bool = True
+    ) -> None:
         """RemoveContainer: kill, delete, unmount its storages, forget it."""
         container = self.get(cid)
         if self._oom is not None:
             self._oom.unwatch(cid)
-        await container.destroy(timeout)
+        await container.destroy(timeout, runtime_records=runtime_records)
         self.containers.pop(cid, None)
         if self._pidns_holder == cid:
             self._pidns_holder = None

@@ -57,7 +57,7 @@ class AgentService:
         return Empty()
 
     async def DestroySandbox(self, request: Any, context: Any) -> Empty:
-        await self.sandbox.destroy()
+        await self.sandbox.destroy(vm_ends=self.config.poweroff)
         log.info("sandbox destroyed")
         if self.config.poweroff:
             from agent import libc
