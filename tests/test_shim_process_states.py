@@ -230,3 +230,32 @@ def test_the_transitions_are_those_of_containerds_runc_shim():
         assert State.STOPPED in TRANSITIONS[live]
     assert State.PAUSED not in TRANSITIONS[State.CREATED]
     assert State.DELETED.status == State.STOPPED.value
+
+
+@pytest.mark.parametrize(
+    ("status", "others", "removes"),
+    [
+        (0, 0, False),  # the pod's last: DestroySandbox removes it as the VM stops
+        (137, 0, True),  # maybe OOM-killed: its RemoveContainer delivers the late event
+        (0, 1, True),  # the pod lives on
+    ],
+)
+async def test_the_last_container_is_left_to_destroy_sandbox(service, status, others, removes):
+    tasks, agent, _ = service
+    tasks.sandbox_api_owns_pod = False
+    stopped = []
+
+    async def stop():
+        stopped.append(True)
+
+    tasks.sandbox.stop = stop
+    for n in range(others):
+        tasks.containers[f"o{n}"] = Container(
+            id=f"o{n}", bundle="/nonexistent", spec={}, init=Process(f"o{n}", "", 1, Stdio())
+        )
+    await tasks.Start(api.StartRequest(id="c1"), None)
+    agent.exit("c1", status)
+    await settle()
+    await tasks.Delete(api.DeleteRequest(id="c1"), None)
+    assert ("RemoveContainer" in agent.calls) is removes
+    assert bool(stopped) is (others == 0)

@@ -47,6 +47,7 @@ IO_DRAIN_TIMEOUT = 10.0  # after an exit, how long output may still arrive
 AGENT_TIMEOUT = 60.0
 MAX_SPEC_BYTES = 2 << 20  # an agent message (a ttrpc frame) holds at most 4 MiB
 DEAD_VM_STATUS = 255  # the exit status of a process whose VM died under it
+SIGKILL_STATUS = 128 + 9  # how an OOM kill (or any SIGKILL) shows in an exit status
 DEATH_GRACE = 2.0  # an agent call failed: how long the VM's death may take to be seen
 SHIM_VERSION = "pykata 0.1.0"
 
@@ -711,10 +712,9 @@ class TaskService:
         async with self._lock:
             for exec_process in container.execs.values():
                 exec_process.close_io()
-            # the pod's last container: the sandbox stops next, and its DestroySandbox
-            # removes this container with the rest (one guest call fewer on every pod's end)
-            last = not self.sandbox_api_owns_pod and set(self.containers) == {container.id}
-            if self.sandbox is not None and self.sandbox.agent is not None and not last:
+            if self.sandbox is not None and self.sandbox.agent is not None and not (
+                self._removed_by_sandbox_end(container)
+            ):
                 try:
                     await self.sandbox.agent.RemoveContainer(
                         agent_pb2.RemoveContainerRequest(container_id=container.id, timeout=10),
@@ -729,6 +729,17 @@ class TaskService:
             del self.containers[container.id]
             if not self.containers and not self.sandbox_api_owns_pod:
                 await self._stop_sandbox()
+
+    def _removed_by_sandbox_end(self, container: Container) -> bool:
+        """Whether the guest side of this container can be left to DestroySandbox: it is
+        the pod's last, so the sandbox stops next (one guest call fewer at every pod's
+        end). Not for a SIGKILLed one: it may have been OOM-killed, and its own
+        RemoveContainer is what delivers an OOM event that comes after the exit."""
+        return (
+            not self.sandbox_api_owns_pod
+            and set(self.containers) == {container.id}
+            and container.init.exit_status != SIGKILL_STATUS
+        )
 
     async def Pids(self, request: api.PidsRequest, context) -> api.PidsResponse:
         container = self._container(request.id)
