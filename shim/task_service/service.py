@@ -547,6 +547,8 @@ class TaskService:
 
     async def _start(self, container: Container, process: Process) -> api.StartResponse:
         agent = self._agent()
+        # no stdin from containerd: the guest's pipe must not stay open forever
+        close_stdin = not process.stdio.stdin and not process.stdio.terminal
         if process.exec_id:
             await agent.ExecProcess(
                 agent_pb2.ExecProcessRequest(
@@ -555,22 +557,21 @@ class TaskService:
                 timeout=AGENT_TIMEOUT,
             )
         else:
-            await agent.StartContainer(
+            # a created init's pipe exists already: closing it can go with the start
+            start = agent.StartContainer(
                 agent_pb2.StartContainerRequest(container_id=container.id), timeout=AGENT_TIMEOUT
             )
+            if close_stdin:
+                await asyncio.gather(start, self._close_stdin(agent, container, process))
+                close_stdin = False
+            else:
+                await start
         if not process.move(State.RUNNING):  # the VM died meanwhile: the exit is known
             return api.StartResponse(pid=process.pid)
         # only now does the agent know an exec: reading earlier would get NOT_FOUND
         self._start_io(process)
-        if not process.stdio.stdin and not process.stdio.terminal:
-            # no stdin from containerd: the guest's pipe must not stay open forever
-            with contextlib.suppress(ttrpc.TTRPCError):
-                await agent.CloseStdin(
-                    agent_pb2.CloseStdinRequest(
-                        container_id=container.id, exec_id=process.agent_exec_id
-                    ),
-                    timeout=AGENT_TIMEOUT,
-                )
+        if close_stdin:
+            await self._close_stdin(agent, container, process)
         process.waiter = asyncio.get_running_loop().create_task(self._wait_for_exit(process))
         if process.exec_id:
             self.publisher.publish(
@@ -584,6 +585,16 @@ class TaskService:
                 "/tasks/start", events.TaskStart(container_id=container.id, pid=process.pid)
             )
         return api.StartResponse(pid=process.pid)
+
+    @staticmethod
+    async def _close_stdin(agent: Any, container: Container, process: Process) -> None:
+        with contextlib.suppress(ttrpc.TTRPCError):
+            await agent.CloseStdin(
+                agent_pb2.CloseStdinRequest(
+                    container_id=container.id, exec_id=process.agent_exec_id
+                ),
+                timeout=AGENT_TIMEOUT,
+            )
 
     async def Wait(self, request: api.WaitRequest, context) -> api.WaitResponse:
         process = self._container(request.id).process(request.exec_id)
