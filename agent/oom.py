@@ -126,12 +126,18 @@ class OomWatcher:
             self._events.get_nowait()
         self._events.put_nowait(cid)
 
+    def recount(self, cid: str) -> None:
+        """Count a container's kills now (its init has exited: a kill that ended it is in
+        the counter), so that the event goes out with the exit, not up to a second later."""
+        watch = self._watches.get(cid)
+        if watch is not None and (watch.eventfd >= 0 or self._v2):
+            for _ in range(watch.check()):
+                self._push(cid)
+
     def unwatch(self, cid: str) -> None:
+        self.recount(cid)  # a kill right before the removal still counts
         watch = self._watches.pop(cid, None)
         if watch is not None:
-            if watch.eventfd >= 0 or self._v2:
-                for _ in range(watch.check()):  # a kill right before the removal still counts
-                    self._push(cid)
             watch.close(self._loop)
 
     async def next(self) -> str:

@@ -86,6 +86,11 @@ class Sandbox:
             self._oom = OomWatcher(self.config.cgroup_root)
         return self._oom
 
+    def recount_oom(self, cid: str) -> None:
+        """A container's init exited: its OOM kills are reported now (GetOOMEvent)."""
+        if self._oom is not None:
+            self._oom.recount(cid)
+
     async def prewarm(self) -> None:
         """The one-time work of the first sandbox and container, done now (in the VM a
         template is made from, so that every clone starts with it done): the modules

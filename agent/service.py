@@ -219,7 +219,10 @@ class AgentService:
         return Empty()
 
     async def WaitProcess(self, request: Any, context: Any) -> Any:
-        status = await self._process(request.container_id, request.exec_id).wait()
+        process = self._process(request.container_id, request.exec_id)
+        status = await process.wait()
+        if process.init:
+            self.sandbox.recount_oom(request.container_id)
         return agent_pb2.WaitProcessResponse(status=status)
 
     # -- stdio -----------------------------------------------------------------------

@@ -236,7 +236,7 @@ def test_the_transitions_are_those_of_containerds_runc_shim():
     ("status", "others", "removes"),
     [
         (0, 0, False),  # the pod's last: DestroySandbox removes it as the VM stops
-        (137, 0, True),  # maybe OOM-killed: its RemoveContainer delivers the late event
+        (137, 0, False),  # even OOM-killed: the agent reported the kill with the exit
         (0, 1, True),  # the pod lives on
     ],
 )

@@ -47,7 +47,6 @@ IO_DRAIN_TIMEOUT = 10.0  # after an exit, how long output may still arrive
 AGENT_TIMEOUT = 60.0
 MAX_SPEC_BYTES = 2 << 20  # an agent message (a ttrpc frame) holds at most 4 MiB
 DEAD_VM_STATUS = 255  # the exit status of a process whose VM died under it
-SIGKILL_STATUS = 128 + 9  # how an OOM kill (or any SIGKILL) shows in an exit status
 DEATH_GRACE = 2.0  # an agent call failed: how long the VM's death may take to be seen
 SHIM_VERSION = "pykata 0.1.0"
 
@@ -547,8 +546,7 @@ class TaskService:
 
     async def _start(self, container: Container, process: Process) -> api.StartResponse:
         agent = self._agent()
-        # no stdin from containerd: the guest's pipe must not stay open forever
-        close_stdin = not process.stdio.stdin and not process.stdio.terminal
+        calls = []
         if process.exec_id:
             await agent.ExecProcess(
                 agent_pb2.ExecProcessRequest(
@@ -557,21 +555,22 @@ class TaskService:
                 timeout=AGENT_TIMEOUT,
             )
         else:
-            # a created init's pipe exists already: closing it can go with the start
-            start = agent.StartContainer(
-                agent_pb2.StartContainerRequest(container_id=container.id), timeout=AGENT_TIMEOUT
+            calls.append(
+                agent.StartContainer(
+                    agent_pb2.StartContainerRequest(container_id=container.id),
+                    timeout=AGENT_TIMEOUT,
+                )
             )
-            if close_stdin:
-                await asyncio.gather(start, self._close_stdin(agent, container, process))
-                close_stdin = False
-            else:
-                await start
+        if not process.stdio.stdin and not process.stdio.terminal:
+            # no stdin from containerd: the guest's pipe must not stay open forever. An
+            # init's exists since its create, so this goes along with the start; an
+            # exec's only once ExecProcess returned.
+            calls.append(self._close_stdin(agent, container, process))
+        await asyncio.gather(*calls)
         if not process.move(State.RUNNING):  # the VM died meanwhile: the exit is known
             return api.StartResponse(pid=process.pid)
         # only now does the agent know an exec: reading earlier would get NOT_FOUND
         self._start_io(process)
-        if close_stdin:
-            await self._close_stdin(agent, container, process)
         process.waiter = asyncio.get_running_loop().create_task(self._wait_for_exit(process))
         if process.exec_id:
             self.publisher.publish(
@@ -744,13 +743,8 @@ class TaskService:
     def _removed_by_sandbox_end(self, container: Container) -> bool:
         """Whether the guest side of this container can be left to DestroySandbox: it is
         the pod's last, so the sandbox stops next (one guest call fewer at every pod's
-        end). Not for a SIGKILLed one: it may have been OOM-killed, and its own
-        RemoveContainer is what delivers an OOM event that comes after the exit."""
-        return (
-            not self.sandbox_api_owns_pod
-            and set(self.containers) == {container.id}
-            and container.init.exit_status != SIGKILL_STATUS
-        )
+        end)."""
+        return not self.sandbox_api_owns_pod and set(self.containers) == {container.id}
 
     async def Pids(self, request: api.PidsRequest, context) -> api.PidsResponse:
         container = self._container(request.id)
