@@ -23,6 +23,7 @@ from shim.paths import (
     InvalidIdentifier,
     check_identifier,
     group_of,
+    is_identifier,
     recorded_qemu_pid,
 )
 
@@ -30,24 +31,38 @@ SIGKILL_EXIT = 128 + 9
 
 
 def _find_sandbox(namespace: str, container_id: str, bundle: str) -> Path | None:
-    """The state dir of the sandbox holding container_id, if any."""
+    """The state dir of the sandbox holding container_id, if any.
+
+    The group annotation names it when it is a valid identifier; otherwise (no
+    annotation, or one that is not an identifier and so never named a sandbox) the
+    namespace's sandboxes are searched by what their records say.
+    """
     try:
         with open(os.path.join(bundle, "config.json"), "rb") as f:
             group = group_of(json.load(f), container_id)
         candidate = STATE_ROOT / namespace / group
-        if candidate.is_dir():
+        if candidate.is_dir() and not candidate.is_symlink():
             return candidate
-    except (OSError, ValueError):
+    except InvalidIdentifier as exc:
+        _report(f"ignoring the bundle's sandbox annotation: {exc}")
+    except (OSError, ValueError, AttributeError):
         pass
     namespace_dir = STATE_ROOT / namespace
-    if not namespace_dir.is_dir():
+    if not namespace_dir.is_dir() or namespace_dir.is_symlink():
         return None
     for state_dir in namespace_dir.iterdir():
+        if state_dir.is_symlink() or not is_identifier(state_dir.name):
+            continue
         try:
             data = json.loads((state_dir / SANDBOX_FILE).read_text())
         except (OSError, ValueError):
             continue
-        if container_id in data.get("containers", {}) or state_dir.name == container_id:
+        if not isinstance(data, dict):
+            continue
+        containers = data.get("containers")
+        if (isinstance(containers, dict) and container_id in containers) or (
+            state_dir.name == container_id
+        ):
             return state_dir
     return None
 

@@ -47,6 +47,11 @@ def check_identifier(kind: str, value: str) -> str:
     return value
 
 
+def is_identifier(value: str) -> bool:
+    """Whether value passes check_identifier."""
+    return bool(value) and len(value) <= MAX_IDENTIFIER and bool(_IDENTIFIER.match(value))
+
+
 def socket_address(containerd_address: str, namespace: str, group: str) -> str:
     """The shim's ttrpc address, derived as containerd's shims derive theirs."""
     try:  # the builtin module: hashlib would load OpenSSL, ~3 ms of every start
@@ -65,13 +70,40 @@ def sandbox_dir(namespace: str, sandbox_id: str) -> Path:
 
 
 def group_of(spec: dict, container_id: str) -> str:
-    """The sandbox a container belongs to: its group annotation, else itself."""
-    annotations = spec.get("annotations") or {}
+    """The sandbox a container belongs to: its group annotation, else itself.
+
+    The annotation is the pod spec's (not trusted): a value that is not a containerd
+    identifier raises InvalidIdentifier, so it never becomes part of a host path.
+    """
+    annotations = spec.get("annotations") if isinstance(spec, dict) else None
+    if not isinstance(annotations, dict):
+        return container_id
     for key in GROUP_ANNOTATIONS:
         value = annotations.get(key)
         if value:
-            return value
+            if not isinstance(value, str):
+                raise InvalidIdentifier(f"annotation {key} must be a string")
+            return check_identifier(f"sandbox id (annotation {key})", value)
     return container_id
+
+
+def check_state_dir(state_dir: Path) -> Path:
+    """state_dir if it is exactly STATE_ROOT/<namespace>/<sandbox-id>, else InvalidIdentifier.
+
+    Both names must be identifiers and neither may be a symlink: what passes is a
+    directory pykata made, never one a spec, an annotation or a planted link points to.
+    """
+    state_dir = Path(state_dir)
+    root = Path(os.path.realpath(STATE_ROOT))
+    namespace_dir = state_dir.parent
+    if Path(os.path.realpath(namespace_dir.parent)) != root:
+        raise InvalidIdentifier(f"{state_dir} is not a sandbox directory under {STATE_ROOT}")
+    check_identifier("namespace", namespace_dir.name)
+    check_identifier("sandbox id", state_dir.name)
+    for part in (namespace_dir, state_dir):
+        if part.is_symlink():
+            raise InvalidIdentifier(f"{part} is a symlink, not a sandbox directory pykata made")
+    return state_dir
 
 
 def socket_is_served(path: str, timeout: float = 0.5) -> bool:

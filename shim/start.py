@@ -17,7 +17,7 @@ import sys
 import time
 
 from shim.cli import ShimArgs, read_stdin
-from shim.paths import group_of, socket_address, socket_is_served, write_atomic
+from shim.paths import check_identifier, group_of, socket_address, socket_is_served, write_atomic
 
 LISTENER_FD = 3  # containerd's convention for the shim's socket
 READY_FD = 4
@@ -158,6 +158,8 @@ def start(args: ShimArgs) -> int:
     """Run the start action; returns the process exit code."""
     bundle = os.path.abspath(args.bundle or os.getcwd())
     try:
+        check_identifier("namespace", args.namespace)
+        check_identifier("container id", args.id)
         group = group_of(_read_spec(bundle), args.id)
         address = socket_address(args.address, args.namespace, group)
         path = address.removeprefix("unix://")

@@ -3,6 +3,7 @@ and able to finish what an earlier, interrupted run began. Real bind mounts (roo
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from protos.containerd.task.v2 import shim_pb2
+from shim import paths
 from shim.mountinfo import mounted_under
 from shim.sandbox import teardown
 from shim.sandbox.mounts import MS_BIND, mount, unmount_all_under
@@ -25,9 +27,10 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root
 
 
 @pytest.fixture
-def pod(tmp_path):
+def pod(tmp_path, monkeypatch):
     """A sandbox state dir with two containers: rootfs bind-mounted and shared."""
     state_root = tmp_path / "state"
+    monkeypatch.setattr(paths, "STATE_ROOT", state_root)
     state_dir = state_root / "ns1" / "pod1"
     state_dir.mkdir(parents=True)
     record = SandboxRecord("ns1", "pod1", shim_pid=0)
@@ -101,3 +104,91 @@ def test_delete_while_the_daemon_lives_forgets_only_its_container(pod, tmp_path)
     assert not (state_dir / "mounts" / "c1").exists()
     assert mounted_under(record.containers["c2"].bundle), "c2 keeps its rootfs"
     assert mounted_under(str(state_dir / "mounts" / "c2")), "and its share"
+
+
+# --------------------------------------------------------------------------- hostile paths
+@pytest.fixture
+def victim(tmp_path):
+    """A directory outside the state root, with a file and a bind mount, that must survive."""
+    victim = tmp_path / "victim"
+    (victim / "mnt").mkdir(parents=True)
+    (victim / "precious").write_text("keep me")
+    source = tmp_path / "victim-source"
+    source.mkdir()
+    mount(str(source), str(victim / "mnt"), None, MS_BIND)
+    yield victim
+    unmount_all_under(str(victim))
+
+
+def assert_untouched(victim: Path) -> None:
+    assert (victim / "precious").read_text() == "keep me"
+    assert mounted_under(str(victim / "mnt")), "the victim's mount stays"
+
+
+def hostile_bundle(tmp_path: Path, group: str) -> Path:
+    bundle = tmp_path / "bundle-hostile"
+    (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "config.json").write_text(
+        json.dumps({"annotations": {"io.containerd.runc.v2.group": group}})
+    )
+    return bundle
+
+
+@pytest.mark.parametrize("group", ["../../victim", "ABSOLUTE", "..", "ns1/../../victim"])
+def test_delete_never_turns_a_group_annotation_into_a_path(pod, tmp_path, victim, group):
+    state_root, state_dir, _ = pod
+    group = str(victim) if group == "ABSOLUTE" else group
+    bundle = hostile_bundle(tmp_path, group)
+    result = run_delete(state_root, str(bundle), "hostile")
+    assert result.returncode == 0, result.stderr
+    assert b"ignoring the bundle's sandbox annotation" in result.stderr
+    assert_untouched(victim)
+    assert (state_dir / "sandbox.json").exists(), "another pod's sandbox is not the hostile one"
+
+
+def test_delete_does_not_follow_a_symlink_planted_in_the_state_root(pod, tmp_path, victim):
+    state_root, _, _ = pod
+    link = state_root / "ns1" / "hostile"
+    link.symlink_to(victim)
+    (victim / "sandbox.json").write_text(json.dumps({"containers": {"hostile": {}}}))
+    bundle = hostile_bundle(tmp_path, "hostile")
+    result = run_delete(state_root, str(bundle), "hostile")
+    assert result.returncode == 0, result.stderr
+    assert_untouched(victim)
+    assert link.is_symlink()
+
+
+@pytest.mark.parametrize("where", ["outside", "symlink", "too-deep", "bad-name"])
+def test_teardown_refuses_anything_but_a_sandbox_directory(pod, tmp_path, victim, where):
+    state_root, _, _ = pod
+    target = {
+        "outside": victim,
+        "symlink": state_root / "ns1" / "linked",
+        "too-deep": state_root / "ns1" / "pod1" / "mounts",
+        "bad-name": state_root / "ns1" / "bad name",
+    }[where]
+    if where == "symlink":
+        target.symlink_to(victim)
+    if where == "bad-name":
+        target.mkdir()
+    with pytest.raises(paths.InvalidIdentifier):
+        teardown.release(target, None)
+    with pytest.raises(paths.InvalidIdentifier):
+        teardown.forget_container(target, None, "c1")
+    assert_untouched(victim)
+
+
+@pytest.mark.parametrize("value", ["../x", "/etc", "a/b", "", "x" * 77, "a..b", 7])
+def test_group_annotations_must_be_identifiers(value):
+    spec = {"annotations": {"io.kubernetes.cri.sandbox-id": value}}
+    if value == "":
+        assert paths.group_of(spec, "c1") == "c1"  # no annotation: the container is its pod
+        return
+    with pytest.raises(paths.InvalidIdentifier):
+        paths.group_of(spec, "c1")
+
+
+def test_group_of_a_valid_annotation_and_of_odd_specs():
+    assert paths.group_of({"annotations": {"io.containerd.runc.v2.group": "pod-1"}}, "c") == "pod-1"
+    assert paths.group_of([], "c") == "c"
+    assert paths.group_of({"annotations": ["x"]}, "c") == "c"

@@ -21,8 +21,47 @@ CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
 
+NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs file: the CLONE_NEW* type of the namespace
+HOST_NETNS = ("/proc/self/ns/net", "/proc/1/ns/net")
+
+
 class NetnsGone(Exception):
     """The netns path does not exist (any more)."""
+
+
+class NetnsRefused(ValueError):
+    """The spec's netns path is not a network namespace a pod may be given."""
+
+
+def check_pod_netns(path: str) -> None:
+    """Refuse a pod netns path that is not a network namespace, or that is the host's own
+    (the shim's or PID 1's): its interfaces would be redirected into the VM."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NetnsGone(f"network namespace {path} does not exist") from None
+    except OSError as exc:
+        raise NetnsRefused(f"network namespace {path} cannot be opened: {exc}") from None
+    try:
+        try:
+            kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        except OSError:
+            kind = None
+        if kind != CLONE_NEWNET:
+            raise NetnsRefused(f"{path} is not a network namespace")
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    for host in HOST_NETNS:
+        with contextlib.suppress(OSError):  # PID 1's may be out of reach: the shim's is not
+            theirs = os.stat(host)
+            if (st.st_dev, st.st_ino) == (theirs.st_dev, theirs.st_ino):
+                raise NetnsRefused(
+                    f"network namespace {path} is the host's own ({host}): a pod needs one of "
+                    "its own"
+                )
 
 
 def _setns(fd: int) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shim.mountinfo import mounted_under
+from shim.paths import check_state_dir
 
 Report = Callable[[str], None]
 
@@ -36,7 +37,10 @@ def unmount_rootfs(bundle: str) -> None:
 
 
 def forget_container(state_dir: Path, record: Any, container_id: str) -> None:
-    """Unshare one container and unmount its rootfs; drop it from the sandbox's record."""
+    """Unshare one container and unmount its rootfs; drop it from the sandbox's record.
+
+    Raises InvalidIdentifier when state_dir is not a sandbox directory pykata made."""
+    check_state_dir(state_dir)
     from shim.sandbox.shared_fs import SharedDir
 
     folder = SharedDir(state_dir).mounts / container_id
@@ -61,7 +65,10 @@ def release(state_dir: Path, record: Any, report: Report = _quiet) -> None:
     shared folder, and the state directory itself. `record` is the sandbox's
     SandboxRecord (None when sandbox.json is gone). Enters the pod netns: run it
     in a thread of its own (shim.netns.nsenter.in_own_thread) or a short-lived process.
+    Refuses (InvalidIdentifier, before touching anything) a state_dir that is not
+    STATE_ROOT/<namespace>/<sandbox-id>: it unmounts and removes all that is under it.
     """
+    check_state_dir(state_dir)
     from shim.netns import teardown_state
     from shim.vmm import kill_from_state
 
