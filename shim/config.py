@@ -16,6 +16,8 @@ SEARCH_PATHS = (
 SHARED_FS = ("virtio-fs", "none")
 ACCELS = ("auto", "kvm", "tcg")
 NETWORK_MODELS = ("tcfilter", "macvtap", "none")
+VIRTIOFSD_SANDBOX_FLOORS = ("namespace", "chroot", "none")  # shim.vmm.confinement's ranks
+VIRTIOFSD_SECCOMP_FLOORS = ("kill", "trap", "log", "none")
 
 
 class ConfigError(ValueError):
@@ -41,6 +43,10 @@ class HypervisorConfig:
     accel: str = "auto"
     enable_debug: bool = False
     reclaim_guest_freed_memory: bool = True  # virtio-balloon free page reporting (Kata's key)
+    # the confinement floor: a pod refuses to start below it (shim.vmm.confinement)
+    qemu_sandbox_required: bool = True
+    virtio_fs_sandbox_floor: str = "namespace"
+    virtio_fs_seccomp_floor: str = "kill"
 
 
 @dataclass
@@ -129,6 +135,16 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     _fill(config.factory, data.get("factory", {}), "factory")
     checks = (
         ("hypervisor.qemu.shared_fs", config.hypervisor.shared_fs, SHARED_FS),
+        (
+            "hypervisor.qemu.virtio_fs_sandbox_floor",
+            config.hypervisor.virtio_fs_sandbox_floor,
+            VIRTIOFSD_SANDBOX_FLOORS,
+        ),
+        (
+            "hypervisor.qemu.virtio_fs_seccomp_floor",
+            config.hypervisor.virtio_fs_seccomp_floor,
+            VIRTIOFSD_SECCOMP_FLOORS,
+        ),
         ("hypervisor.qemu.accel", config.hypervisor.accel, ACCELS),
         ("runtime.internetworking_model", config.runtime.internetworking_model, NETWORK_MODELS),
     )

@@ -17,40 +17,35 @@ from pathlib import Path
 import pytest
 
 from shim.vmm import hostcaps, procs
+from shim.vmm.confinement import ConfinementError, ConfinementFloor
 from shim.vmm.hostcaps import HostCapsCache, VirtiofsdConfinement, probe_virtiofsd
 from shim.vmm.virtiofsd import exit_reason, option_value, seccomp_killed, virtiofsd_argv
 
 ROOT = Path(__file__).resolve().parent.parent
+REAL_QEMU = "/usr/bin/qemu-system-x86_64"
 REAL_VIRTIOFSD = os.environ.get("PYKATA_TEST_VIRTIOFSD", "/usr/share/pykata/virtiofsd/virtiofsd")
 
 FAKE_VIRTIOFSD = """\
-import ctypes, os, signal, socket, struct, sys
+import os, signal, socket, struct, sys
 
 opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
 sandbox, seccomp = opts.get("sandbox", "namespace"), opts.get("seccomp", "kill")
+if sandbox in HANG_SANDBOX:
+    signal.pause()  # a host too busy to start it in time
 if sandbox in FAIL_SANDBOX or os.path.exists(FAIL_ALL):
     sys.exit("fake virtiofsd: cannot enter the %s sandbox" % sandbox)
 if seccomp in FAIL_SECCOMP:
     sys.exit("fake virtiofsd: seccomp %s refused" % seccomp)
 
 
-class Filter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte),
-                ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
-
-
-class Prog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
-
-
 listener = socket.socket(socket.AF_UNIX)
 listener.bind(opts["socket-path"])
 listener.listen()
 if seccomp in FILTER_SECCOMP:
-    libc = ctypes.CDLL(None, use_errno=True)
-    allow_all = (Filter * 1)(Filter(0x06, 0, 0, 0x7FFF0000))  # BPF_RET|BPF_K, SECCOMP_RET_ALLOW
-    assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
-    assert libc.prctl(22, 2, ctypes.byref(Prog(1, allow_all)), 0, 0) == 0  # SECCOMP_MODE_FILTER
+    sys.path.insert(0, TESTS)
+    from fake_seccomp import load_allow_all_filter
+
+    load_allow_all_filter()
 conn, _ = listener.accept()
 while len(header := conn.recv(12)) == 12:
     request, _flags, size = struct.unpack("<III", header)
@@ -73,14 +68,16 @@ def fake_virtiofsd(
     fail_seccomp: tuple[str, ...] = (),
     filter_seccomp: tuple[str, ...] = ("kill", "log"),
     sigsys_seccomp: tuple[str, ...] = (),
+    hang_sandbox: tuple[str, ...] = (),
 ) -> Path:
     path = tmp_path / "virtiofsd"
     consts = (
         f"FAIL_SANDBOX = {fail_sandbox!r}\nFAIL_SECCOMP = {fail_seccomp!r}\n"
         f"FILTER_SECCOMP = {filter_seccomp!r}\nSIGSYS_SECCOMP = {sigsys_seccomp!r}\n"
+        f"HANG_SANDBOX = {hang_sandbox!r}\nTESTS = {str(ROOT / 'tests')!r}\n"
         f"FAIL_ALL = {str(tmp_path / 'fail-all')!r}\n"
     )
-    body = FAKE_VIRTIOFSD.replace("import ctypes", consts + "import ctypes", 1)
+    body = FAKE_VIRTIOFSD.replace("import os", consts + "import os", 1)
     path.write_text(f"#!{sys.executable}\n{body}")
     path.chmod(0o755)
     return path
@@ -227,6 +224,33 @@ def test_probe_is_cached_by_file_identity(tmp_path):
     assert probe_virtiofsd(str(path), cache).sandbox is None
 
 
+def test_a_probe_that_timed_out_is_not_cached(tmp_path):
+    path = fake_virtiofsd(tmp_path, hang_sandbox=("namespace",))
+    cache = HostCapsCache(tmp_path / "cache")
+    choice = probe_virtiofsd(str(path), cache, timeout=0.5)
+    assert choice.sandbox == "chroot"
+    assert "namespace failed (timed out)" in choice.sandbox_detail
+    assert not (tmp_path / "cache" / "host-caps.json").exists(), "a slow moment is not cached"
+    healthy = fake_virtiofsd(tmp_path)  # the same file, the moment passed
+    assert healthy == path
+    assert probe_virtiofsd(str(path), cache).sandbox == "namespace"
+
+
+def test_a_qemu_probe_that_timed_out_is_not_cached(tmp_path, monkeypatch):
+    qemu = tmp_path / "qemu"
+    qemu.write_text("#!/bin/sh\nexit 0\n")
+    qemu.chmod(0o755)
+    cache = HostCapsCache(tmp_path / "cache")
+
+    def slow(*args, **kwargs):
+        raise subprocess.TimeoutExpired(args[0], 10)
+
+    monkeypatch.setattr(hostcaps.subprocess, "run", slow)
+    assert hostcaps.probe_seccomp(str(qemu), cache)[0] is False
+    monkeypatch.undo()
+    assert hostcaps.probe_seccomp(str(qemu), cache) == (True, "")
+
+
 def test_probe_leaves_nothing_behind(tmp_path):
     before = set(os.listdir("/tmp"))
     probe_virtiofsd(str(fake_virtiofsd(tmp_path, fail_seccomp=("kill",))))
@@ -275,7 +299,9 @@ def _wait_socket(popen: subprocess.Popen[bytes], path: Path, deadline: float) ->
 
 
 # --------------------------------------------------------------------------- check
-def test_check_reports_the_protections(tmp_path):
+def run_check(tmp_path: Path, floor: str = "") -> subprocess.CompletedProcess:
+    """`pykata-runtime check` on a host whose QEMU lacks seccomp and whose virtiofsd
+    cannot enter its namespace sandbox; `floor` is more [hypervisor.qemu] lines."""
     qemu = tmp_path / "qemu"
     qemu.write_text(
         "#!/bin/sh\necho \"qemu-system-x86_64: -sandbox on: There is no option group 'sandbox'\""
@@ -286,10 +312,10 @@ def test_check_reports_the_protections(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(
         f'[hypervisor.qemu]\npath = "{qemu}"\naccel = "tcg"\nvirtio_fs_daemon = "{vfsd}"\n'
-        'virtio_fs_extra_args = ["--seccomp", "log"]\n'
+        f'virtio_fs_extra_args = ["--seccomp", "log"]\n{floor}'
     )
     env = {**os.environ, "PYKATA_STATE_ROOT": str(tmp_path / "state")}
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "shim.admin", "--config", str(config), "check"],
         cwd=ROOT,
         capture_output=True,
@@ -297,26 +323,78 @@ def test_check_reports_the_protections(tmp_path):
         timeout=60,
         env=env,
     )
-    lines = result.stdout.splitlines()
-    assert any(
-        line.startswith("[info] QEMU -sandbox") and "off: " in line and "no option group" in line
-        for line in lines
+
+
+def has_line(result: subprocess.CompletedProcess, start: str, *parts: str) -> bool:
+    return any(
+        line.startswith(start) and all(p in line for p in parts)
+        for line in result.stdout.splitlines()
+    )
+
+
+def test_check_fails_a_host_below_the_confinement_floor(tmp_path):
+    result = run_check(tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert has_line(
+        result, "[FAIL] QEMU -sandbox", "no option group", "qemu_sandbox_required = false"
     ), result.stdout
-    assert any(
-        line.startswith("[ok  ] virtiofsd --sandbox") and "chroot (namespace failed" in line
-        for line in lines
+    assert has_line(
+        result,
+        "[FAIL] virtiofsd --sandbox",
+        "--sandbox=chroot is below the floor namespace",
+        "cannot enter the namespace sandbox",
+        'virtio_fs_sandbox_floor = "chroot"',
     ), result.stdout
-    assert any(
-        line.startswith("[ok  ] virtiofsd --seccomp")
-        and "log (set by virtio_fs_extra_args; the probe chose kill)" in line
-        for line in lines
+    assert has_line(
+        result,
+        "[FAIL] virtiofsd --seccomp",
+        "--seccomp=log is below the floor kill (virtio_fs_extra_args sets it)",
+        'virtio_fs_seccomp_floor = "log"',
     ), result.stdout
-    # protections are information: only missing requirements fail the check
+
+
+def test_check_reports_the_protections_of_a_lowered_floor(tmp_path):
+    floor = (
+        'qemu_sandbox_required = false\nvirtio_fs_sandbox_floor = "chroot"\n'
+        'virtio_fs_seccomp_floor = "log"\n'
+    )
+    result = run_check(tmp_path, floor)
+    assert has_line(
+        result, "[info] QEMU -sandbox", "off: ", "no option group", "required = false"
+    ), result.stdout
+    assert has_line(result, "[ok  ] virtiofsd --sandbox", "chroot (namespace failed"), result.stdout
+    assert has_line(
+        result,
+        "[ok  ] virtiofsd --seccomp",
+        "log (set by virtio_fs_extra_args; the probe chose kill)",
+    ), result.stdout
+    assert "below the floor" not in result.stdout
+    # protections at or above the floor leave the verdict to the requirements
     assert result.returncode == (1 if "[FAIL]" in result.stdout else 0), result.stdout
 
 
 # --------------------------------------------------------------------------- start_vm, config
-async def test_start_vm_logs_and_passes_the_probed_modes(tmp_path):
+LOWERED = ConfinementFloor(qemu_sandbox=False, virtiofsd_sandbox="chroot", virtiofsd_seccomp="none")
+
+
+async def test_start_vm_refuses_virtiofsd_below_the_floor(tmp_path):
+    from shim.vmm.config import VMConfig
+    from shim.vmm.vm import _virtiofsd_confinement
+
+    path = fake_virtiofsd(tmp_path, fail_sandbox=("namespace",))
+    cache = HostCapsCache(tmp_path / "cache")
+    with pytest.raises(ConfinementError) as refused:
+        await _virtiofsd_confinement(VMConfig(virtiofsd_path=str(path)), cache)
+    message = str(refused.value)
+    assert "--sandbox=chroot is below the floor namespace" in message
+    assert "cannot enter the namespace sandbox" in message
+    assert '[hypervisor.qemu] virtio_fs_sandbox_floor = "chroot"' in message
+    user = VMConfig(virtiofsd_path=str(path), virtiofsd_extra_args=["--seccomp=none"])
+    with pytest.raises(ConfinementError, match="--seccomp=none is below the floor kill"):
+        await _virtiofsd_confinement(user, cache)
+
+
+async def test_start_vm_logs_and_passes_the_probed_modes_of_a_lowered_floor(tmp_path):
     from structlog.testing import capture_logs
 
     from shim.vmm.config import VMConfig
@@ -325,8 +403,11 @@ async def test_start_vm_logs_and_passes_the_probed_modes(tmp_path):
     path = fake_virtiofsd(tmp_path, fail_sandbox=("namespace",))
     cache = HostCapsCache(tmp_path / "cache")
     with capture_logs() as logs:
-        args = await _virtiofsd_confinement(VMConfig(virtiofsd_path=str(path)), cache)
-        user = VMConfig(virtiofsd_path=str(path), virtiofsd_extra_args=["--seccomp=none"])
+        config = VMConfig(virtiofsd_path=str(path), confinement=LOWERED)
+        args = await _virtiofsd_confinement(config, cache)
+        user = VMConfig(
+            virtiofsd_path=str(path), virtiofsd_extra_args=["--seccomp=none"], confinement=LOWERED
+        )
         user_args = await _virtiofsd_confinement(user, cache)
     assert args == user_args == ["--sandbox=chroot", "--seccomp=kill"]
     chosen = [(e["log_level"], e["sandbox"], e["seccomp"], e["from_config"]) for e in logs]
@@ -346,9 +427,67 @@ async def test_no_probe_when_the_user_sets_both(tmp_path):
 
     path = fake_virtiofsd(tmp_path)
     (tmp_path / "fail-all").touch()  # a probe would find nothing
-    extra = ["--sandbox", "none", "--seccomp=log"]
-    config = VMConfig(virtiofsd_path=str(path), virtiofsd_extra_args=extra)
+    extra = ["--sandbox", "chroot", "--seccomp=log"]
+    floor = ConfinementFloor(virtiofsd_sandbox="chroot", virtiofsd_seccomp="log")
+    config = VMConfig(virtiofsd_path=str(path), virtiofsd_extra_args=extra, confinement=floor)
     assert await _virtiofsd_confinement(config, HostCapsCache(None)) == []
+    with pytest.raises(ConfinementError, match="virtio_fs_extra_args sets it"):
+        await _virtiofsd_confinement(
+            VMConfig(virtiofsd_path=str(path), virtiofsd_extra_args=extra), HostCapsCache(None)
+        )
+
+
+async def test_start_vm_refuses_a_qemu_without_seccomp(tmp_path):
+    from shim.vmm.config import VMConfig
+    from shim.vmm.vm import _qemu_sandbox
+
+    qemu = tmp_path / "qemu"
+    qemu.write_text("#!/bin/sh\necho 'seccomp support is disabled' >&2\nexit 1\n")
+    qemu.chmod(0o755)
+    cache = HostCapsCache(tmp_path / "cache")
+    with pytest.raises(ConfinementError) as refused:
+        await _qemu_sandbox(VMConfig(qemu_path=str(qemu)), cache)
+    assert "seccomp support is disabled" in str(refused.value)
+    assert "[hypervisor.qemu] qemu_sandbox_required = false" in str(refused.value)
+    lowered = VMConfig(qemu_path=str(qemu), confinement=LOWERED)
+    assert await _qemu_sandbox(lowered, cache) is False
+
+
+async def test_a_refused_pod_leaves_nothing_behind(tmp_path):
+    """start_vm itself: the refusal comes before anything is started, and says why."""
+    from shim.vmm import start_vm
+    from shim.vmm.config import VMConfig
+
+    path = fake_virtiofsd(tmp_path, fail_sandbox=("namespace",))
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"not a kernel: never read")
+    config = VMConfig(
+        qemu_path=REAL_QEMU, kernel=str(kernel), initrd=None, virtiofsd_path=str(path), accel="tcg"
+    )
+    state = tmp_path / "state"
+    (tmp_path / "shared").mkdir()
+    with pytest.raises(ConfinementError, match="virtio_fs_sandbox_floor"):
+        await start_vm(config, state, tmp_path / "shared", cache_dir=tmp_path / "cache")
+    assert not [
+        p for p in procs.children(os.getpid()) if str(tmp_path) in " ".join(procs.cmdline(p))
+    ]
+    assert not any(state.glob("*.sock")) and not (state / "vm.json").exists()
+
+
+def test_config_reads_the_floor():
+    from shim.config import ConfigError, parse_config
+
+    hv = parse_config("").hypervisor
+    assert (hv.qemu_sandbox_required, hv.virtio_fs_sandbox_floor, hv.virtio_fs_seccomp_floor) == (
+        True,
+        "namespace",
+        "kill",
+    )
+    text = '[hypervisor.qemu]\nvirtio_fs_sandbox_floor = "chroot"\nqemu_sandbox_required = false\n'
+    hv = parse_config(text).hypervisor
+    assert (hv.virtio_fs_sandbox_floor, hv.qemu_sandbox_required) == ("chroot", False)
+    with pytest.raises(ConfigError, match="virtio_fs_seccomp_floor = 'strict'; expected one of"):
+        parse_config('[hypervisor.qemu]\nvirtio_fs_seccomp_floor = "strict"\n')
 
 
 def test_config_reads_virtio_fs_extra_args():

@@ -126,6 +126,10 @@ def fake_qemu_main(argv: list[str]) -> int:
         print("QEMU emulator version 7.2.0 (fake)")
         return 0
     mode, argv = argv[0], argv[1:]
+    if "-sandbox" in argv:  # as a QEMU built with seccomp does
+        from fake_seccomp import load_allow_all_filter
+
+        load_allow_all_filter()
     if mode == "exit":
         sys.stderr.write("qemu-system-x86_64: could not load kernel '/nope': "
                          "No such file or directory\n")
@@ -137,6 +141,10 @@ def fake_qemu_main(argv: list[str]) -> int:
 
 def fake_virtiofsd_main(argv: list[str]) -> int:
     path = next(a.split("=", 1)[1] for a in argv if a.startswith("--socket-path="))
+    if any(a in argv for a in ("--seccomp=kill", "--seccomp=log")):
+        from fake_seccomp import load_allow_all_filter
+
+        load_allow_all_filter()
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
     listener.listen()
@@ -160,6 +168,7 @@ if __name__ == "__main__":
 
 # --------------------------------------------------------------------------- tests
 from shim.vmm import VMConfig, kill_from_state, procs, start_vm  # noqa: E402
+from shim.vmm.confinement import ConfinementError, ConfinementFloor  # noqa: E402
 from shim.vmm.errors import (  # noqa: E402
     AgentTimeoutError,
     QemuExitedError,
@@ -295,6 +304,11 @@ async def test_virtiofsd_that_dies(tmp_path, files):
     bad.write_text("#!/bin/sh\necho 'virtiofsd: shared dir is gone' >&2\nexit 2\n")
     bad.chmod(0o755)
     cfg = config(tmp_path, files, shared_fs="virtio-fs", virtiofsd_path=str(bad))
+    # with the default floor the probe's failures refuse the pod before anything starts
+    with pytest.raises(ConfinementError, match="shared dir is gone"):
+        await start_vm(cfg, files["state"], files["shared"], cache_dir=files["cache"])
+    assert_nothing_left(files["state"])
+    cfg.confinement = ConfinementFloor(virtiofsd_sandbox="none", virtiofsd_seccomp="none")
     with pytest.raises(VirtiofsdError) as err:
         await start_vm(cfg, files["state"], files["shared"], cache_dir=files["cache"])
     assert err.value.exit_code == 2 and "shared dir is gone" in str(err.value)

@@ -32,22 +32,29 @@ class Finding:
 
 
 def _protections(hv: HypervisorConfig, cache: Any) -> list[Finding]:
-    """The confinement QEMU and virtiofsd get here: `ok` when on, `info` when off. Never
-    a failure (pods run without them), so they leave the exit status alone."""
+    """The confinement QEMU and virtiofsd get here, against the configured floor: `ok`
+    at or above it, `fail` below it (pods refuse to start), `info` when off and the
+    floor was lowered on purpose."""
     from shim.vmm import hostcaps
+    from shim.vmm.confinement import QEMU_KEY, ConfinementFloor
     from shim.vmm.qemu_args import SECCOMP
     from shim.vmm.virtiofsd import option_value
 
+    floor = ConfinementFloor(
+        hv.qemu_sandbox_required, hv.virtio_fs_sandbox_floor, hv.virtio_fs_seccomp_floor
+    )
     found: list[Finding] = []
     if os.path.exists(hv.path):
         on, detail = hostcaps.probe_seccomp(hv.path, cache)
         if on:
             on, detail = hostcaps.qemu_sandbox_active(hv.path, SECCOMP)
-        found.append(
-            Finding(
-                "QEMU -sandbox", OK if on else INFO, f"on ({detail})" if on else f"off: {detail}"
-            )
-        )
+        shortfall = floor.qemu_shortfall(on, detail)
+        if on:
+            found.append(Finding("QEMU -sandbox", OK, f"on ({detail})"))
+        elif shortfall:
+            found.append(Finding("QEMU -sandbox", FAIL, f"off: {shortfall}"))
+        else:
+            found.append(Finding("QEMU -sandbox", INFO, f"off: {detail} ({QEMU_KEY} = false)"))
     if hv.shared_fs != "virtio-fs" or not os.path.exists(hv.virtio_fs_daemon):
         return found
     choice = hostcaps.probe_virtiofsd(hv.virtio_fs_daemon, cache)
@@ -56,11 +63,17 @@ def _protections(hv: HypervisorConfig, cache: Any) -> list[Finding]:
         ("--seccomp", choice.seccomp, choice.seccomp_detail),
     ):
         mode = option_value(hv.virtio_fs_extra_args, option)
-        if mode:
+        configured = mode is not None
+        if configured:
             detail = f"set by virtio_fs_extra_args; the probe chose {probed or 'nothing'}"
         mode = mode or probed
-        status = INFO if mode in (None, "none") else OK
-        found.append(Finding(f"virtiofsd {option}", status, f"{mode or 'unknown'} ({detail})"))
+        shortfall = floor.virtiofsd_shortfall(option, mode, detail=detail, configured=configured)
+        if shortfall:
+            status, text = FAIL, shortfall
+        else:
+            status = INFO if mode in (None, "none") else OK
+            text = f"{mode or 'unknown'} ({detail})"
+        found.append(Finding(f"virtiofsd {option}", status, text))
     return found
 
 

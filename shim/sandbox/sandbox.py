@@ -31,6 +31,7 @@ class SandboxError(Exception):
 def vm_config(config: Config, netns: str | None, nics: list[Any] | None = None) -> Any:
     """The vmm layer's VMConfig from our configuration (and the pod network's NICs)."""
     from shim.vmm import VMConfig
+    from shim.vmm.confinement import ConfinementFloor
 
     hv = config.hypervisor
     return VMConfig(
@@ -53,6 +54,11 @@ def vm_config(config: Config, netns: str | None, nics: list[Any] | None = None) 
         agent_timeout=config.agent.dial_timeout,
         debug_console=config.agent.debug_console_enabled,
         free_page_reporting=hv.reclaim_guest_freed_memory,
+        confinement=ConfinementFloor(
+            qemu_sandbox=hv.qemu_sandbox_required,
+            virtiofsd_sandbox=hv.virtio_fs_sandbox_floor,
+            virtiofsd_seccomp=hv.virtio_fs_seccomp_floor,
+        ),
         template_path=config.factory.template_path if config.factory.enable_template else None,
     )
 
@@ -87,6 +93,10 @@ class Sandbox:
         netns: the pod's network namespace (None: no network); hostname and dns
         (resolv.conf lines) are the pod's, given to the agent.
         """
+        if netns is not None:
+            from shim.netns.nsenter import check_pod_netns
+
+            check_pod_netns(netns)
         if self.state_dir.exists() and any(self.state_dir.iterdir()):
             raise SandboxError(f"sandbox state {self.state_dir} already exists")
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from protos.containerd.types import mount_pb2
 from protos.containerd.types.task import task_pb2 as task_types
 from protos.kata import agent_pb2
 from shim.config import Config, ConfigError, load_config
+from shim.netns.nsenter import NetnsRefused
 from shim.oci import SpecError, process_to_kata, resources_to_kata, spec_to_kata
 from shim.paths import CONTAINER_TYPE_ANNOTATION, InvalidIdentifier, check_identifier, group_of
 from shim.sandbox.mounts import MountError, MountSpec
@@ -38,6 +39,7 @@ from shim.task_service.process import (
     Stdio,
 )
 from shim.task_service.stdio import CHUNK, InputCopier, OutputCopier
+from shim.vmm.confinement import ConfinementError
 
 log = structlog.get_logger(__name__)
 Code = ttrpc.Code
@@ -256,8 +258,12 @@ class TaskService:
             config: Config = load_config(*runtime_options(request.options))
         except ConfigError as exc:
             raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
+        try:
+            sandbox_id = group_of(spec, request.id)
+        except InvalidIdentifier as exc:
+            raise _invalid(exc) from None
         await self.boot_sandbox(
-            group_of(spec, request.id),
+            sandbox_id,
             config,
             netns=network_namespace(spec),
             hostname=spec.get("hostname", "") or "",
@@ -280,6 +286,12 @@ class TaskService:
         log.info("starting sandbox VM", sandbox=sandbox_id, config=config.source)
         try:
             await sandbox.start(netns=netns, hostname=hostname, dns=dns)
+        except NetnsRefused as exc:
+            raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
+        except ConfinementError as exc:
+            raise TTRPCError(
+                Code.FAILED_PRECONDITION, f"cannot start the sandbox VM: {exc}"
+            ) from None
         except (SandboxError, MountError, OSError) as exc:
             raise TTRPCError(Code.UNAVAILABLE, f"cannot start the sandbox VM: {exc}") from exc
         except Exception as exc:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from shim.vmm.confinement import ConfinementFloor
+
 Accel = Literal["auto", "kvm", "tcg"]
 SharedFS = Literal["virtio-fs", "none"]
 AgentTransport = Literal["auto", "vsock", "serial"]
@@ -65,6 +67,8 @@ class VMConfig:
     agent_transport: AgentTransport = "auto"  # auto: vsock when /dev/vhost-vsock exists
     vsock_cid: int | None = None  # None: pick a free one
     seccomp_sandbox: bool = True  # QEMU -sandbox on (if this QEMU supports it)
+    # the weakest confinement a pod may start with (below it: ConfinementError)
+    confinement: ConfinementFloor = field(default_factory=ConfinementFloor)
     free_page_reporting: bool = True  # the guest returns the pages it frees (virtio-balloon)
     debug_console: bool = False  # a shell in the guest on a port of its own (dbgcon.sock)
     extra_qemu_args: list[str] = field(default_factory=list)

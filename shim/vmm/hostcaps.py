@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from shim.paths import STATE_ROOT, write_atomic
 from shim.vmm import procs
@@ -99,7 +99,7 @@ def probe_seccomp(qemu: str, cache: HostCapsCache | None = None) -> tuple[bool, 
         )
         ok, detail = r.returncode == 0, (r.stderr.strip() or r.stdout.strip())[-300:]
     except (OSError, subprocess.TimeoutExpired) as e:
-        ok, detail = False, str(e)
+        return False, str(e)  # a slow or busy moment, not a property of the binary
     if cache is not None:
         cache.put(key, {"ok": ok, "detail": detail})
     return ok, detail
@@ -264,11 +264,15 @@ def _trial(
     return True, str(seen) if want_filter else isolation
 
 
-def _try_virtiofsd(
-    path: str, options: list[str], *, want_filter: bool, timeout: float
-) -> tuple[bool, str]:
+class _Trial(NamedTuple):
+    ok: bool
+    detail: str
+    timed_out: bool = False  # failed at its deadline: says nothing lasting about the host
+
+
+def _try_virtiofsd(path: str, options: list[str], *, want_filter: bool, timeout: float) -> _Trial:
     """Run virtiofsd with `options` on a scratch dir, ask it one vhost-user question and
-    hang up; (ok, detail). ok: it answered, left with status 0 on the hang-up and, when
+    hang up. ok: it answered, left with status 0 on the hang-up and, when
     `want_filter`, its serving process had a seccomp filter."""
     with tempfile.TemporaryDirectory(prefix="pykata-vfsd-probe.") as tmp:
         socket_path, shared, log_path = Path(tmp, "vfs.sock"), Path(tmp, "shared"), Path(tmp, "log")
@@ -277,17 +281,19 @@ def _try_virtiofsd(
         try:
             popen = launch(argv, log_path, "wb")
         except OSError as e:
-            return False, str(e)
+            return _Trial(False, str(e))
+        deadline = time.monotonic() + timeout
         try:
-            ok, detail = _trial(popen, socket_path, shared, want_filter, time.monotonic() + timeout)
+            ok, detail = _trial(popen, socket_path, shared, want_filter, deadline)
         finally:
             if popen.poll() is None:
                 popen.kill()  # with --sandbox=namespace its child dies with it
             popen.wait()
-        if not ok:
-            lines = log_path.read_text(errors="replace").strip().splitlines()
-            detail += f": {lines[-1][-200:]}" if lines else ""
-        return ok, detail
+        if ok:
+            return _Trial(True, detail)
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+        detail += f": {lines[-1][-200:]}" if lines else ""
+        return _Trial(False, detail, timed_out=time.monotonic() >= deadline)
 
 
 def probe_virtiofsd(
@@ -295,35 +301,39 @@ def probe_virtiofsd(
 ) -> VirtiofsdConfinement:
     """The strongest --sandbox, then the strongest --seccomp (with that sandbox), that
     this virtiofsd really runs with on this host. Cached by the file's identity; a probe
-    where nothing works is not cached."""
+    where nothing works, or where a mode failed by timing out, is not cached (a slow
+    moment is not a property of the host)."""
     key = f"virtiofsd-confinement{VIRTIOFSD_PROBE_VERSION}:{file_identity(path)}"
     if cache is not None and isinstance(hit := cache.get(key), dict):
         with contextlib.suppress(TypeError):  # an entry of another shape: probe again
             return VirtiofsdConfinement(**hit)
     if not os.path.exists(path):
         return VirtiofsdConfinement(None, None, f"{path} not found", "not tried")
-    sandbox, sandbox_detail = _first_working(path, timeout, VIRTIOFSD_SANDBOXES, None)
+    sandbox, sandbox_detail, slow = _first_working(path, timeout, VIRTIOFSD_SANDBOXES, None)
     if sandbox is None:
         return VirtiofsdConfinement(None, None, sandbox_detail, "not tried")
-    seccomp, seccomp_detail = _first_working(path, timeout, VIRTIOFSD_SECCOMPS, sandbox)
+    seccomp, seccomp_detail, slow_too = _first_working(path, timeout, VIRTIOFSD_SECCOMPS, sandbox)
     result = VirtiofsdConfinement(sandbox, seccomp or "none", sandbox_detail, seccomp_detail)
-    if cache is not None:
+    if cache is not None and not (slow or slow_too):
         cache.put(key, asdict(result))
     return result
 
 
 def _first_working(
     path: str, timeout: float, modes: tuple[str, ...], sandbox: str | None
-) -> tuple[str | None, str]:
+) -> tuple[str | None, str, bool]:
     """The first of `modes` virtiofsd runs with: --sandbox modes (with --seccomp=none)
-    when `sandbox` is None, else --seccomp modes under that sandbox; (mode, detail)."""
+    when `sandbox` is None, else --seccomp modes under that sandbox; (mode, detail,
+    whether a stronger mode failed by timing out)."""
     failed = []
+    timed_out = False
     for mode in modes:
         options = [f"--sandbox={mode}", "--seccomp=none"]
         if sandbox is not None:
             options = [f"--sandbox={sandbox}", f"--seccomp={mode}"]
-        ok, detail = _try_virtiofsd(path, options, want_filter=sandbox is not None, timeout=timeout)
-        if ok:
-            return mode, "; ".join([*failed, detail])
-        failed.append(f"{mode} failed: {detail}")
-    return None, "; ".join(failed)
+        trial = _try_virtiofsd(path, options, want_filter=sandbox is not None, timeout=timeout)
+        if trial.ok:
+            return mode, "; ".join([*failed, trial.detail]), timed_out
+        timed_out = timed_out or trial.timed_out
+        failed.append(f"{mode} failed{' (timed out)' if trial.timed_out else ''}: {trial.detail}")
+    return None, "; ".join(failed), timed_out

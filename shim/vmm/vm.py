@@ -20,6 +20,7 @@ from shim.vmm import hotplug, procs, qemu_args, restore
 from shim.vmm.accel import AccelChoice, choose_accel
 from shim.vmm.child import ChildProcess
 from shim.vmm.config import AGENT_VSOCK_PORT, QBOOT, VMConfig
+from shim.vmm.confinement import QEMU_KEY, ConfinementError, refuse
 from shim.vmm.errors import AgentTimeoutError, QemuExitedError, VMError, VMStartError
 from shim.vmm.factory import Clone, prepare_clone
 from shim.vmm.hostcaps import (
@@ -357,39 +358,72 @@ async def _wait_agent(st: _Start, agent: AgentClient) -> Any:
 
 async def _virtiofsd_confinement(config: VMConfig, cache: HostCapsCache) -> list[str]:
     """--sandbox/--seccomp for virtiofsd: the strongest this host runs (probed once per
-    boot and binary), unless virtiofsd_extra_args sets them (the user's choice wins)."""
+    boot and binary), unless virtiofsd_extra_args sets them (the user's choice wins).
+    Raises ConfinementError when what it would run with is below the floor."""
     if not os.path.exists(config.virtiofsd_path):
         return []  # start_virtiofsd says so
     extra = config.virtiofsd_extra_args
     sandbox, seccomp = option_value(extra, "--sandbox"), option_value(extra, "--seccomp")
+    configured = tuple(o for o in ("--sandbox", "--seccomp") if option_value(extra, o))
     choice = None
     if not (sandbox and seccomp):
         choice = await asyncio.to_thread(probe_virtiofsd, config.virtiofsd_path, cache)
         sandbox, seccomp = sandbox or choice.sandbox, seccomp or choice.seccomp
+    refuse(
+        config.confinement.virtiofsd_shortfalls(
+            sandbox, seccomp, detail=choice.detail if choice else "", configured=configured
+        )
+    )
     emit = log.info if (sandbox, seccomp) == ("namespace", "kill") else log.warning
     emit(
         "virtiofsd confinement",
-        sandbox=sandbox or "virtiofsd's default",
-        seccomp=seccomp or "virtiofsd's default",
-        from_config=[o for o in ("--sandbox", "--seccomp") if option_value(extra, o)],
+        sandbox=sandbox,
+        seccomp=seccomp,
+        from_config=list(configured),
+        floor=f"{config.confinement.virtiofsd_sandbox}/{config.confinement.virtiofsd_seccomp}",
         probe=choice.detail if choice else None,
     )
     return choice.args() if choice else []
 
 
+async def _qemu_sandbox(config: VMConfig, cache: HostCapsCache) -> bool:
+    """Whether QEMU runs with -sandbox; ConfinementError when the floor needs it and this
+    QEMU has no seccomp support."""
+    if not config.seccomp_sandbox:
+        refuse(list(filter(None, [config.confinement.qemu_shortfall(False, "switched off")])))
+        return False
+    on, detail = await asyncio.to_thread(probe_seccomp, config.qemu_path, cache)
+    if not on:
+        refuse(list(filter(None, [config.confinement.qemu_shortfall(False, detail)])))
+        log.warning(
+            f"QEMU has no seccomp support: running without -sandbox, as {QEMU_KEY} allows",
+            qemu=config.qemu_path,
+            detail=detail,
+        )
+    return on
+
+
 def _check_confinement(st: _Start, seccomp: bool, virtiofsd_args: list[str]) -> dict[str, str]:
-    """The seccomp state QEMU and virtiofsd really run with, for the start log; a warning
-    when one that should have a filter has none."""
+    """The seccomp state QEMU and virtiofsd really run with, for the start log.
+
+    A process started with a filter that /proc shows without one is a ConfinementError
+    when the floor needs that filter (a warning when the floor was lowered)."""
     assert st.qemu is not None
-    checks = [("qemu", st.qemu.pid, seccomp)]
+    floor = st.config.confinement
+    checks = [("qemu", st.qemu.pid, seccomp, floor.qemu_sandbox)]
     if st.virtiofsd is not None:
         mode = option_value([*virtiofsd_args, *st.config.virtiofsd_extra_args], "--seccomp")
-        checks.append(("virtiofsd", virtiofsd_serving_pid(st.virtiofsd.pid), mode != "none"))
+        needed = floor.virtiofsd_seccomp != "none"
+        checks.append(
+            ("virtiofsd", virtiofsd_serving_pid(st.virtiofsd.pid), mode != "none", needed)
+        )
     out = {}
-    for name, pid, want in checks:
+    for name, pid, want, needed in checks:
         seen = procs.read_confinement(pid)
         out[f"{name}_seccomp"] = seen.seccomp_name if seen else "gone"
         if want and seen is not None and not seen.filtered:
+            if needed:
+                refuse([f"{name} (pid {pid}) runs without its seccomp filter ({seen})"])
             log.warning("running without a seccomp filter", process=name, pid=pid, status=str(seen))
     return out
 
@@ -449,15 +483,7 @@ async def _start_vm(
         accel = await choose_accel(
             config.accel, config.qemu_path, config.kernel, config.cpu_model, cache=cache
         )
-        seccomp = False
-        if config.seccomp_sandbox:
-            seccomp, detail = await asyncio.to_thread(probe_seccomp, config.qemu_path, cache)
-            if not seccomp:
-                log.warning(
-                    "QEMU has no seccomp support: running without -sandbox",
-                    qemu=config.qemu_path,
-                    detail=detail,
-                )
+        seccomp = await _qemu_sandbox(config, cache)
         virtiofsd_args = []
         if virtiofs:
             virtiofsd_args = await _virtiofsd_confinement(config, cache)
@@ -543,7 +569,9 @@ async def _start_vm(
         confinement = _check_confinement(st, seccomp, virtiofsd_args)
     except BaseException as exc:
         await st.abort()
-        if clone is not None and isinstance(exc, Exception):
+        if clone is not None and isinstance(exc, Exception) and not isinstance(
+            exc, ConfinementError  # a boot would be refused as well
+        ):
             error = exc if isinstance(exc, VMError) else VMStartError(str(exc))
             raise _RestoreFailed() from error
         if isinstance(exc, VMError) or not isinstance(exc, Exception):
