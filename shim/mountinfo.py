@@ -36,3 +36,17 @@ def fstype_of(path: str) -> str | None:
     except OSError:
         return None
     return fstype
+
+
+def writable_under(prefix: str) -> list[str]:
+    """Mount points at or below prefix whose per-mount options are not read-only."""
+    prefix = os.path.realpath(prefix)
+    found: list[str] = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4].replace("\\040", " ")
+            inside = point == prefix or point.startswith(prefix.rstrip("/") + "/")
+            if inside and "ro" not in fields[5].split(","):
+                found.append(point)
+    return found

@@ -29,6 +29,18 @@ MS_SHARED = 1 << 20
 MS_RELATIME = 1 << 21
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 0x2
+# the new mount API (Linux 5.12+; the numbers are the same on every architecture)
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_MOUNT_SETATTR = 442
+OPEN_TREE_CLONE = 0x1
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+# flags a read-only remount of a bind keeps (statvfs f_flag bits equal to the MS_ ones)
+_KEPT_ON_REMOUNT = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME
 
 # option -> (flags to set, flags to clear)
 _FLAG_OPTIONS = {
@@ -139,6 +151,50 @@ def mount_spec(spec: MountSpec, target: str) -> None:
     mount(spec.source, target, fstype, flags & ~MS_RDONLY if flags & MS_BIND else flags, data)
     if flags & MS_BIND and flags & MS_RDONLY:
         mount("", target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | (flags & ~MS_BIND))
+
+
+def bind_readonly(source: str, target: str) -> None:
+    """Bind source, with every submount, at target, read-only throughout from the start.
+
+    The copy is made detached (open_tree), set read-only recursively (mount_setattr),
+    then attached (move_mount): the copies that propagation makes into peers and slaves
+    (the sandbox's shared/) are read-only too, which a bind then remount never gives
+    them. Raises MountError; errno ENOSYS on kernels before 5.12 (see remount_readonly).
+    """
+    import ctypes
+
+    libc = _libc()
+    c = ctypes.c_long
+    fd = libc.syscall(
+        c(SYS_OPEN_TREE), c(AT_FDCWD), source.encode(),
+        c(OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE),
+    )  # fmt: skip
+    if fd < 0:
+        err = _errno()
+        raise MountError(err, f"open_tree {source} failed: {os.strerror(err)}")
+    try:
+        attr = ctypes.create_string_buffer(MOUNT_ATTR_RDONLY.to_bytes(8, "little") + bytes(24))
+        if libc.syscall(
+            c(SYS_MOUNT_SETATTR), c(fd), b"", c(AT_EMPTY_PATH | AT_RECURSIVE), attr, c(32)
+        ):
+            err = _errno()
+            raise MountError(err, f"mount_setattr read-only on {source} failed: {os.strerror(err)}")
+        if libc.syscall(
+            c(SYS_MOVE_MOUNT), c(fd), b"", c(AT_FDCWD), target.encode(),
+            c(MOVE_MOUNT_F_EMPTY_PATH),
+        ):  # fmt: skip
+            err = _errno()
+            raise MountError(err, f"move_mount {source} to {target} failed: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def remount_readonly(prefix: str) -> None:
+    """Remount every mount at or below prefix read-only, keeping nosuid/nodev/noexec/atime
+    flags (the way to read-only binds on kernels without mount_setattr)."""
+    for point in reversed(mounted_under(prefix)):  # parents first
+        kept = os.statvfs(point).f_flag & _KEPT_ON_REMOUNT
+        mount("", point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept)
 
 
 def mount_all(specs: Iterable[MountSpec], target: str) -> None:

@@ -167,10 +167,13 @@ class Sandbox:
             raise SandboxError("shared_fs = none cannot carry a container rootfs yet")
         return self.shared.share_dir(container_id, "rootfs", rootfs_path)
 
-    def share_mount(self, container_id: str, index: int, source: str) -> str:
-        """Share a bind mount's host source with the guest; its guest path."""
+    def share_mount(
+        self, container_id: str, index: int, source: str, *, readonly: bool = False
+    ) -> str:
+        """Share a bind mount's host source with the guest (read-only on the host when
+        the mount is); its guest path."""
         name = f"mount-{index}-{os.path.basename(source.rstrip('/')) or 'root'}"
-        return self.shared.share_dir(container_id, name, source)
+        return self.shared.share_dir(container_id, name, source, readonly=readonly)
 
     def remove_container(self, container_id: str) -> None:
         """Unshare and unmount a container's rootfs; forget it."""

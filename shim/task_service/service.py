@@ -433,7 +433,9 @@ class TaskService:
             if is_bind and source.startswith("/"):
                 if not os.path.exists(source):
                     raise SpecError(f"bind mount source {source} does not exist")
-                guest_path = self.sandbox.share_mount(container.id, index, source)
+                guest_path = self.sandbox.share_mount(
+                    container.id, index, source, readonly="ro" in options
+                )
                 container.shared_sources[source] = guest_path
                 _note_direct_volume(self.sandbox.id, source)
                 entry = dict(entry, source=guest_path)

@@ -1,0 +1,86 @@
+"""A read-only volume is read-only where virtiofsd sees it (the sandbox's shared/), with its
+submounts, on every kernel path; a share that cannot be made so is refused and undone.
+Real bind mounts (root)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from shim.mountinfo import mounted_under, writable_under
+from shim.sandbox import shared_fs
+from shim.sandbox.mounts import MS_BIND, MountError, mount, unmount_all_under
+from shim.sandbox.shared_fs import SharedDir
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
+
+
+@pytest.fixture
+def share(tmp_path):
+    """A sandbox's shared folder, and a volume whose subfolder is a mount of its own."""
+    shared = SharedDir(tmp_path / "state")
+    shared.setup()
+    volume = tmp_path / "volume"
+    (volume / "sub").mkdir(parents=True)
+    (volume / "file").write_text("host data")
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "secret").write_text("inner data")
+    mount(str(inner), str(volume / "sub"), None, MS_BIND)
+    yield shared, volume
+    unmount_all_under(str(tmp_path))
+
+
+def assert_read_only_everywhere(shared: SharedDir, volume: Path) -> None:
+    exported = shared.shared / "c1" / "vol"
+    assert (exported / "file").read_text() == "host data"
+    assert (exported / "sub" / "secret").read_text() == "inner data", "submounts are shared"
+    assert len(mounted_under(str(exported))) == 2
+    assert writable_under(str(exported)) == [], "what virtiofsd exports"
+    assert writable_under(str(shared.mounts / "c1" / "vol")) == []
+    for path in (exported / "file", exported / "sub" / "secret", exported / "new"):
+        with pytest.raises(OSError) as refused:
+            path.write_text("from the guest")
+        assert refused.value.errno == errno.EROFS
+    assert (volume / "file").read_text() == "host data"
+    (volume / "sub" / "secret").write_text("the host's own mount stays writable")
+
+
+def test_a_read_only_share_is_read_only_with_its_submounts(share):
+    shared, volume = share
+    guest = shared.share_dir("c1", "vol", str(volume), readonly=True)
+    assert guest == f"{shared_fs.GUEST_SHARED_DIR}/c1/vol"
+    assert_read_only_everywhere(shared, volume)
+
+
+def test_without_mount_setattr_each_copy_is_remounted(share, monkeypatch):
+    def enosys(source: str, target: str) -> None:
+        raise MountError(errno.ENOSYS, "open_tree: Function not implemented")
+
+    monkeypatch.setattr(shared_fs, "bind_readonly", enosys)
+    shared, volume = share
+    shared.share_dir("c1", "vol", str(volume), readonly=True)
+    assert_read_only_everywhere(shared, volume)
+
+
+def test_a_share_that_stays_writable_is_refused_and_undone(share, monkeypatch):
+    def enosys(source: str, target: str) -> None:
+        raise MountError(errno.ENOSYS, "open_tree: Function not implemented")
+
+    monkeypatch.setattr(shared_fs, "bind_readonly", enosys)
+    monkeypatch.setattr(shared_fs, "remount_readonly", lambda prefix: None)
+    shared, volume = share
+    with pytest.raises(MountError, match=r"cannot share .*volume read-only: still writable"):
+        shared.share_dir("c1", "vol", str(volume), readonly=True)
+    assert mounted_under(str(shared.mounts / "c1")) == []
+    assert mounted_under(str(shared.shared / "c1")) == []
+
+
+def test_a_writable_share_stays_writable(share):
+    shared, volume = share
+    shared.share_dir("c1", "vol", str(volume))
+    (shared.shared / "c1" / "vol" / "file").write_text("written through the share")
+    assert (volume / "file").read_text() == "written through the share"
