@@ -100,7 +100,7 @@ def add(volume_path: str, mount_info: str, root: Path | None = None) -> Path:
     if directory.exists() and not directory.is_dir():
         raise DirectVolumeError(f"{directory} should be a directory")
     MountInfo.from_json(mount_info)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths.private_dir(directory, top=root)  # root None: from STATE_ROOT down
     target = directory / MOUNT_INFO_FILE
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

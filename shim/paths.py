@@ -106,6 +106,49 @@ def check_state_dir(state_dir: Path) -> Path:
     return state_dir
 
 
+PRIVATE_DIR_MODE = 0o700
+
+
+def private_dir(
+    path: str | os.PathLike[str], top: str | os.PathLike[str] | None = None
+) -> Path:
+    """Make directory `path` exist with mode 0700, whatever the umask; return it.
+
+    Every directory from `top` down to `path` is made the same way, or tightened to
+    0700 when it exists with a wider mode (older versions made them 0755): no other
+    user lists sandbox ids or reaches anything below. `top` defaults to STATE_ROOT
+    for a path under it, else to `path` itself; directories above `top` are made as
+    `mkdir -p` makes them and left as they are. Below `top`, a symlink raises OSError.
+    """
+    path = Path(path)
+    if top is None:
+        top = STATE_ROOT if path.is_relative_to(STATE_ROOT) else path
+    top = Path(top)
+    parts = path.relative_to(top).parts  # ValueError if path is not under top
+    top.parent.mkdir(parents=True, exist_ok=True)
+    _make_private(top, follow=True)  # the root may be a link the operator chose
+    for i in range(len(parts)):
+        _make_private(top.joinpath(*parts[: i + 1]), follow=False)
+    return path
+
+
+def _make_private(directory: Path, *, follow: bool) -> None:
+    import contextlib
+    import stat
+
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, PRIVATE_DIR_MODE)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(directory, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        # a shared sticky directory (/tmp named as the root by mistake) is never narrowed
+        if stat.S_IMODE(mode) != PRIVATE_DIR_MODE and not mode & stat.S_ISVTX:
+            os.fchmod(fd, PRIVATE_DIR_MODE)
+    finally:
+        os.close(fd)
+
+
 def socket_is_served(path: str, timeout: float = 0.5) -> bool:
     """Does a process accept connections on this Unix socket file?
 

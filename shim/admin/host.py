@@ -104,7 +104,7 @@ def findings(config_path: str) -> list[Finding]:
     root = paths.STATE_ROOT
     cache = HostCapsCache(root) if os.access(root.parent, os.W_OK) else None
     if cache is not None:
-        root.mkdir(parents=True, exist_ok=True)
+        paths.private_dir(root)
     choice = asyncio.run(choose_accel(hv.accel, hv.path, hv.kernel, cache=cache))
     found.append(Finding("accelerator", INFO, f"{choice.accel} ({choice.reason})"))
     vsock = os.path.exists("/dev/vhost-vsock")

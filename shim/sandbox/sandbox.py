@@ -99,7 +99,9 @@ class Sandbox:
             check_pod_netns(netns)
         if self.state_dir.exists() and any(self.state_dir.iterdir()):
             raise SandboxError(f"sandbox state {self.state_dir} already exists")
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        from shim.paths import private_dir
+
+        private_dir(self.state_dir)  # and STATE_ROOT, its namespace: 0700
         self.record.save(self.state_dir)
         try:
             if self.config.hypervisor.shared_fs == "virtio-fs":

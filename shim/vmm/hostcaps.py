@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from shim.paths import STATE_ROOT, write_atomic
+from shim.paths import STATE_ROOT, private_dir, write_atomic
 from shim.vmm import procs
 from shim.vmm.virtiofsd import launch, seccomp_killed
 
@@ -74,7 +74,7 @@ class HostCapsCache:
         entries[key] = value
         text = json.dumps({"boot_id": boot_id(), "entries": entries}, indent=2, sort_keys=True)
         with contextlib.suppress(OSError):  # a cache that cannot be written is only slower
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
             write_atomic(self.path, text + "\n")
 
 

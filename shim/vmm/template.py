@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shim.paths import private_dir
 from shim.vmm.config import VMConfig
 from shim.vmm.qemu_args import HOTPLUG_PORTS, kernel_cmdline
 
@@ -232,7 +233,8 @@ def copy_sparse(src: Path, dst_fd: int) -> int:
 def lock(tdir: TemplateDir, exclusive: bool) -> int:
     """flock on the template's lock file (waits): exclusive to replace the template,
     shared to read it. Returns the fd; closing it releases the lock."""
-    tdir.lock_file.parent.mkdir(parents=True, exist_ok=True)
+    # the guest RAM and device state of the template are below: 0700 like STATE_ROOT
+    private_dir(tdir.lock_file.parent)
     fd = os.open(tdir.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)

@@ -471,7 +471,9 @@ async def _start_vm(
     as_template: bool,
 ) -> RunningVM:
     state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from shim.paths import private_dir
+
+    private_dir(state_dir)
     paths = VMPaths(state_dir)
     _check_inputs(config, paths)
     kill_from_state(state_dir)  # stale sockets of an earlier, dead VM
