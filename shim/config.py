@@ -65,6 +65,8 @@ class RuntimeConfig:
     enable_debug: bool = False
     internetworking_model: str = "tcfilter"
     create_container_timeout: float = 60.0  # seconds for the agent's CreateContainer (Kata's)
+    # the shim daemon, QEMU and virtiofsd in the sandbox's cgroup (Kata's key)
+    sandbox_cgroup_only: bool = True
 
 
 @dataclass

@@ -15,6 +15,7 @@ STATE_ROOT = Path(os.environ.get("PYKATA_STATE_ROOT", "/run/pykata"))
 # In each sandbox's state dir: its record (shim.sandbox.state) and QEMU's pid file.
 SANDBOX_FILE = "sandbox.json"
 QEMU_PID_FILE = "qemu.pid"
+CGROUP_FILE = "cgroup.json"  # the pod's cgroup (shim.sandbox.cgroup), removed by teardown
 # Directly assigned volumes: <root>/<base64url(volume path)>/mountInfo.json, as Kata lays them
 # out under /run/kata-containers/shared/direct-volumes (not a containerd namespace: it has
 # no sandbox.json children).

@@ -78,6 +78,7 @@ class Sandbox:
         self.vm: Any = None
         self.agent: Any = None  # ttrpc.Stub for grpc.AgentService
         self.network: Any = None  # shim.netns.pod.PodNetwork
+        self.cgroup: Any = None  # shim.sandbox.cgroup.PodCgroup the daemon joined
         self._stopped = False
 
     @property
@@ -86,12 +87,19 @@ class Sandbox:
         return self.vm.pid if self.vm is not None else 0
 
     async def start(
-        self, *, netns: str | None, hostname: str = "", dns: list[str] | None = None
+        self,
+        *,
+        netns: str | None,
+        hostname: str = "",
+        dns: list[str] | None = None,
+        cgroup_path: str | None = None,
     ) -> None:
         """Boot the VM and create the agent's sandbox; on failure undo everything.
 
         netns: the pod's network namespace (None: no network); hostname and dns
-        (resolv.conf lines) are the pod's, given to the agent.
+        (resolv.conf lines) are the pod's, given to the agent; cgroup_path: the pod's
+        cgroup, which this daemon joins before starting virtiofsd and QEMU when
+        [runtime] sandbox_cgroup_only is on (None: they stay where the daemon is).
         """
         if netns is not None:
             from shim.netns.nsenter import check_pod_netns
@@ -104,6 +112,8 @@ class Sandbox:
         private_dir(self.state_dir)  # and STATE_ROOT, its namespace: 0700
         self.record.save(self.state_dir)
         try:
+            if cgroup_path is not None and self.config.runtime.sandbox_cgroup_only:
+                self._join_cgroup(cgroup_path)
             if self.config.hypervisor.shared_fs == "virtio-fs":
                 self.shared.setup()
             from shim.netns.pod import setup as setup_network
@@ -177,6 +187,13 @@ class Sandbox:
         name = f"mount-{index}-{os.path.basename(source.rstrip('/')) or 'root'}"
         return self.shared.share_dir(container_id, name, source, readonly=readonly)
 
+    def _join_cgroup(self, path: str) -> None:
+        from shim.sandbox.cgroup import PodCgroup
+
+        self.cgroup = PodCgroup.join(path, os.getpid())
+        self.cgroup.save(self.state_dir)
+        log.info("sandbox cgroup joined", sandbox=self.id, cgroup=path, made=self.cgroup.made)
+
     def remove_container(self, container_id: str) -> None:
         """Unshare and unmount a container's rootfs; forget it."""
         teardown.forget_container(self.state_dir, self.record, container_id)
@@ -203,6 +220,8 @@ class Sandbox:
         def report(line: str) -> None:
             log.info("sandbox cleanup", action=line, sandbox=self.id)
 
+        if self.cgroup is not None:  # out of it, so that teardown can remove it
+            self.cgroup.leave(os.getpid())
         await in_own_thread(teardown.release, self.state_dir, self.record, report)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shim.mountinfo import mounted_under
-from shim.paths import check_state_dir
+from shim.paths import CGROUP_FILE, check_state_dir
 
 Report = Callable[[str], None]
 
@@ -79,6 +79,11 @@ def release(state_dir: Path, record: Any, report: Report = _quiet) -> None:
             report(line)
     except Exception as exc:  # the network is gone with the netns, or half-undone: go on
         report(f"network cleanup failed: {exc}")
+    if (state_dir / CGROUP_FILE).exists():  # the pod's cgroup, once its VM is gone
+        from shim.sandbox.cgroup import remove_recorded
+
+        for line in remove_recorded(state_dir):
+            report(line)
     for container_id in list(record.containers) if record is not None else []:
         forget_container(state_dir, record, container_id)
     if mounted_under(str(state_dir)):

@@ -27,6 +27,7 @@ from protos.containerd.types import platform_pb2
 from protos.kubernetes import cri_pod_pb2
 from shim.config import ConfigError, load_config
 from shim.paths import InvalidIdentifier, check_identifier
+from shim.sandbox.cgroup import CgroupError, sandbox_cgroup_path
 from shim.start import OPTIONS_ENV
 from shim.task_service.service import DEAD_VM_STATUS, runtime_options
 from ttrpc import Code, TTRPCError
@@ -43,6 +44,16 @@ def _timestamp(ns: int) -> Timestamp:
     stamp = Timestamp()
     stamp.FromNanoseconds(ns)
     return stamp
+
+
+def pod_cgroup_path(cgroup_parent: str, namespace: str, sandbox_id: str) -> str:
+    """The sandbox's cgroup under kubelet's pod cgroup, named as containerd names the pause
+    container's (`parent:cri-containerd:id` for a systemd slice, `parent/id` otherwise)."""
+    if not cgroup_parent:
+        return sandbox_cgroup_path(None, default=f"/pykata/{namespace}/{sandbox_id}")
+    if cgroup_parent.endswith(".slice"):
+        return sandbox_cgroup_path(f"{cgroup_parent}:cri-containerd:{sandbox_id}", default="")
+    return sandbox_cgroup_path(f"{cgroup_parent.rstrip('/')}/{sandbox_id}", default="")
 
 
 def start_options() -> tuple[str, bytes]:
@@ -119,6 +130,7 @@ class _Pod:
     netns: str | None
     hostname: str
     dns: list[str]
+    cgroup_path: str | None = None
     created_ns: int = 0
     exited_ns: int = 0
     exit_status: int = 0
@@ -161,12 +173,19 @@ class SandboxService:
                 config = load_config(*self._options)
             except ConfigError as exc:
                 raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
+            try:
+                cgroup_path = pod_cgroup_path(
+                    cri.linux.cgroup_parent, self.tasks.namespace, request.sandbox_id
+                )
+            except CgroupError as exc:
+                raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
             self._pod = _Pod(
                 id=request.sandbox_id,
                 config=config,
                 netns=request.netns_path or None,
                 hostname=cri.hostname,
                 dns=dns_lines(cri),
+                cgroup_path=cgroup_path,
             )
             self.tasks.sandbox_api_owns_pod = True
             if self.tasks.monitor is not None:  # kata-monitor's labels for the pod's metrics
@@ -186,7 +205,12 @@ class SandboxService:
                 raise TTRPCError(Code.FAILED_PRECONDITION, f"sandbox {pod.id} was stopped")
             if self.tasks.sandbox is None:
                 await self.tasks.boot_sandbox(
-                    pod.id, pod.config, netns=pod.netns, hostname=pod.hostname, dns=pod.dns
+                    pod.id,
+                    pod.config,
+                    netns=pod.netns,
+                    hostname=pod.hostname,
+                    dns=pod.dns,
+                    cgroup_path=pod.cgroup_path,
                 )
                 pod.created_ns = time.time_ns()
                 self.tasks.pod_files = write_pod_files(

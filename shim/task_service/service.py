@@ -28,6 +28,7 @@ from shim.config import Config, ConfigError, load_config
 from shim.netns.nsenter import NetnsRefused
 from shim.oci import SpecError, process_to_kata, resources_to_kata, spec_to_kata
 from shim.paths import CONTAINER_TYPE_ANNOTATION, InvalidIdentifier, check_identifier, group_of
+from shim.sandbox.cgroup import CgroupError, sandbox_cgroup_path
 from shim.sandbox.mounts import MountError, MountSpec
 from shim.sandbox.sandbox import Sandbox, SandboxError, network_namespace
 from shim.task_service.events import EventPublisher
@@ -260,13 +261,18 @@ class TaskService:
             raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
         try:
             sandbox_id = group_of(spec, request.id)
-        except InvalidIdentifier as exc:
+            cgroup_path = sandbox_cgroup_path(
+                (spec.get("linux") or {}).get("cgroupsPath"),
+                default=f"/pykata/{self.namespace}/{sandbox_id}",
+            )
+        except (InvalidIdentifier, CgroupError) as exc:
             raise _invalid(exc) from None
         await self.boot_sandbox(
             sandbox_id,
             config,
             netns=network_namespace(spec),
             hostname=spec.get("hostname", "") or "",
+            cgroup_path=cgroup_path,
         )
 
     async def boot_sandbox(
@@ -277,6 +283,7 @@ class TaskService:
         netns: str | None,
         hostname: str = "",
         dns: list[str] | None = None,
+        cgroup_path: str | None = None,
     ) -> Sandbox:
         """Boot the pod's VM (for its first container, or for the Sandbox API)."""
         try:
@@ -285,9 +292,15 @@ class TaskService:
             raise _invalid(exc) from None
         log.info("starting sandbox VM", sandbox=sandbox_id, config=config.source)
         try:
-            await sandbox.start(netns=netns, hostname=hostname, dns=dns)
+            await sandbox.start(netns=netns, hostname=hostname, dns=dns, cgroup_path=cgroup_path)
         except NetnsRefused as exc:
             raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
+        except CgroupError as exc:
+            raise TTRPCError(
+                Code.FAILED_PRECONDITION,
+                f"{exc} (set [runtime] sandbox_cgroup_only = false to leave the VM outside "
+                "the pod's cgroup)",
+            ) from None
         except ConfinementError as exc:
             raise TTRPCError(
                 Code.FAILED_PRECONDITION, f"cannot start the sandbox VM: {exc}"
