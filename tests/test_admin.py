@@ -78,3 +78,60 @@ def test_list_and_console_read_the_state_directory(tmp_path):
     assert shown.stdout == "guest says hello\n"
     missing = admin("console", "nope", env=env)
     assert missing.returncode == 1 and "no sandbox 'nope'" in missing.stderr
+
+
+def console_state(tmp_path, monkeypatch, log: bytes) -> Path:
+    """A sandbox pod1 whose console.log is `log`, under a state root of its own."""
+    from shim import paths
+
+    state = tmp_path / "state" / "k8s.io" / "pod1"
+    state.mkdir(parents=True)
+    (state / "sandbox.json").write_text("{}")
+    (state / "console.log").write_bytes(log)
+    monkeypatch.setattr(paths, "STATE_ROOT", tmp_path / "state")
+    return state
+
+
+HOSTILE = b"\x1b]0;owned\x07\x1b[2J"
+
+
+def test_console_escapes_what_the_guest_wrote_and_reads_it_in_chunks(
+    tmp_path, monkeypatch, capsysbinary
+):
+    """A hostile guest's escape sequences and a long line that never ends: shown escaped,
+    and the log is read a bounded chunk at a time, never whole."""
+    from shim.admin import run, sandboxes
+
+    long_line = b"A" * (3 * sandboxes.CONSOLE_CHUNK + 5)  # no newline, ever
+    console_state(tmp_path, monkeypatch, b"boot " + HOSTILE + b"\r\n" + long_line)
+    reads: list[int | None] = []
+    real_open = open
+
+    class Recording:
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, size=None):
+            reads.append(size)
+            return self.f.read(size)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(sandboxes, "open", lambda *a: Recording(real_open(*a)), raising=False)
+    assert run(["console", "pod1"]) == 0
+    out = capsysbinary.readouterr().out
+    assert out == b"boot \\x1b]0;owned\\x07\\x1b[2J\r\n" + long_line
+    assert reads and all(size is not None and 0 < size <= sandboxes.CONSOLE_CHUNK
+                         for size in reads)
+
+
+def test_console_raw_passes_the_bytes_through(tmp_path, monkeypatch, capsysbinary):
+    from shim.admin import run
+
+    console_state(tmp_path, monkeypatch, b"boot " + HOSTILE + b"\n")
+    assert run(["console", "--raw", "pod1"]) == 0
+    assert capsysbinary.readouterr().out == b"boot " + HOSTILE + b"\n"

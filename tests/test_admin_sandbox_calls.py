@@ -102,11 +102,16 @@ def test_exec_hands_the_state_dir_and_argv_to_the_debug_console(node, monkeypatc
     state = node.state_dir("pod1")
     seen = []
     fake = types.ModuleType("shim.debug_console")
-    fake.main_exec = lambda state_dir, argv: seen.append((state_dir, argv)) or 7
+    fake.main_exec = lambda state_dir, argv, raw: seen.append((state_dir, argv, raw)) or 7
     monkeypatch.setitem(sys.modules, "shim.debug_console", fake)
     assert run(["exec", "pod1", "uname", "-r"]) == 7
     assert run(["exec", "pod1"]) == 7
-    assert seen == [(state, ["uname", "-r"]), (state, [])]
+    assert run(["exec", "--raw", "pod1", "vi", "--raw"]) == 7  # after SANDBOX: the command's
+    assert seen == [
+        (state, ["uname", "-r"], False),
+        (state, [], False),
+        (state, ["vi", "--raw"], True),
+    ]
 
 
 def test_exec_without_the_debug_console_module_says_so(node, monkeypatch, capsys):

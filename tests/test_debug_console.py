@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -200,10 +201,11 @@ def test_command_line_refuses_what_the_shell_would_mangle():
 def test_markers_across_chunk_boundaries():
     stream = b"/ # stty -echo ...\r\nPYKATA-BEGIN-m1\nhello\nPYKATA-END-m1:5\n/ # "
     markers = host.Markers("m1")
-    results = [markers.feed(stream[i : i + 1]) for i in range(len(stream))]
-    found = [r for r in results if r is not None]
-    assert found[0] == (5, b"hello\n")
-    assert host.Markers("m1").feed(b"PYKATA-BEGIN-m1\nPYKATA-END-m2:0\n") is None
+    output = b"".join(markers.feed(stream[i : i + 1]) for i in range(len(stream)))
+    assert (markers.status, output) == (5, b"hello\n")
+    other = host.Markers("m1")
+    assert other.feed(b"PYKATA-BEGIN-m1\nPYKATA-END-m2:0\n") == b""
+    assert other.status is None
 
 
 def test_main_exec_without_a_console_says_how_to_enable_it(tmp_path, capsys):
@@ -341,3 +343,105 @@ def test_interactive_is_a_raw_pass_through_until_ctrl_bracket(tmp_path):
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+# -- a hostile guest: escape sequences and output without end, shown escaped and bounded ---
+HOSTILE = b"\x1b]0;owned\x07\x1b[2J"
+FLOOD_CHUNKS = 48  # 3 MiB without a line end
+
+
+def hostile_guest(path: Path, status: int = 3) -> threading.Thread:
+    """A console that answers the typed command line with HOSTILE and a flood."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        server.close()
+        with conn:
+            line = b""
+            while b"\n" not in line:
+                line += conn.recv(4096)
+            marker = re.search(rb"BEGIN ([0-9a-f]{16})", line).group(1)
+            conn.sendall(line + b"PYKATA-BEGIN-" + marker + b"\n" + HOSTILE + b"\n")
+            for _ in range(FLOOD_CHUNKS):
+                conn.sendall(b"A" * 65536)
+            conn.sendall(b"PYKATA-END-" + marker + b":%d\n" % status)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_markers_hold_only_a_marker_of_a_stream_without_end():
+    markers = host.Markers("m1")
+    assert markers.feed(b"echo of the line\r\n" * 1000) == b""
+    assert len(markers.data) < 64  # before the begin marker: only what could start it
+    given = markers.feed(b"PYKATA-BEGIN-m1\n")
+    for _ in range(FLOOD_CHUNKS):
+        given += markers.feed(b"A" * 65536)
+        assert len(markers.data) < 64
+    given += markers.feed(b"PYKATA-END-m1:0\n")
+    assert (markers.status, given) == (0, b"A" * 65536 * FLOOD_CHUNKS)
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["escaped", "raw"])
+def test_main_exec_streams_the_guest_output_escaped_unless_raw(tmp_path, monkeypatch, raw):
+    held = []
+
+    class Watched(host.Markers):
+        def feed(self, chunk: bytes) -> bytes:
+            output = super().feed(chunk)
+            held.append(len(self.data))
+            return output
+
+    printed: list[bytes] = []
+    monkeypatch.setattr(host, "Markers", Watched)
+    monkeypatch.setattr(host, "_print", printed.append)
+    guest_side = hostile_guest(tmp_path / "dbgcon.sock")
+    assert host.main_exec(tmp_path, ["cat", "/flood"], raw=raw) == 3
+    guest_side.join(10)
+    shown = HOSTILE if raw else b"\\x1b]0;owned\\x07\\x1b[2J"
+    assert b"".join(printed) == shown + b"\n" + b"A" * 65536 * FLOOD_CHUNKS
+    # printed as it came, a chunk at a time; nothing held but a chunk's worth
+    assert len(printed) > FLOOD_CHUNKS // 2
+    assert max(map(len, printed)) <= host.CHUNK + 64 and max(held) <= host.CHUNK + 64
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["escaped", "raw"])
+def test_interactive_escapes_the_guest_unless_raw(tmp_path, raw):
+    import subprocess
+    import sys
+
+    path = tmp_path / "dbgcon.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"login: " + HOSTILE + b"\r\n" + b"B" * 200000)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    code = ("import sys; from shim.debug_console import interactive; "
+            "sys.exit(interactive(sys.argv[1], raw=sys.argv[2] == 'raw'))")
+    root = Path(__file__).resolve().parent.parent
+    keyboard, typed = os.pipe()  # stdin stays open: the console's end ends the session
+    try:
+        user = subprocess.Popen([sys.executable, "-c", code, str(path), "raw" if raw else "x"],
+                                cwd=root, stdin=keyboard, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        out, err = user.communicate(timeout=30)
+    finally:
+        os.close(keyboard)
+        os.close(typed)
+    thread.join(10)
+    server.close()
+    assert user.returncode == 0, err
+    shown = HOSTILE if raw else b"\\x1b]0;owned\\x07\\x1b[2J"
+    assert out == b"login: " + shown + b"\r\n" + b"B" * 200000
+    assert b"[the debug console closed]" in err
+    assert (b"shown escaped" in err) is not raw

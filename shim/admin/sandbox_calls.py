@@ -11,6 +11,7 @@ import sys
 
 from shim.admin.errors import AdminError
 from shim.admin.sandboxes import ask, find_sandbox
+from shim.admin.terminal_text import RAW_HELP
 
 IPTABLES_CONTENT_TYPE = "application/octet-stream"  # what Kata's client sends
 
@@ -78,7 +79,7 @@ def exec_in_guest(args: argparse.Namespace) -> int:
         if exc.name != "shim.debug_console":
             raise
         raise AdminError("this pykata has no debug console client (shim.debug_console)") from None
-    return main_exec(state_dir, list(args.command))
+    return main_exec(state_dir, list(args.command), raw=args.raw)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -100,10 +101,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     exe = sub.add_parser(
         "exec",
-        usage="%(prog)s SANDBOX [CMD ...]",
+        usage="%(prog)s [--raw] SANDBOX [CMD ...]",
         help="a shell or one command in a sandbox's guest (debug console)",
         description="Needs debug_console_enabled = true in the configuration.",
     )
+    exe.add_argument("--raw", action="store_true", help=RAW_HELP)
     exe.add_argument("sandbox", metavar="SANDBOX")
     exe.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD", help="default: a shell")
     exe.set_defaults(func=exec_in_guest)

@@ -11,6 +11,9 @@ from pathlib import Path
 from shim import paths
 from shim.admin import shim_client
 from shim.admin.errors import AdminError
+from shim.admin.terminal_text import RAW_HELP, TerminalText
+
+CONSOLE_CHUNK = 64 << 10  # the log grows without bound: it is copied a chunk at a time
 
 
 def sandbox_dirs(root: Path | None = None) -> list[Path]:
@@ -86,13 +89,17 @@ def console(args: argparse.Namespace) -> int:
         f = open(log_path, "rb")  # noqa: SIM115 (held open while following)
     except FileNotFoundError:
         raise AdminError(f"{log_path} does not exist (yet)") from None
+    text = None if args.raw else TerminalText()  # the log is the guest's: escape it
     with f:
         while True:
-            data = f.read()
+            data = f.read(CONSOLE_CHUNK)
             if data:
-                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.write(data if text is None else text.feed(data))
                 sys.stdout.flush()
             elif not args.follow or not log_path.exists():
+                if text is not None:
+                    sys.stdout.buffer.write(text.flush())
+                    sys.stdout.flush()
                 return 0
             else:
                 time.sleep(0.5)
@@ -103,4 +110,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     con = sub.add_parser("console", help="a sandbox's guest console log")
     con.add_argument("sandbox", metavar="SANDBOX")
     con.add_argument("-f", "--follow", action="store_true", help="keep printing what comes")
+    con.add_argument("--raw", action="store_true", help=RAW_HELP)
     con.set_defaults(func=console)
