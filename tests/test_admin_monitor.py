@@ -6,6 +6,7 @@ import asyncio
 import http.client
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from urllib.parse import parse_qs
 import pytest
 import test_admin_fakes as fakes
 
-from shim.admin import shim_client
+from shim.admin import run, shim_client
 from shim.admin.errors import AdminError
 from shim.admin.node_monitor import Listen, NodeMonitor, parse_listen, start
 from shim.monitor.http import MonitorServer, Request
@@ -163,14 +164,28 @@ async def test_a_sandbox_slower_than_the_timeout_is_skipped(node):
     ("addr", "listen"),
     [
         ("127.0.0.1:8090", Listen(host="127.0.0.1", port=8090)),
-        (":9100", Listen(host="0.0.0.0", port=9100)),
         ("[::1]:8090", Listen(host="::1", port=8090)),
+        ("localhost:8090", Listen(host="localhost", port=8090)),
         ("unix:/run/x.sock", Listen(unix="/run/x.sock")),
         ("unix:///run/x.sock", Listen(unix="/run/x.sock")),
     ],
 )
 def test_parse_listen(addr, listen):
     assert parse_listen(addr) == listen
+
+
+@pytest.mark.parametrize(
+    ("addr", "listen"),
+    [
+        (":9100", Listen(host="0.0.0.0", port=9100)),
+        ("0.0.0.0:9100", Listen(host="0.0.0.0", port=9100)),
+        ("[::]:9100", Listen(host="::", port=9100)),
+    ],
+)
+def test_every_interface_must_be_asked_for(addr, listen):
+    with pytest.raises(AdminError, match=r"every interface.*--listen-any"):
+        parse_listen(addr)
+    assert parse_listen(addr, allow_any=True) == listen
 
 
 @pytest.mark.parametrize("addr", ["8090", "host:", "host:http", "unix:", "h:70000"])
@@ -201,6 +216,9 @@ async def test_served_over_tcp_and_unix(three, short_tmp):
         listed = await asyncio.to_thread(shim_client.get, short_tmp / "monitor.sock", "/sandboxes")
         assert listed == b"pod2\ngone\npod1\n"
         assert unix_where == f"unix:{short_tmp / 'monitor.sock'}"
+        assert stat.S_IMODE(os.stat(short_tmp / "monitor.sock").st_mode) == 0o600
+        with pytest.raises(AdminError, match="another process serves"):
+            await start(monitor, Listen(unix=str(short_tmp / "monitor.sock")))
     finally:
         await tcp.close()
         await unix.close()
@@ -232,3 +250,38 @@ def test_the_command_serves_until_sigterm(three, short_tmp):
     assert proc.returncode == 0, err
     assert "serving /metrics and /sandboxes on unix:" in err
     assert not sock.exists()
+
+
+def test_by_default_it_serves_a_socket_only_its_owner_can_use(three):
+    """No --listen: STATE_ROOT/node-monitor.sock, 0600, in a 0700 state root."""
+    three.root.chmod(0o755)  # as an older version left it
+    sock = three.root / "node-monitor.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shim.admin", "monitor"],
+        cwd=ROOT,
+        env=three.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "monitor did not start"
+            time.sleep(0.05)
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        assert stat.S_IMODE(three.root.stat().st_mode) == 0o700
+        # the socket in the state root is not taken for a namespace
+        assert shim_client.get(sock, "/sandboxes") == b"pod2\ngone\npod1\n"
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert f"on unix:{sock}" in err
+
+
+def test_the_command_refuses_every_interface_unless_asked(node, capsys):
+    assert run(["monitor", "--listen", ":9100"]) == 1
+    err = capsys.readouterr().err
+    assert "every interface" in err and "--listen-any" in err and "127.0.0.1:9100" in err

@@ -11,6 +11,12 @@ Routes (kata-monitor's):
   /sandboxes                sandbox ids, one a line
   /agent-url?sandbox=ID     the sandbox's agent URL
 
+Nothing is authenticated: whoever can connect reads every pod's metrics (with its CRI
+name, namespace and uid) and agent URL. So by default it listens where only its user
+(root) can connect, a 0600 unix socket (STATE_ROOT/node-monitor.sock); a TCP address
+must be named (loopback lets every local user in), and every interface (`:PORT`,
+`0.0.0.0`, `[::]`) also needs --listen-any.
+
 A sandbox whose socket does not answer in time is left out of the page and counted
 in kata_monitor_scrape_failed_count (kata-monitor counts a failed page there; here
 it is one per sandbox that failed, which says more). Sandboxes are found on each
@@ -21,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
+import os
 import signal
 import sys
 import time
@@ -28,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from shim import paths
 from shim.admin import shim_client
 from shim.admin.errors import AdminError
 from shim.admin.sandboxes import monitor_socket, sandbox_dirs
@@ -35,7 +44,8 @@ from shim.monitor.exposition import CONTENT_TYPE, Family, render_bytes, with_lab
 from shim.monitor.http import MonitorServer, Reply, Request
 from shim.monitor.parse import parse
 
-DEFAULT_LISTEN = "127.0.0.1:8090"  # kata-monitor's default --listen-address
+NODE_SOCKET = "node-monitor.sock"  # the default, under STATE_ROOT
+SOCKET_MODE = 0o600  # its owner only: the pages are every pod's
 SCRAPE_TIMEOUT = 3.0
 # kata-monitor renames these families of a shim's page (they are the Go client's own)
 SHIM_RENAMED = ("go_", "process_")
@@ -56,8 +66,22 @@ class Listen(NamedTuple):
     port: int = 0
 
 
-def parse_listen(addr: str) -> Listen:
-    """`unix:PATH`, `HOST:PORT`, `[V6ADDR]:PORT` or `:PORT` (all interfaces)."""
+def default_listen() -> str:
+    """The 0600 unix socket under STATE_ROOT."""
+    return f"unix:{paths.STATE_ROOT / NODE_SOCKET}"
+
+
+def is_wildcard(host: str) -> bool:
+    """Whether binding `host` listens on every interface (empty, 0.0.0.0, ::)."""
+    try:
+        return not host or ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False  # a name: it resolves to the addresses it names
+
+
+def parse_listen(addr: str, *, allow_any: bool = False) -> Listen:
+    """`unix:PATH`, `HOST:PORT`, `[V6ADDR]:PORT`, or with `allow_any`, `:PORT` (all
+    interfaces) and the unspecified addresses; AdminError for anything else."""
     if addr.startswith("unix:"):
         path = addr[len("unix:") :]
         if path.startswith("//"):
@@ -70,6 +94,12 @@ def parse_listen(addr: str) -> Listen:
         raise AdminError(f"listen address {addr!r} is not HOST:PORT or unix:PATH")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    if is_wildcard(host) and not allow_any:
+        raise AdminError(
+            f"listen address {addr!r} is every interface: whoever reaches this host would "
+            "read every pod's metrics and agent URL, unauthenticated. Give --listen-any "
+            f"to mean that, or a loopback address (127.0.0.1:{port_text})"
+        )
     return Listen(host=host or "0.0.0.0", port=int(port_text))
 
 
@@ -211,7 +241,10 @@ async def start(monitor: NodeMonitor, listen: Listen) -> tuple[MonitorServer, st
     """Serve `monitor` on `listen`; returns the server and the address it is bound to."""
     server = monitor.server()
     if listen.unix is not None:
-        await server.start(listen.unix, mode=0o660)
+        if os.path.exists(listen.unix) and paths.socket_is_served(listen.unix):
+            # binding would unlink the socket of a monitor that still serves it
+            raise AdminError(f"another process serves {listen.unix}")
+        await server.start(listen.unix, mode=SOCKET_MODE)
         return server, f"unix:{listen.unix}"
     host, port = await server.start_tcp(listen.host, listen.port)
     return server, f"{host}:{port}"
@@ -232,22 +265,40 @@ async def _serve_until_signalled(listen: Listen) -> None:
 
 def monitor(args: argparse.Namespace) -> int:
     """Run the node endpoint until SIGINT or SIGTERM."""
-    listen = parse_listen(args.listen)
+    address = args.listen or default_listen()
+    listen = parse_listen(address, allow_any=args.listen_any)
     try:
+        if args.listen is None:
+            paths.private_dir(paths.STATE_ROOT)
         asyncio.run(_serve_until_signalled(listen))
     except OSError as exc:
-        raise AdminError(f"cannot listen on {args.listen}: {exc.strerror or exc}") from None
+        raise AdminError(f"cannot listen on {address}: {exc.strerror or exc}") from None
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     mon = sub.add_parser(
-        "monitor", help="one metrics endpoint for the node (every sandbox, like kata-monitor)"
+        "monitor",
+        help="one metrics endpoint for the node (every sandbox, like kata-monitor)",
+        description=(
+            "Serves every sandbox's /metrics (with its CRI pod name, namespace and uid), "
+            "/sandboxes (their ids) and /agent-url (each guest agent's address), without "
+            "authentication, to whoever can connect: by default a unix socket only its "
+            f"owner can use ({paths.STATE_ROOT / NODE_SOCKET}, mode 0600). "
+            "127.0.0.1:PORT lets every local user in; another interface, whoever reaches it."
+        ),
     )
     mon.add_argument(
         "--listen",
-        default=DEFAULT_LISTEN,
+        default=None,
         metavar="ADDR",
-        help=f"HOST:PORT or unix:PATH (default {DEFAULT_LISTEN})",
+        help="unix:PATH (a 0600 socket), HOST:PORT or [V6ADDR]:PORT "
+        f"(default {default_listen()}; kata-monitor's is 127.0.0.1:8090)",
+    )
+    mon.add_argument(
+        "--listen-any",
+        action="store_true",
+        help="allow an address on every interface (:PORT, 0.0.0.0:PORT, [::]:PORT): "
+        "anyone who reaches the host reads every pod's metrics",
     )
     mon.set_defaults(func=monitor)
