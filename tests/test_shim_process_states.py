@@ -8,9 +8,9 @@ that each race (an exit during Pause, Kill during Start) happens on purpose.
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 import pytest
+from scripted_agent import scripted_service, settle
 
 import ttrpc
 from protos.containerd.task.v2 import shim_pb2 as api
@@ -20,69 +20,15 @@ from shim.task_service.service import Container, TaskService
 Code = ttrpc.Code
 
 
-class ScriptedAgent:
-    """Answers the agent calls TaskService makes; `hold[name]` keeps one call open."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-        self.hold: dict[str, asyncio.Event] = {}
-        self.exits: dict[str, asyncio.Future[int]] = {}
-
-    def __getattr__(self, name: str):
-        async def call(request, timeout=None):
-            self.calls.append(name)
-            gate = self.hold.get(name)
-            if gate is not None:
-                await gate.wait()
-            if name == "WaitProcess":
-                future = self.exits.setdefault(
-                    request.exec_id, asyncio.get_running_loop().create_future()
-                )
-                return SimpleNamespace(status=await future)
-            return SimpleNamespace(len=len(getattr(request, "data", b"")), data=b"")
-
-        return call
-
-    def exit(self, agent_exec_id: str, status: int) -> None:
-        future = self.exits.setdefault(agent_exec_id, asyncio.get_running_loop().create_future())
-        future.set_result(status)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, object]] = []
-
-    def publish(self, topic: str, event: object) -> None:
-        self.events.append((topic, event))
-
-    def topics(self) -> list[str]:
-        return [topic for topic, _ in self.events]
-
-
 @pytest.fixture
 def service():
-    agent = ScriptedAgent()
-    recorder = Recorder()
-    tasks = TaskService("pykata-test", recorder, asyncio.Event())
-    tasks.sandbox = SimpleNamespace(
-        agent=agent, pid=4242, id="c1", remove_container=lambda cid: None
-    )
-    tasks.sandbox_api_owns_pod = True  # deleting the last container must not stop a VM
-    tasks.containers["c1"] = Container(
-        id="c1", bundle="/nonexistent", spec={}, init=Process("c1", "", 4242, Stdio())
-    )
-    return tasks, agent, recorder
+    return scripted_service()
 
 
 async def code_of(call) -> tuple[Code, str]:
     with pytest.raises(ttrpc.TTRPCError) as caught:
         await call
     return caught.value.code, caught.value.message
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 def state(tasks: TaskService, exec_id: str = "") -> State:
