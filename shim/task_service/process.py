@@ -6,6 +6,12 @@ its lock for the whole call (an agent call included), so Start, Kill, Pause,
 Resume and Delete of one process never interleave. An exit is the exception: it
 arrives from the agent or from the VM's death in any state and always wins, so a
 call that finishes after it leaves the process stopped.
+
+An exit status comes from the guest, which may forge it: a status outside 0..255
+(what a Linux process can exit with, 128+N for a signal) is recorded as 255, the
+status of a process whose VM died under it, with one warning naming the raw value;
+containerd's uint32 fields would refuse a negative one, and a status above 255
+is no real exit.
 """
 
 from __future__ import annotations
@@ -15,11 +21,15 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
+import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from shim.task_service.stdio import InputCopier, OutputCopier
 
+log = structlog.get_logger(__name__)
 NEVER_STARTED_STATUS = 128 + 9  # a process deleted before it ran: as if SIGKILLed
+MAX_EXIT_STATUS = 255
+OUT_OF_RANGE_STATUS = 255  # what a status outside 0..MAX_EXIT_STATUS is recorded as
 
 
 class State(Enum):
@@ -111,9 +121,19 @@ class Process:
         return True
 
     def set_exited(self, status: int) -> bool:
-        """Record the exit (any live state); False if it was already recorded."""
+        """Record the exit (any live state); False if it was already recorded.
+
+        A status outside 0..255 is recorded as 255 (see the module docstring)."""
         if self.exited.is_set() or not self.move(State.STOPPED):
             return False
+        if not 0 <= status <= MAX_EXIT_STATUS:
+            log.warning(
+                "exit status out of range: recorded as 255",
+                container=self.container_id,
+                exec_id=self.exec_id,
+                raw_status=status,
+            )
+            status = OUT_OF_RANGE_STATUS
         self.exit_status = status
         self.exited_at_ns = time.time_ns()
         self.exited.set()
