@@ -54,6 +54,18 @@ IDEMPOTENT = frozenset(
 )
 
 
+class BadAnswer(ttrpc.TTRPCError):
+    """An answer no honest agent gives (undecodable bytes, an impossible value): INTERNAL.
+
+    The guest is not trusted, so what asked stops instead of acting on it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ttrpc.Code.INTERNAL, message)
+
+    def __reduce__(self):
+        return (type(self), (self.message,))
+
+
 class _Default:
     def __repr__(self) -> str:
         return "DEFAULT"

@@ -24,6 +24,7 @@ from protos.containerd.task.v2 import shim_pb2 as api
 from protos.containerd.types import mount_pb2
 from protos.containerd.types.task import task_pb2 as task_types
 from protos.kata import agent_pb2
+from shim.agent_client import BadAnswer
 from shim.config import Config, ConfigError, load_config
 from shim.netns.nsenter import NetnsRefused
 from shim.oci import SpecError, process_to_kata, resources_to_kata, spec_to_kata
@@ -494,12 +495,17 @@ class TaskService:
             async def write(data: bytes) -> None:
                 view = memoryview(data)
                 while view:
+                    chunk = bytes(view[:CHUNK])
                     answer = await agent.WriteStdin(
-                        agent_pb2.WriteStreamRequest(
-                            container_id=cid, exec_id=eid, data=bytes(view[:CHUNK])
-                        )
+                        agent_pb2.WriteStreamRequest(container_id=cid, exec_id=eid, data=chunk)
                     )
-                    view = view[max(1, answer.len) :]
+                    # 0 would resend forever; more than sent answers no write of ours
+                    if not 0 < answer.len <= len(chunk):
+                        raise BadAnswer(
+                            f"the agent answered WriteStdin of {process.name} with "
+                            f"len={answer.len} for {len(chunk)} bytes sent"
+                        )
+                    view = view[answer.len :]
 
             async def close() -> None:
                 await agent.CloseStdin(agent_pb2.CloseStdinRequest(container_id=cid, exec_id=eid))

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 import ttrpc
+from shim.agent_client import BadAnswer
 
 log = structlog.get_logger(__name__)
 CHUNK = 64 * 1024
@@ -140,6 +141,8 @@ class InputCopier:
                 ended = ended or self._closing
             self._remove_reader()
             await self._close_input()
+        except BadAnswer as exc:  # a guest that lies about what it took: stop feeding it
+            log.warning("stdin copy stopped", reason=exc.message)
         except ttrpc.TTRPCError as exc:
             log.debug("stdin copy stopped", reason=exc.message)
         finally:
