@@ -9,6 +9,7 @@ protobuf. No VM; deadlines are made small so that nothing here waits long.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from types import SimpleNamespace
 
@@ -17,7 +18,11 @@ from scripted_agent import scripted_service, settle
 from structlog.testing import capture_logs
 
 import ttrpc
+from protos.containerd.events import task_pb2 as events
 from protos.containerd.task.v2 import shim_pb2 as api
+from shim.task_service import events as events_module
+from shim.task_service import oom
+from shim.task_service.events import EventPublisher
 from shim.task_service.process import Stdio
 
 Code = ttrpc.Code
@@ -106,3 +111,126 @@ async def test_a_partial_write_stdin_answer_is_followed_by_the_rest(tmp_path):
     agent = await stdin_copy(tmp_path, take_half)
     assert bytes(sent) == b"x" * 1000
     assert agent.calls[-1] == "CloseStdin"
+
+
+# -- OOM events --------------------------------------------------------------------
+
+
+FLOOD = 20_000
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+async def away_publisher(tmp_path):
+    """The real publisher, with containerd away: what it is given stays queued."""
+    publisher = EventPublisher(str(tmp_path / "no-containerd.sock"), "pykata-test")
+    yield publisher
+    await publisher.close(timeout=0.1)
+
+
+def flood_of_ooms(container_id: str, count: int) -> tuple[dict, asyncio.Event]:
+    """A GetOOMEvent script: `count` answers at once, then none."""
+    state = {"answered": 0}
+    spent = asyncio.Event()
+
+    async def answer(request):
+        if state["answered"] == count:
+            spent.set()
+            await asyncio.Event().wait()
+        state["answered"] += 1
+        return SimpleNamespace(container_id=container_id)
+
+    return {"GetOOMEvent": answer}, spent
+
+
+async def test_an_oom_flood_reaches_containerd_once_and_queues_a_bounded_number(
+    monkeypatch, away_publisher
+):
+    monkeypatch.setattr(oom, "OOM_POLL_BURST", 10**9)  # the pacing is tested on its own
+    monkeypatch.setattr(oom, "OOM_EVENT_INTERVAL", 3600.0)
+    tasks, agent, publisher = scripted_service(publisher=away_publisher)
+    agent.answers, spent = flood_of_ooms("c1", FLOOD)
+    before = rss_kib()
+    with capture_logs() as logs:
+        watcher = asyncio.ensure_future(tasks._watch_oom(tasks.sandbox))
+        await asyncio.wait_for(spent.wait(), 60)
+        watcher.cancel()
+    grown = rss_kib() - before
+    print(f"OOM flood of {FLOOD}: {publisher.queued} queued, RSS +{grown} KiB")
+    assert agent.calls.count("GetOOMEvent") == FLOOD + 1
+    # one event passed on: queued, or taken by the worker that retries it
+    assert publisher.queued + len(publisher.published) <= 1
+    assert publisher.dropped == 0
+    drops = [entry for entry in logs if entry["event"].startswith("OOM events come faster")]
+    assert len(drops) == 1 and drops[0]["container"] == "c1"
+
+
+async def test_oom_events_for_unknown_containers_are_ignored(monkeypatch):
+    monkeypatch.setattr(oom, "OOM_POLL_BURST", 10**9)
+    tasks, agent, recorder = scripted_service()
+    agent.answers, spent = flood_of_ooms("not-a-container-of-this-pod", 100)
+    watcher = asyncio.ensure_future(tasks._watch_oom(tasks.sandbox))
+    await asyncio.wait_for(spent.wait(), RETURNED)
+    watcher.cancel()
+    assert recorder.events == []
+
+
+async def test_the_oom_poll_does_not_spin_on_an_agent_that_answers_at_once(monkeypatch):
+    monkeypatch.setattr(oom, "OOM_POLL_BURST", 5)
+    monkeypatch.setattr(oom, "OOM_POLL_RATE", 0.001)  # the 6th poll waits 1000 s
+    tasks, agent, _ = scripted_service()
+    agent.answers["GetOOMEvent"] = lambda request: SimpleNamespace(container_id="c1")
+    watcher = asyncio.ensure_future(tasks._watch_oom(tasks.sandbox))
+    for _ in range(20):
+        await settle()
+    watcher.cancel()
+    assert agent.calls.count("GetOOMEvent") == 5
+
+
+def test_the_pacer_spends_its_burst_then_keeps_to_its_rate():
+    pacer = oom.PollPacer(rate=10.0, burst=3, clock=lambda: 100.0)  # a clock that stands
+    assert [pacer.delay() for _ in range(6)] == pytest.approx([0, 0, 0, 0.1, 0.2, 0.3])
+    now = [0.0]
+    pacer = oom.PollPacer(rate=10.0, burst=1, clock=lambda: now[0])
+    assert pacer.delay() == 0
+    now[0] += 0.1  # one poll's worth of time later: at once again
+    assert pacer.delay() == 0
+
+
+def test_the_oom_gate_passes_one_event_per_container_per_interval():
+    now = [0.0]
+    gate = oom.OomGate(interval=1.0, clock=lambda: now[0])
+    assert gate.allow("a") and gate.allow("b")
+    assert not gate.allow("a")
+    now[0] = 1.0
+    assert gate.allow("a")
+    assert gate.dropped == 1
+    gate.retain({"b"})
+    assert gate.allow("a")  # forgotten: a new container of that name starts afresh
+
+
+async def test_a_publisher_flood_keeps_a_bounded_queue_and_every_exit(away_publisher):
+    publisher, bound = away_publisher, events_module.MAX_QUEUED
+    gc.collect()
+    before = rss_kib()
+    with capture_logs() as logs:
+        for _ in range(FLOOD):  # no await: the worker has taken nothing yet
+            publisher.publish("/tasks/oom", events.TaskOOM(container_id="c1"))
+        for n in range(50):
+            publisher.publish("/tasks/exit", events.TaskExit(container_id="c1", id=f"e{n}"))
+    gc.collect()
+    grown = rss_kib() - before
+    print(f"publisher flood of {FLOOD}: {publisher.queued} queued, RSS +{grown} KiB")
+    assert publisher.dropped == FLOOD - bound
+    assert publisher.queued == bound + 50  # every exit, though the queue was full
+    assert grown < 8 << 10  # KiB; unbounded, these 20,000 events took 18 MiB
+    assert [entry["event"] for entry in logs].count(
+        "event queue full: events other than exits are dropped"
+    ) == 1

@@ -19,6 +19,11 @@ EVENTS = events_pb2.DESCRIPTOR.services_by_name["Events"]
 NAMESPACE_KEY = "containerd-namespace-ttrpc"
 FORWARD_TIMEOUT = 5.0
 PUBLISHED_KEPT = 64
+# Events waiting for containerd, exits aside; more are dropped. Exits are never dropped:
+# each process exits once and containerd made every process, so they are bounded already,
+# and an exit lost would leave a task running forever in containerd's eyes.
+MAX_QUEUED = 1024
+NEVER_DROPPED = frozenset({"/tasks/exit"})
 
 
 def pack_event(event: Message) -> Any:
@@ -37,6 +42,9 @@ class EventPublisher:
 
     Events are queued, so publishing never blocks a Task API call. An event that
     still fails after `attempts` tries (with a growing pause) is dropped and logged.
+    The queue holds at most MAX_QUEUED events other than exits: one more is dropped
+    (counted in `dropped`; logged when dropping starts and when it stops), so a flood
+    (from the guest, or while containerd is away) cannot grow the shim without end.
     """
 
     def __init__(self, address: str, namespace: str, attempts: int = 6) -> None:
@@ -46,23 +54,55 @@ class EventPublisher:
         self._queue: asyncio.Queue[events_pb2.Envelope | None] = asyncio.Queue()
         self._client: ttrpc.Client | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._bounded = 0  # queued events that MAX_QUEUED counts (all but exits)
+        self._dropping = False
+        self.dropped = 0
         # the last topics sent, in order (for tests and debugging); bounded, the daemon lives long
         self.published: list[str] = []
 
+    @property
+    def queued(self) -> int:
+        """Events waiting to be sent (exits included)."""
+        return self._queue.qsize()
+
     def publish(self, topic: str, event: Message) -> None:
-        """Queue an event for containerd."""
+        """Queue an event for containerd (dropped if the queue is full, exits never)."""
+        if not self._address:
+            log.debug("no TTRPC_ADDRESS: event not published", topic=topic)
+            return
+        if topic not in NEVER_DROPPED:
+            if self._bounded >= MAX_QUEUED:
+                self._drop(topic)
+                return
+            self._bounded += 1
         envelope = events_pb2.Envelope(
             timestamp=timestamp_now(),
             namespace=self._namespace,
             topic=topic,
             event=pack_event(event),
         )
-        if not self._address:
-            log.debug("no TTRPC_ADDRESS: event not published", topic=topic)
-            return
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._run())
         self._queue.put_nowait(envelope)
+
+    def _drop(self, topic: str) -> None:
+        self.dropped += 1
+        if not self._dropping:
+            self._dropping = True
+            log.error(
+                "event queue full: events other than exits are dropped",
+                topic=topic,
+                limit=MAX_QUEUED,
+                dropped=self.dropped,
+            )
+
+    def _dequeued(self, envelope: events_pb2.Envelope) -> None:
+        if envelope.topic in NEVER_DROPPED:
+            return
+        self._bounded -= 1
+        if self._dropping and self._bounded <= MAX_QUEUED // 2:
+            self._dropping = False
+            log.warning("event queue has room again", dropped=self.dropped)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Send what is queued (within timeout), then close the connection."""
@@ -82,6 +122,7 @@ class EventPublisher:
             envelope = await self._queue.get()
             if envelope is None:
                 return
+            self._dequeued(envelope)
             await self._send(envelope)
 
     async def _send(self, envelope: events_pb2.Envelope) -> None:

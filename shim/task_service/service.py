@@ -32,6 +32,7 @@ from shim.paths import CONTAINER_TYPE_ANNOTATION, InvalidIdentifier, check_ident
 from shim.sandbox.cgroup import CgroupError, sandbox_cgroup_path
 from shim.sandbox.mounts import MountError, MountSpec
 from shim.sandbox.sandbox import Sandbox, SandboxError, network_namespace
+from shim.task_service import oom
 from shim.task_service.events import EventPublisher
 from shim.task_service.process import (
     NEVER_STARTED_STATUS,
@@ -367,9 +368,14 @@ class TaskService:
             self.sandbox = None
 
     async def _watch_oom(self, sandbox: Sandbox) -> None:
-        """Keep the agent's GetOOMEvent long poll open; publish /tasks/oom for each kill."""
+        """Keep the agent's GetOOMEvent long poll open; publish /tasks/oom for each kill.
+
+        The guest chooses how often it answers: the poll is paced and a container's
+        events are passed on at most once a second (shim.task_service.oom)."""
+        pacer, gate = oom.PollPacer(), oom.OomGate()
         failures = 0
         while self.sandbox is sandbox and sandbox.agent is not None:
+            await asyncio.sleep(pacer.delay())
             try:
                 event = await sandbox.agent.GetOOMEvent(agent_pb2.GetOOMEventRequest())
             except ttrpc.TTRPCError as exc:
@@ -378,7 +384,10 @@ class TaskService:
                 await asyncio.sleep(min(failures, 10) * 0.5)
                 continue
             failures = 0
-            if event.container_id in self.containers:
+            if event.container_id not in self.containers:
+                gate.ignore_unknown(event.container_id)
+            elif gate.allow(event.container_id):
+                gate.retain(self.containers)
                 log.info("container hit its memory limit", container=event.container_id)
                 self.publisher.publish(
                     "/tasks/oom", events.TaskOOM(container_id=event.container_id)
