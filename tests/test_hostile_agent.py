@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 from types import SimpleNamespace
 
 import pytest
+from google.protobuf.any_pb2 import Any
 from scripted_agent import scripted_service, settle
 from structlog.testing import capture_logs
 
 import ttrpc
 from protos.containerd.events import task_pb2 as events
 from protos.containerd.task.v2 import shim_pb2 as api
+from shim.paths import CONTAINER_TYPE_ANNOTATION
 from shim.task_service import events as events_module
-from shim.task_service import oom
+from shim.task_service import oom, service
 from shim.task_service.events import EventPublisher
-from shim.task_service.process import Stdio
+from shim.task_service.process import Process, State, Stdio
+from shim.task_service.service import Container
 
 Code = ttrpc.Code
 RETURNED = 10.0  # seconds: a generous "it returned", never a timing claim
@@ -234,3 +238,105 @@ async def test_a_publisher_flood_keeps_a_bounded_queue_and_every_exit(away_publi
     assert [entry["event"] for entry in logs].count(
         "event queue full: events other than exits are dropped"
     ) == 1
+
+
+# -- an agent that never answers ---------------------------------------------------
+
+SILENT = (
+    "SignalProcess",
+    "PauseContainer",
+    "ResumeContainer",
+    "StatsContainer",
+    "UpdateContainer",
+    "ExecProcess",
+    "TtyWinResize",
+    "RemoveContainer",
+    "CloseStdin",
+    "DestroySandbox",
+)
+LONG_POLLS = {"WaitProcess", "ReadStdout", "ReadStderr", "GetOOMEvent"}
+
+
+@pytest.fixture
+def quick_deadlines(monkeypatch):
+    monkeypatch.setattr(service, "AGENT_TIMEOUT", 0.05)
+    monkeypatch.setattr(service, "REMOVE_TIMEOUT", 0.05)
+
+
+def exec_request(exec_id: str, terminal: bool = False) -> api.ExecProcessRequest:
+    spec = Any(value=json.dumps({"args": ["sh"], "cwd": "/", "terminal": terminal}).encode())
+    return api.ExecProcessRequest(id="c1", exec_id=exec_id, spec=spec, terminal=terminal)
+
+
+async def test_no_task_call_waits_on_a_silent_agent_past_its_deadline(quick_deadlines):
+    tasks, agent, _ = scripted_service()
+    await tasks.Start(api.StartRequest(id="c1"), None)
+    agent.never_answer(*SILENT)
+    for call in (
+        tasks.Kill(api.KillRequest(id="c1", signal=15), None),
+        tasks.Pause(api.PauseRequest(id="c1"), None),
+        tasks.Stats(api.StatsRequest(id="c1"), None),
+        tasks.Update(api.UpdateTaskRequest(id="c1"), None),
+    ):
+        assert await code_of(call) == Code.DEADLINE_EXCEEDED
+    state = await asyncio.wait_for(tasks.State(api.StateRequest(id="c1"), None), RETURNED)
+    assert state.status == State.RUNNING.value
+    await tasks.Exec(exec_request("tty", terminal=True), None)
+    assert await code_of(tasks.Start(api.StartRequest(id="c1", exec_id="tty"), None)) == (
+        Code.DEADLINE_EXCEEDED
+    )
+    tasks.containers["c1"].execs["tty"].state = State.RUNNING
+    resize = tasks.ResizePty(api.ResizePtyRequest(id="c1", exec_id="tty", width=80), None)
+    assert await code_of(resize) == Code.DEADLINE_EXCEEDED
+    unbounded = [name for name, timeout in agent.timeouts if timeout is None]
+    assert set(unbounded) <= LONG_POLLS
+
+
+async def test_a_container_is_deleted_though_the_agent_never_removes_it(quick_deadlines):
+    tasks, agent, recorder = scripted_service()
+    await tasks.Start(api.StartRequest(id="c1"), None)
+    agent.exit("c1", 0)
+    await settle()
+    agent.never_answer("RemoveContainer")
+    deleted = await asyncio.wait_for(tasks.Delete(api.DeleteRequest(id="c1"), None), RETURNED)
+    assert deleted.exit_status == 0 and not tasks.containers
+    assert "RemoveContainer" in agent.calls
+    assert recorder.topics()[-1] == "/tasks/delete"
+
+
+@pytest.mark.parametrize("sandbox_container", [True, False])
+async def test_a_silent_agents_pod_ends_with_the_sigkill_of_its_sandbox(
+    quick_deadlines, sandbox_container
+):
+    tasks, agent, recorder = scripted_service()
+    tasks.sandbox_api_owns_pod = False
+    pod = ["c1"]
+    if sandbox_container:  # CRI's pause container, with an app beside it
+        tasks.containers["c1"].spec = {"annotations": {CONTAINER_TYPE_ANNOTATION: "sandbox"}}
+        tasks.containers["app"] = Container(
+            id="app", bundle="/nonexistent", spec={}, init=Process("app", "", 4242, Stdio())
+        )
+        pod.append("app")
+    for container_id in pod:
+        await tasks.Start(api.StartRequest(id=container_id), None)
+    agent.never_answer(*SILENT)
+    await asyncio.wait_for(tasks.Kill(api.KillRequest(id="c1", signal=9), None), RETURNED)
+    assert tasks.sandbox is None  # the VM is stopped: it kills whatever ran in it
+    for container_id in pod:
+        request = api.WaitRequest(id=container_id)
+        waited = await asyncio.wait_for(tasks.Wait(request, None), RETURNED)
+        assert waited.exit_status == 255
+        await asyncio.wait_for(tasks.Delete(api.DeleteRequest(id=container_id), None), RETURNED)
+    assert not tasks.containers
+    assert recorder.topics().count("/tasks/exit") == len(pod)
+
+
+async def test_sigterm_to_a_silent_agent_is_an_error_and_the_pod_runs_on(quick_deadlines):
+    tasks, agent, _ = scripted_service()
+    tasks.sandbox_api_owns_pod = False
+    await tasks.Start(api.StartRequest(id="c1"), None)
+    agent.never_answer("SignalProcess")
+    assert await code_of(tasks.Kill(api.KillRequest(id="c1", signal=15), None)) == (
+        Code.DEADLINE_EXCEEDED
+    )
+    assert tasks.sandbox is not None

@@ -49,9 +49,17 @@ Code = ttrpc.Code
 TTRPCError = ttrpc.TTRPCError
 EMPTY = empty_pb2.Empty()
 IO_DRAIN_TIMEOUT = 10.0  # after an exit, how long output may still arrive
+# Every agent call made for a containerd request has a deadline: this one, or the
+# agent client's per-method default (shim.agent_client.METHOD_TIMEOUTS). Only the long
+# polls have none, and none outlives the pod (stopping it closes the agent): ReadStdout/
+# ReadStderr end with their process (close_io, or IO_DRAIN_TIMEOUT after its exit),
+# WaitProcess with the exit, GetOOMEvent with the pod (its watcher is cancelled).
 AGENT_TIMEOUT = 60.0
+REMOVE_TIMEOUT = 30.0  # RemoveContainer: the guest is given 10 s to stop what is left
 MAX_SPEC_BYTES = 2 << 20  # an agent message (a ttrpc frame) holds at most 4 MiB
 DEAD_VM_STATUS = 255  # the exit status of a process whose VM died under it
+SIGKILL = 9
+UNREACHABLE = frozenset({Code.DEADLINE_EXCEEDED, Code.UNAVAILABLE})  # the agent gave no answer
 DEATH_GRACE = 2.0  # an agent call failed: how long the VM's death may take to be seen
 SHIM_VERSION = "pykata 0.1.0"
 
@@ -670,15 +678,44 @@ class TaskService:
                 # never started: nothing of it runs in the guest; it is gone all the same
                 self._exited(process, 128 + (request.signal or 9))
                 return EMPTY
-            await self._agent().SignalProcess(
-                agent_pb2.SignalProcessRequest(
-                    container_id=container.id,
-                    exec_id="" if (request.all and not process.exec_id) else process.agent_exec_id,
-                    signal=request.signal,
-                ),
-                timeout=AGENT_TIMEOUT,
-            )
+            try:
+                await self._agent().SignalProcess(
+                    agent_pb2.SignalProcessRequest(
+                        container_id=container.id,
+                        exec_id=(
+                            "" if (request.all and not process.exec_id) else process.agent_exec_id
+                        ),
+                        signal=request.signal,
+                    ),
+                    timeout=AGENT_TIMEOUT,
+                )
+            except TTRPCError as exc:
+                if not self._kill_ends_pod(container, process, request, exc):
+                    raise
+                # a guest that does not answer must not keep its pod from being deleted:
+                # the VM's end kills everything in it, and every process exits 255
+                log.warning(
+                    "the agent did not take the pod's SIGKILL: stopping the pod's VM",
+                    container=container.id,
+                    error=exc.message,
+                )
+                await self.stop_sandbox()
         return EMPTY
+
+    def _kill_ends_pod(
+        self, container: Container, process: Process, request: api.KillRequest, exc: TTRPCError
+    ) -> bool:
+        """Whether a Kill the agent gave no answer to may end the pod instead: SIGKILL to
+        the init of its sandbox (pause) container, or of its only container, in a pod the
+        Task API owns."""
+        if exc.code not in UNREACHABLE or request.signal != SIGKILL or process.exec_id:
+            return False
+        if self.sandbox_api_owns_pod:
+            return False
+        annotations = container.spec.get("annotations") or {}
+        return annotations.get(CONTAINER_TYPE_ANNOTATION) == "sandbox" or set(
+            self.containers
+        ) == {container.id}
 
     async def Exec(self, request: api.ExecProcessRequest, context) -> empty_pb2.Empty:
         container = self._container(request.id)
@@ -770,7 +807,7 @@ class TaskService:
                 try:
                     await self.sandbox.agent.RemoveContainer(
                         agent_pb2.RemoveContainerRequest(container_id=container.id, timeout=10),
-                        timeout=30,
+                        timeout=REMOVE_TIMEOUT,
                     )
                 except ttrpc.TTRPCError as exc:
                     log.warning(
