@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 import ttrpc
 from protos.kata import agent_pb2, health_pb2
@@ -113,7 +113,12 @@ class Stub:
             payload = await owner.call(
                 service_name, name, request.SerializeToString(), timeout=timeout, metadata=metadata
             )
-            return response_type.FromString(payload)
+            try:
+                return response_type.FromString(payload)
+            except DecodeError as exc:
+                raise BadAnswer(
+                    f"the agent's answer to {name} is not a {response_type.__name__}: {exc}"
+                ) from None
 
         call.__name__ = name
         call.__qualname__ = f"{service_name}.{name}"

@@ -16,18 +16,27 @@ from types import SimpleNamespace
 
 import pytest
 from google.protobuf.any_pb2 import Any
-from scripted_agent import scripted_service, settle
+from scripted_agent import ScriptedAgent, scripted_service, settle
 from structlog.testing import capture_logs
 
 import ttrpc
 from protos.containerd.events import task_pb2 as events
 from protos.containerd.task.v2 import shim_pb2 as api
+from shim.agent_client import AgentAddress, AgentClient
 from shim.paths import CONTAINER_TYPE_ANNOTATION
 from shim.task_service import events as events_module
 from shim.task_service import oom, service
 from shim.task_service.events import EventPublisher
 from shim.task_service.process import Process, State, Stdio
 from shim.task_service.service import Container
+from ttrpc.framing import (
+    HEADER,
+    MAX_MESSAGE_SIZE,
+    TYPE_RESPONSE,
+    encode_frame,
+    encode_header,
+)
+from ttrpc.pb.request_pb2 import Request, Response
 
 Code = ttrpc.Code
 RETURNED = 10.0  # seconds: a generous "it returned", never a timing claim
@@ -340,3 +349,92 @@ async def test_sigterm_to_a_silent_agent_is_an_error_and_the_pod_runs_on(quick_d
         Code.DEADLINE_EXCEEDED
     )
     assert tasks.sandbox is not None
+
+
+# -- the byte stream: closed mid-call, oversized, not protobuf -----------------------
+
+
+class RawAgent:
+    """An agent at the byte level: reads each request, then does what `script` says next
+    ("close", "oversized", "garbage"; "answer" once the script is spent)."""
+
+    def __init__(self, script: list[str]) -> None:
+        self.script = list(script)
+        self.methods: list[str] = []
+        self.server: asyncio.AbstractServer | None = None
+
+    async def serve(self, path: str) -> None:
+        self.server = await asyncio.start_unix_server(self._connection, path)
+
+    async def _connection(self, reader, writer) -> None:
+        try:
+            while True:
+                length, stream_id, _, _ = HEADER.unpack(await reader.readexactly(HEADER.size))
+                self.methods.append(Request.FromString(await reader.readexactly(length)).method)
+                what = self.script.pop(0) if self.script else "answer"
+                if what == "close":
+                    return
+                if what == "oversized":
+                    size = MAX_MESSAGE_SIZE + 1
+                    writer.write(encode_header(size, stream_id, TYPE_RESPONSE) + bytes(size))
+                else:
+                    payload = b"\xff\xff\xff" if what == "garbage" else b""
+                    response = Response(payload=payload).SerializeToString()
+                    writer.write(encode_frame(stream_id, TYPE_RESPONSE, response))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+@pytest.fixture
+async def raw_agent(tmp_path):
+    """(RawAgent, a TaskService whose agent is a real AgentClient connected to it)."""
+    raw = RawAgent([])
+    path = str(tmp_path / "agent.sock")
+    await raw.serve(path)
+    client = AgentClient(AgentAddress(unix_path=path))
+    tasks, _, recorder = scripted_service(ScriptedAgent())
+    tasks.sandbox.agent = client.agent
+    tasks.containers["c1"].init.state = State.RUNNING
+    yield raw, tasks, recorder
+    await client.close()
+    await raw.close()
+
+
+async def test_an_agent_that_closes_mid_call_fails_the_call_not_the_shim(raw_agent):
+    raw, tasks, _ = raw_agent
+    raw.script = ["close"]
+    assert await code_of(tasks.Kill(api.KillRequest(id="c1", signal=15), None)) == (
+        Code.UNAVAILABLE
+    )
+    await asyncio.wait_for(tasks.Kill(api.KillRequest(id="c1", signal=15), None), RETURNED)
+    assert raw.methods == ["SignalProcess", "SignalProcess"]  # on a new connection
+
+
+async def test_a_wait_the_agent_drops_gives_the_process_its_exit(raw_agent):
+    raw, tasks, recorder = raw_agent
+    raw.script = ["close"]
+    process = tasks.containers["c1"].init
+    await asyncio.wait_for(tasks._wait_for_exit(process), RETURNED)
+    assert process.exit_status == 255
+    assert recorder.topics() == ["/tasks/exit"]
+
+
+@pytest.mark.parametrize(("what", "code"), [
+    ("oversized", Code.RESOURCE_EXHAUSTED),
+    ("garbage", Code.INTERNAL),
+])
+async def test_an_answer_over_4_mib_or_not_protobuf_fails_one_call(raw_agent, what, code):
+    raw, tasks, _ = raw_agent
+    raw.script = [what]
+    assert await code_of(tasks.Stats(api.StatsRequest(id="c1"), None)) == code
+    stats = await asyncio.wait_for(tasks.Stats(api.StatsRequest(id="c1"), None), RETURNED)
+    assert stats.stats.type_url == "io.containerd.cgroups.v1.Metrics"
+    assert raw.methods == ["StatsContainer", "StatsContainer"]  # one connection, in sync
