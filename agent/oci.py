@@ -136,7 +136,9 @@ def container_config(
       VM's network (a path in the spec names a host namespace);
     - the cgroup is ours (cgroups_path), not the host's;
     - hooks, SELinux/AppArmor labels are dropped (host paths, no LSM here);
-    - pid_namespace: join that pid namespace (the sandbox's) instead of a new one.
+    - a pid namespace always: pid_namespace (the pod's) when given, else a new one.
+      Never the one a spec names by path, nor none: both could be the guest's root
+      namespace, where the agent and the guest's own processes are.
     """
     if not spec.HasField("Process"):
         raise invalid("OCI spec has no Process")
@@ -158,14 +160,11 @@ def container_config(
         kind = namespace.get("type", "")
         if kind not in NAMESPACE_TYPES:
             raise invalid(f"unknown namespace type {kind!r}")
-        if kind == "network":
+        if kind in ("network", "pid"):
             continue
-        if kind == "pid" and pid_namespace:
-            namespace = {"type": "pid", "path": pid_namespace}
         namespaces.append(namespace)
-    if pid_namespace and not any(ns["type"] == "pid" for ns in namespaces):
-        namespaces.append({"type": "pid", "path": pid_namespace})
-    linux["namespaces"] = namespaces
+    pid = {"type": "pid", "path": pid_namespace} if pid_namespace else {"type": "pid"}
+    linux["namespaces"] = [pid, *namespaces]
     linux["cgroupsPath"] = cgroups_path
     for mount in config.get("mounts", ()):
         if not mount.get("destination", "").startswith("/"):

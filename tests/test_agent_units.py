@@ -131,6 +131,23 @@ def test_container_config_default_root_and_pid_namespace(tmp_path):
     assert {"type": "pid", "path": "/proc/42/ns/pid"} in config["linux"]["namespaces"]
 
 
+@pytest.mark.parametrize(
+    "pid", [None, oci_pb2.LinuxNamespace(Type="pid", Path="/proc/1/ns/pid")], ids=["none", "path"]
+)
+def test_a_container_always_gets_a_pid_namespace_never_one_the_spec_names(tmp_path, pid):
+    """No pid namespace in the spec, or one by path, would be the guest's own (the agent's):
+    the container gets a new one, or the pod's when the agent gives it."""
+    spec = full_spec(str(tmp_path))
+    del spec.Linux.Namespaces[:]
+    spec.Linux.Namespaces.extend([pid] if pid else [])
+    config = oci.container_config(spec, default_root="/x", cgroups_path="/p/c")
+    assert config["linux"]["namespaces"] == [{"type": "pid"}]
+    config = oci.container_config(
+        spec, default_root="/x", cgroups_path="/p/c", pid_namespace="/proc/42/ns/pid"
+    )
+    assert config["linux"]["namespaces"] == [{"type": "pid", "path": "/proc/42/ns/pid"}]
+
+
 def test_container_config_errors_say_what_is_wrong(tmp_path):
     spec = full_spec(str(tmp_path / "missing"))
     with pytest.raises(TTRPCError) as caught:
