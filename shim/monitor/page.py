@@ -1,9 +1,10 @@
 """One sandbox's /metrics page: host processes, RPC histograms, overhead, the guest's text.
 
 Labels go on every sample, as kata-monitor puts them: `sandbox_id`, and under
-CRI `cri_uid`, `cri_name`, `cri_namespace`. The page is built in a worker
-thread (about 1.5 ms for the host part, 10 ms with a full guest page here), so
-neither a slow /proc read nor the rendering holds the Task API's event loop.
+CRI `cri_uid`, `cri_name`, `cri_namespace`; the guest's text may not set them (see
+shim.monitor.guest_page). The page is built in a worker thread (about 1.5 ms for the
+host part, 10 ms with a full guest page here), so neither a slow /proc read nor the
+rendering holds the Task API's event loop.
 """
 
 from __future__ import annotations
@@ -11,17 +12,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
-from shim.monitor.exposition import Family, render_bytes, with_labels
+from shim.monitor.exposition import render_bytes, with_labels
+from shim.monitor.guest_page import agent_families
 from shim.monitor.overhead import PodOverhead
-from shim.monitor.parse import parse
 from shim.monitor.procfs import families_for
 from shim.monitor.rpc_metrics import RpcMetrics
 
-# Kata renames these families of the agent's page so they cannot clash with the host's
-AGENT_RENAMED = ("go_", "process_")
-AGENT_PREFIX = "kata_agent_"
-# the guest may only speak for itself: other names could shadow the host's families
-AGENT_ALLOWED = (AGENT_PREFIX, "kata_guest_")
+__all__ = ["agent_families", "metrics_page", "sandbox_labels"]
 
 Process = tuple[str, int | None, int | None]  # (family prefix, pid, start time in ticks)
 
@@ -43,18 +40,6 @@ def sandbox_labels(
         if value:
             labels[name] = value
     return labels
-
-
-def agent_families(text: str) -> list[Family]:
-    """The agent's GetMetrics text as families, go_*/process_* renamed kata_agent_*.
-
-    Families named otherwise than kata_agent_* or kata_guest_* are dropped.
-    """
-    families = parse(text)
-    for family in families:
-        if family.name.startswith(AGENT_RENAMED):
-            family.name = AGENT_PREFIX + family.name
-    return [f for f in families if f.name.startswith(AGENT_ALLOWED)]
 
 
 async def metrics_page(
