@@ -115,6 +115,9 @@ def test_console_escapes_what_the_guest_wrote_and_reads_it_in_chunks(
             reads.append(size)
             return self.f.read(size)
 
+        def __getattr__(self, name):  # seek, fileno...
+            return getattr(self.f, name)
+
         def __enter__(self):
             return self
 
@@ -135,3 +138,13 @@ def test_console_raw_passes_the_bytes_through(tmp_path, monkeypatch, capsysbinar
     console_state(tmp_path, monkeypatch, b"boot " + HOSTILE + b"\n")
     assert run(["console", "--raw", "pod1"]) == 0
     assert capsysbinary.readouterr().out == b"boot " + HOSTILE + b"\n"
+
+
+def test_console_prints_the_logs_last_bytes_only(tmp_path, monkeypatch, capsysbinary):
+    from shim.admin import run
+
+    console_state(tmp_path, monkeypatch, b"old line\n" * 1000 + b"the end\n")
+    assert run(["console", "--bytes", "12", "pod1"]) == 0
+    assert capsysbinary.readouterr().out == b"ine\nthe end\n"
+    assert run(["console", "pod1"]) == 0  # the default tail holds this whole small log
+    assert capsysbinary.readouterr().out.startswith(b"old line\n")

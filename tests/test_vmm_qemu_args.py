@@ -72,7 +72,7 @@ def test_bad_accel_rejected():
 def test_console_is_a_logged_socket_on_the_first_serial_port():
     argv = argv_for()
     assert f"socket,id=console0,path={STATE}/console.sock,server=on,wait=off,"\
-           f"logfile={STATE}/console.log" in opt(argv, "-chardev")
+           f"logfile={STATE}/console.log,logappend=on" in opt(argv, "-chardev")
     assert opt(argv, "-serial") == ["chardev:console0"]
     assert opt(argv, "-append")[0].startswith("console=ttyS0 panic=-1 ")
 

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from shim import paths
 from shim.admin import shim_client
 from shim.admin.errors import AdminError
 from shim.admin.terminal_text import RAW_HELP, TerminalText
+from shim.vmm import console_log
 
-CONSOLE_CHUNK = 64 << 10  # the log grows without bound: it is copied a chunk at a time
+CONSOLE_CHUNK = 64 << 10  # the log is copied a chunk at a time
+CONSOLE_TAIL = 256 << 10  # console prints the log's end, not its whole (up to 4 MiB)
 
 
 def sandbox_dirs(root: Path | None = None) -> list[Path]:
@@ -83,7 +87,8 @@ def list_sandboxes(args: argparse.Namespace) -> int:
 
 
 def console(args: argparse.Namespace) -> int:
-    """Print (and with -f follow) a sandbox's guest console log."""
+    """Print the end of a sandbox's guest console log (its last --bytes), and with -f
+    follow it, across the trims that keep it capped (shim.vmm.console_log)."""
     log_path = find_sandbox(args.sandbox) / "console.log"
     try:
         f = open(log_path, "rb")  # noqa: SIM115 (held open while following)
@@ -91,6 +96,7 @@ def console(args: argparse.Namespace) -> int:
         raise AdminError(f"{log_path} does not exist (yet)") from None
     text = None if args.raw else TerminalText()  # the log is the guest's: escape it
     with f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - args.bytes))
         while True:
             data = f.read(CONSOLE_CHUNK)
             if data:
@@ -103,6 +109,22 @@ def console(args: argparse.Namespace) -> int:
                 return 0
             else:
                 time.sleep(0.5)
+                _after_trim(f)
+
+
+def _after_trim(f: BinaryIO) -> None:
+    """If the log shrank under a reader at its end, the shim trimmed it: go on after
+    what the trim kept, which the reader has printed already."""
+    size = os.fstat(f.fileno()).st_size
+    if size < f.tell():
+        f.seek(0)
+        f.seek(console_log.resume_offset(f.read(256), size))
+
+
+def _byte_count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count of bytes")
+    return int(text)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -111,4 +133,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     con.add_argument("sandbox", metavar="SANDBOX")
     con.add_argument("-f", "--follow", action="store_true", help="keep printing what comes")
     con.add_argument("--raw", action="store_true", help=RAW_HELP)
+    con.add_argument(
+        "--bytes",
+        type=_byte_count,
+        default=CONSOLE_TAIL,
+        metavar="N",
+        help=f"print the log's last N bytes first (default {CONSOLE_TAIL >> 10} KiB)",
+    )
     con.set_defaults(func=console)

@@ -42,6 +42,7 @@ from shim.task_service.process import (
     Stdio,
 )
 from shim.task_service.stdio import CHUNK, InputCopier, OutputCopier
+from shim.vmm import console_log
 from shim.vmm.confinement import ConfinementError
 
 log = structlog.get_logger(__name__)
@@ -188,6 +189,7 @@ class TaskService:
         self._lock = asyncio.Lock()  # Create/Delete change the sandbox one at a time
         self._oom_watcher: asyncio.Task[None] | None = None
         self._death_watcher: asyncio.Task[None] | None = None
+        self._console_watcher: asyncio.Task[None] | None = None  # keeps console.log capped
         # called with the reason when the pod's VM dies (the Sandbox API's WaitSandbox)
         self.death_listeners: list[Any] = []
         # the pod's monitor socket (shim.task_service.monitor_service.SandboxMonitor)
@@ -326,6 +328,7 @@ class TaskService:
         loop = asyncio.get_running_loop()
         self._oom_watcher = loop.create_task(self._watch_oom(sandbox))
         self._death_watcher = loop.create_task(self._watch_death(sandbox))
+        self._console_watcher = loop.create_task(console_log.keep_capped(sandbox.vm.console_log))
         return sandbox
 
     async def _open_monitor(self, sandbox: Sandbox) -> None:
@@ -365,10 +368,10 @@ class TaskService:
             await self._stop_sandbox()
 
     async def _stop_sandbox(self) -> None:
-        for watcher in (self._oom_watcher, self._death_watcher):
+        for watcher in (self._oom_watcher, self._death_watcher, self._console_watcher):
             if watcher is not None:
                 watcher.cancel()
-        self._oom_watcher = self._death_watcher = None
+        self._oom_watcher = self._death_watcher = self._console_watcher = None
         if self.monitor is not None:
             await self.monitor.close()
         if self.sandbox is not None:

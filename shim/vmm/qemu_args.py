@@ -212,11 +212,12 @@ def build_argv(
         argv.append("-S")
     if seccomp:
         argv += ["-sandbox", SECCOMP]
-    # guest console: the first serial port, served on a socket and always logged
+    # guest console: the first serial port, served on a socket and always logged; the
+    # log is opened O_APPEND so the shim can trim it under QEMU (shim.vmm.console_log)
     argv += [
         "-chardev",
         f"socket,id=console0,path={q(paths.console_socket)},server=on,"
-        f"wait=off,logfile={q(paths.console_log)}",
+        f"wait=off,logfile={q(paths.console_log)},logappend=on",
         "-serial",
         "chardev:console0",
     ]
