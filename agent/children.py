@@ -178,6 +178,14 @@ async def _collect(fd: int, sink: bytearray) -> None:
         os.close(fd)
 
 
+async def read_to_end(fd: int) -> bytes:
+    """Everything written to fd (a pipe's read end) until EOF, through the event loop;
+    fd is closed."""
+    sink = bytearray()
+    await _collect(fd, sink)
+    return bytes(sink)
+
+
 async def _feed(fd: int, data: bytes) -> None:
     """Write data to fd (non-blocking) through the event loop, then close it.
 

@@ -1,4 +1,5 @@
-"""The few libc calls the stdlib lacks: prctl, mount, umount2, reboot (through ctypes).
+"""The few libc calls the stdlib lacks: prctl, mount, umount2, reboot, unshare, setns
+(through ctypes).
 
 ctypes is imported on first use only: an agent that is PID 1 and mounts nothing
 never pays for it.
@@ -11,6 +12,7 @@ from functools import cache
 from typing import Any
 
 PR_SET_CHILD_SUBREAPER = 36
+CLONE_NEWPID = 0x20000000
 RB_POWER_OFF = 0x4321FEDC
 MNT_DETACH = 2
 
@@ -95,3 +97,13 @@ def power_off() -> None:
     """Flush the disks and power the machine off. Only ever call this inside the VM."""
     os.sync()
     _check(_libc().reboot(RB_POWER_OFF), "reboot(RB_POWER_OFF)")
+
+
+def unshare(flags: int) -> None:
+    """unshare(2): for CLONE_NEWPID, this thread's next children start a new pid namespace."""
+    _check(_libc().unshare(flags), f"unshare({flags:#x})")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2) into the namespace open at fd."""
+    _check(_libc().setns(fd, nstype), f"setns({nstype:#x})")

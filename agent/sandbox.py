@@ -25,6 +25,7 @@ from ttrpc.errors import TTRPCError
 if TYPE_CHECKING:
     from agent.container import Container
     from agent.oom import OomWatcher
+    from agent.pidns import PodPidNamespace
     from agent.runtime import Runc
     from agent.storage import Storages
 
@@ -53,12 +54,12 @@ class Sandbox:
         self._runc: Runc | None = None
         self.id = ""
         self.created = False
-        self.sandbox_pidns = False
         self.containers: dict[str, Container] = {}
         self._reserved: set[str] = set()
         self._storages: Storages | None = None
         self._sandbox_mounts: list[str] = []
-        self._pidns_holder: str | None = None
+        self._pidns_holder: str | None = None  # the container holding it (a pause container)
+        self._pidns: PodPidNamespace | None = None  # or the agent's own pause process
         self._oom: OomWatcher | None = None
         self._consoles = os.path.join(config.run_dir, ".consoles")  # console sockets
 
@@ -109,13 +110,13 @@ class Sandbox:
 
     # -- sandbox -------------------------------------------------------------------
     def create(self, request: Any) -> None:
-        """CreateSandbox: hostname, DNS, storages (the shared fs), the sandbox dirs."""
+        """CreateSandbox: hostname, DNS, storages (the shared fs), the sandbox dirs, and
+        with sandbox_pidns the pod's pid namespace (agent.pidns)."""
         if self.created:
             raise TTRPCError(Code.ALREADY_EXISTS, f"sandbox {self.id!r} already exists")
         for folder in (self.config.run_dir, self.config.shared_dir):
             os.makedirs(folder, mode=0o755, exist_ok=True)
         self.id = request.sandbox_id
-        self.sandbox_pidns = request.sandbox_pidns
         if request.hostname:
             import socket
 
@@ -133,7 +134,19 @@ class Sandbox:
             point = self._add_storage(storage)
             if point:
                 self._sandbox_mounts.append(point)
+        if request.sandbox_pidns:
+            self._start_pidns()
         self.created = True
+
+    def _start_pidns(self) -> None:
+        from agent.pidns import PodPidNamespace
+
+        pidns = PodPidNamespace(self.reaper, os.path.join(self.config.run_dir, ".pause-root"))
+        try:
+            pidns.start()
+        except OSError as exc:
+            raise TTRPCError(Code.INTERNAL, f"cannot make the pod's pid namespace: {exc}") from None
+        self._pidns = pidns
 
     def _add_storage(self, storage: Any) -> str | None:
         try:
@@ -157,6 +170,9 @@ class Sandbox:
         for cid, result in zip(cids, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("container %s: not removed cleanly: %s", cid, result)
+        if self._pidns is not None:
+            await self._pidns.stop()  # after the containers: they leave in their own time
+            self._pidns = None
         for point in reversed(self._sandbox_mounts):
             self.storages.release(point)  # only set when storages were used
         self._sandbox_mounts.clear()
@@ -213,7 +229,7 @@ class Sandbox:
                 request.OCI,
                 default_root=os.path.join(self.config.shared_dir, cid, "rootfs"),
                 cgroups_path=f"{self.config.cgroup_parent}/{cid}",
-                pid_namespace=self._pid_namespace(request.sandbox_pidns),
+                pid_namespace=await self._pid_namespace(request.sandbox_pidns),
             )
             oci.apply_sysctls(oci.take_pod_sysctls(config))
             container = Container(
@@ -243,14 +259,21 @@ class Sandbox:
         # Watched from now on (its cgroup exists): a process may be OOM-killed
         # before StartContainer even returns.
         self.oom.watch(cid, container.cgroups_path)
-        if (self.sandbox_pidns or request.sandbox_pidns) and self._pidns_holder is None:
-            self._pidns_holder = cid
+        if request.sandbox_pidns and self._pidns is None and self._pidns_holder is None:
+            self._pidns_holder = cid  # the pause container: the first to ask for the pod's
         self.containers[cid] = container
         return container
 
-    def _pid_namespace(self, requested: bool) -> str | None:
-        """The sandbox pid namespace (the first container's) when containers share one."""
-        if not (requested or self.sandbox_pidns) or self._pidns_holder is None:
+    async def _pid_namespace(self, requested: bool) -> str | None:
+        """The pod's pid namespace for a container that asked for it: the agent's own
+        (made at CreateSandbox) or else its holder's, the first container that asked.
+        None: a new one of the container's own (oci.container_config), which is also
+        how the holder gets one. As Kata's agent, each container's request decides."""
+        if not requested:
+            return None
+        if self._pidns is not None:
+            return await self._pidns.path()
+        if self._pidns_holder is None:
             return None
         holder = self.containers.get(self._pidns_holder)
         if holder is None or holder.init.has_exited:

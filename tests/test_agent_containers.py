@@ -530,16 +530,6 @@ async def test_copy_file_into_the_run_dir_only(agent):
     shutil.rmtree(agent.run_dir / "files")
 
 
-async def test_sandbox_pidns_is_shared(agent):
-    await agent.agent.CreateSandbox(
-        agent_pb2.CreateSandboxRequest(sandbox_id="sb", sandbox_pidns=True)
-    )
-    await agent.create("first", ["sleep", "1000"])
-    await agent.create("second", ["sh", "-c", "cat /proc/1/cmdline"])
-    assert await agent.read_all("second") == b"sleep\x001000\x00"
-    assert await agent.wait("second") == 0
-
-
 async def test_destroy_sandbox_removes_every_container(sandbox):
     await sandbox.create("d1", ["sleep", "1000"])
     await sandbox.create("d2", ["sleep", "1000"], start=False)
