@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from google.protobuf.any_pb2 import Any
@@ -14,6 +15,8 @@ from protos.containerd.runtime.sandbox.v1 import sandbox_pb2 as sapi
 from protos.containerd.runtimeoptions.v1 import api_pb2 as runtimeoptions
 from protos.containerd.task.v2 import shim_pb2 as tapi
 from protos.kubernetes import cri_pod_pb2
+from shim.config import parse_config
+from shim.sandbox.sandbox import Sandbox
 from shim.task_service import sandbox_service
 from shim.task_service.events import EventPublisher
 from shim.task_service.sandbox_service import SandboxService, dns_lines, pod_config
@@ -139,3 +142,58 @@ def test_pod_files_give_containers_a_hostname_hosts_and_resolver(tmp_path):
     assert Path(made["/etc/resolv.conf"]).read_text() == "nameserver 198.18.0.53\n"
     bare = sandbox_service.write_pod_files(tmp_path / "bare", "", [])
     assert sorted(bare) == ["/etc/hosts"]
+
+
+@pytest.mark.parametrize(("pid", "shared"), [
+    (cri_pod_pb2.POD, True), (cri_pod_pb2.NODE, True), (cri_pod_pb2.CONTAINER, False)])
+def test_a_pod_shares_a_pid_namespace_unless_each_container_has_its_own(pid, shared):
+    options = _pod_options(linux=cri_pod_pb2.LinuxPodSandboxConfig(
+        security_context=cri_pod_pb2.LinuxSandboxSecurityContext(
+            namespace_options=cri_pod_pb2.NamespaceOption(pid=pid))))
+    assert sandbox_service.shares_pid_namespace(options, pod_config(options)) is shared
+
+
+def test_without_a_cri_config_the_agent_makes_no_pod_pid_namespace():
+    assert not sandbox_service.shares_pid_namespace(Any(), pod_config(Any()))
+    assert not sandbox_service.shares_pid_namespace(None, pod_config(None))
+    empty = _pod_options()  # CRI's defaults: pid POD
+    assert sandbox_service.shares_pid_namespace(empty, pod_config(empty))
+
+
+@pytest.mark.parametrize(("pid", "shared"), [
+    (cri_pod_pb2.POD, True), (cri_pod_pb2.CONTAINER, False)])
+async def test_start_sandbox_asks_the_agent_for_the_pod_pid_namespace(
+        services, tmp_path, pid, shared):
+    """No pause container comes through this door: the agent must make the pod's pid
+    namespace itself (CreateSandboxRequest.sandbox_pidns), never leave the containers in
+    the guest's own."""
+    stub, _, tasks, _ = services
+    booted = {}
+
+    async def boot_sandbox(sandbox_id, config, **kwargs):
+        booted.update(kwargs)
+        tasks.sandbox = SimpleNamespace(id=sandbox_id, pid=4242, state_dir=tmp_path)
+        return tasks.sandbox
+
+    tasks.boot_sandbox = boot_sandbox
+    await stub.CreateSandbox(sapi.CreateSandboxRequest(
+        sandbox_id="pod1", options=_pod_options(linux=cri_pod_pb2.LinuxPodSandboxConfig(
+            security_context=cri_pod_pb2.LinuxSandboxSecurityContext(
+                namespace_options=cri_pod_pb2.NamespaceOption(pid=pid))))))
+    answer = await stub.StartSandbox(sapi.StartSandboxRequest(sandbox_id="pod1"))
+    assert answer.pid == 4242
+    assert booted["sandbox_pidns"] is shared
+
+
+@pytest.mark.parametrize("shared", [True, False])
+async def test_the_agents_create_sandbox_carries_sandbox_pidns(shared):
+    sent = []
+
+    class Agent:
+        async def CreateSandbox(self, request, timeout=None):
+            sent.append(request)
+
+    sandbox = Sandbox("pykata-test", "pod1", parse_config(""))
+    sandbox.agent = Agent()
+    await sandbox._create_agent_sandbox("h1", ["nameserver 198.18.0.53"], shared)
+    assert [(r.sandbox_id, r.hostname, r.sandbox_pidns) for r in sent] == [("pod1", "h1", shared)]

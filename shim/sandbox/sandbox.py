@@ -93,13 +93,16 @@ class Sandbox:
         hostname: str = "",
         dns: list[str] | None = None,
         cgroup_path: str | None = None,
+        sandbox_pidns: bool = False,
     ) -> None:
         """Boot the VM and create the agent's sandbox; on failure undo everything.
 
         netns: the pod's network namespace (None: no network); hostname and dns
         (resolv.conf lines) are the pod's, given to the agent; cgroup_path: the pod's
         cgroup, which this daemon joins before starting virtiofsd and QEMU when
-        [runtime] sandbox_cgroup_only is on (None: they stay where the daemon is).
+        [runtime] sandbox_cgroup_only is on (None: they stay where the daemon is);
+        sandbox_pidns: the agent makes the pod-shared pid namespace itself (no pause
+        container will hold one: the Sandbox API).
         """
         if netns is not None:
             from shim.netns.nsenter import check_pod_netns
@@ -136,12 +139,14 @@ class Sandbox:
                 self.network.release_fds()  # QEMU has its own copies of the macvtap queues
             self.agent = self.vm.agent.agent
             await self.network.configure_guest(self.agent)
-            await self._create_agent_sandbox(hostname, dns or [])
+            await self._create_agent_sandbox(hostname, dns or [], sandbox_pidns)
         except BaseException:
             await self.stop()
             raise
 
-    async def _create_agent_sandbox(self, hostname: str, dns: list[str]) -> None:
+    async def _create_agent_sandbox(
+        self, hostname: str, dns: list[str], sandbox_pidns: bool = False
+    ) -> None:
         storages = []
         if self.config.hypervisor.shared_fs == "virtio-fs":
             storages.append(
@@ -158,6 +163,7 @@ class Sandbox:
             dns=dns,
             storages=storages,
             sandbox_id=self.id,
+            sandbox_pidns=sandbox_pidns,
         )
         try:
             await self.agent.CreateSandbox(request, timeout=AGENT_CALL_TIMEOUT)

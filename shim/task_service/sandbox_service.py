@@ -88,6 +88,20 @@ def pod_config(options: Any) -> cri_pod_pb2.PodSandboxConfig:
         raise TTRPCError(Code.INVALID_ARGUMENT, f"bad PodSandboxConfig: {exc}") from None
 
 
+def shares_pid_namespace(options: Any, config: cri_pod_pb2.PodSandboxConfig) -> bool:
+    """Whether the pod's containers share one pid namespace, which the agent then makes
+    (no pause container holds it here).
+
+    containerd gives every container of a pod whose pid mode is not CONTAINER the
+    sandbox's pid namespace by path (POD; NODE too, the path that names the node's for
+    a pause container): they share the pod's own in the guest, never the guest's.
+    Without a CRI config (no options) nothing says so.
+    """
+    if options is None or not (options.type_url or options.value):
+        return False
+    return config.linux.security_context.namespace_options.pid != cri_pod_pb2.CONTAINER
+
+
 def dns_lines(config: cri_pod_pb2.PodSandboxConfig) -> list[str]:
     """resolv.conf lines for the agent from the pod's DNSConfig."""
     dns = config.dns_config
@@ -131,6 +145,7 @@ class _Pod:
     hostname: str
     dns: list[str]
     cgroup_path: str | None = None
+    shared_pidns: bool = False
     created_ns: int = 0
     exited_ns: int = 0
     exit_status: int = 0
@@ -186,6 +201,7 @@ class SandboxService:
                 hostname=cri.hostname,
                 dns=dns_lines(cri),
                 cgroup_path=cgroup_path,
+                shared_pidns=shares_pid_namespace(request.options, cri),
             )
             self.tasks.sandbox_api_owns_pod = True
             if self.tasks.monitor is not None:  # kata-monitor's labels for the pod's metrics
@@ -211,6 +227,7 @@ class SandboxService:
                     hostname=pod.hostname,
                     dns=pod.dns,
                     cgroup_path=pod.cgroup_path,
+                    sandbox_pidns=pod.shared_pidns,
                 )
                 pod.created_ns = time.time_ns()
                 self.tasks.pod_files = write_pod_files(

@@ -296,6 +296,7 @@ class TaskService:
         hostname: str = "",
         dns: list[str] | None = None,
         cgroup_path: str | None = None,
+        sandbox_pidns: bool = False,
     ) -> Sandbox:
         """Boot the pod's VM (for its first container, or for the Sandbox API)."""
         try:
@@ -304,7 +305,8 @@ class TaskService:
             raise _invalid(exc) from None
         log.info("starting sandbox VM", sandbox=sandbox_id, config=config.source)
         try:
-            await sandbox.start(netns=netns, hostname=hostname, dns=dns, cgroup_path=cgroup_path)
+            await sandbox.start(netns=netns, hostname=hostname, dns=dns, cgroup_path=cgroup_path,
+                                sandbox_pidns=sandbox_pidns)
         except NetnsRefused as exc:
             raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
         except CgroupError as exc:
