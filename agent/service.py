@@ -223,6 +223,9 @@ class AgentService:
         status = await process.wait()
         if process.init:
             self.sandbox.recount_oom(request.container_id)
+            # let a GetOOMEvent waiter answer first: the host then hears of the OOM kill
+            # before the exit that makes containerd delete the task
+            await asyncio.sleep(0)
         return agent_pb2.WaitProcessResponse(status=status)
 
     # -- stdio -----------------------------------------------------------------------

@@ -195,6 +195,24 @@ async def test_oom_events_for_unknown_containers_are_ignored(monkeypatch):
     assert recorder.events == []
 
 
+async def test_an_oom_kill_reported_after_the_container_was_deleted_still_counts(monkeypatch):
+    """The exit and the OOM event race: containerd may delete the task first."""
+    monkeypatch.setattr(oom, "OOM_POLL_BURST", 10**9)
+    tasks, agent, recorder = scripted_service()
+    tasks.sandbox_api_owns_pod = True  # the pod outlives its container here
+    await tasks.Start(api.StartRequest(id="c1"), None)
+    agent.exit("c1", 137)
+    await settle()
+    await tasks.Delete(api.DeleteRequest(id="c1"), None)
+    assert "c1" not in tasks.containers
+    agent.answers, spent = flood_of_ooms("c1", 1)
+    watcher = asyncio.ensure_future(tasks._watch_oom(tasks.sandbox))
+    await asyncio.wait_for(spent.wait(), RETURNED)
+    watcher.cancel()
+    ooms = [event for topic, event in recorder.events if topic == "/tasks/oom"]
+    assert [event.container_id for event in ooms] == ["c1"]
+
+
 async def test_the_oom_poll_does_not_spin_on_an_agent_that_answers_at_once(monkeypatch):
     monkeypatch.setattr(oom, "OOM_POLL_BURST", 5)
     monkeypatch.setattr(oom, "OOM_POLL_RATE", 0.001)  # the 6th poll waits 1000 s

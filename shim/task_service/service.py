@@ -8,6 +8,7 @@ containerd expects (NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION...).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -186,6 +187,9 @@ class TaskService:
         # what kubelet's files under CRI's sandbox dir are to a pause-container pod
         self.pod_files: dict[str, str] = {}
         self.containers: dict[str, Container] = {}
+        # containers deleted lately: an OOM kill the guest reports after containerd
+        # deleted the task (its exit and the OOM event race) still reaches containerd
+        self._deleted: collections.deque[str] = collections.deque(maxlen=64)
         self._lock = asyncio.Lock()  # Create/Delete change the sandbox one at a time
         self._oom_watcher: asyncio.Task[None] | None = None
         self._death_watcher: asyncio.Task[None] | None = None
@@ -370,15 +374,20 @@ class TaskService:
             await self._stop_sandbox()
 
     async def _stop_sandbox(self) -> None:
-        for watcher in (self._oom_watcher, self._death_watcher, self._console_watcher):
+        for watcher in (self._death_watcher, self._console_watcher):
             if watcher is not None:
                 watcher.cancel()
-        self._oom_watcher = self._death_watcher = self._console_watcher = None
+        self._death_watcher = self._console_watcher = None
         if self.monitor is not None:
             await self.monitor.close()
         if self.sandbox is not None:
+            # the OOM watcher goes after DestroySandbox's answer: an OOM event the guest
+            # sent before it (a kill reported with the last container's exit) is read first
             await self.sandbox.stop()
             self.sandbox = None
+        if self._oom_watcher is not None:
+            self._oom_watcher.cancel()
+            self._oom_watcher = None
 
     async def _watch_oom(self, sandbox: Sandbox) -> None:
         """Keep the agent's GetOOMEvent long poll open; publish /tasks/oom for each kill.
@@ -397,10 +406,12 @@ class TaskService:
                 await asyncio.sleep(min(failures, 10) * 0.5)
                 continue
             failures = 0
-            if event.container_id not in self.containers:
+            if event.container_id not in self.containers and (
+                event.container_id not in self._deleted
+            ):
                 gate.ignore_unknown(event.container_id)
             elif gate.allow(event.container_id):
-                gate.retain(self.containers)
+                gate.retain([*self.containers, *self._deleted])
                 log.info("container hit its memory limit", container=event.container_id)
                 self.publisher.publish(
                     "/tasks/oom", events.TaskOOM(container_id=event.container_id)
@@ -821,6 +832,7 @@ class TaskService:
             if self.sandbox is not None:
                 self.sandbox.remove_container(container.id)
             del self.containers[container.id]
+            self._deleted.append(container.id)
             if not self.containers and not self.sandbox_api_owns_pod:
                 await self._stop_sandbox()
 
