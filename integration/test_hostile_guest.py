@@ -25,8 +25,10 @@ MARK = "host-data-" + uuid.uuid4().hex[:8]
 
 
 def guest_root(cid: str, script: str) -> subprocess.CompletedProcess:
-    """`sh -c script` as root in the guest, outside the container (the debug console)."""
-    return subprocess.run([sys.executable, "-m", "shim.admin", "exec", cid, "sh", "-c", script],
+    """`sh -c script` as root in the guest, outside the container (the debug console); the
+    script's lines become one (the console takes one line)."""
+    line = "; ".join(part.strip() for part in script.strip().splitlines())
+    return subprocess.run([sys.executable, "-m", "shim.admin", "exec", cid, "sh", "-c", line],
                           capture_output=True, text=True, timeout=120)
 
 

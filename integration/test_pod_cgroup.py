@@ -124,16 +124,15 @@ def _remove_test_cgroups(parent: str) -> None:
 @pytest.mark.skipif(MEMORY_ROOT is None or not (MEMORY_ROOT / "memory.limit_in_bytes").exists(),
                     reason="needs a cgroup v1 memory hierarchy (these machines)")
 def test_a_vm_that_outgrows_the_pod_memory_limit_stays_inside_it():
-    """kubelet's part played by the test: a pod cgroup limited to 320 MiB; the workload
-    fills 400 MiB of guest memory. QEMU cannot take more than the limit: the host's OOM
-    killer ends it inside the pod's cgroup, and the container's exit says the VM died."""
+    """kubelet's part played by the test: once the pod runs, its cgroup is limited to what
+    it uses plus 128 MiB; a container then allocates without end (no limit of its own).
+    QEMU cannot take more than the limit: the host's OOM killer ends it inside the pod's
+    cgroup, and the containers' exits say the VM died."""
     ensure_shim_on_path()
     ensure_guest_assets()
-    limit = 320 << 20
     parent = f"/pykata-test-pods/oom-{uuid.uuid4().hex[:8]}"
     pod_cgroup = MEMORY_ROOT / parent.lstrip("/")
     pod_cgroup.mkdir(parents=True)
-    (pod_cgroup / "memory.limit_in_bytes").write_text(str(limit))
     try:
         with CriNode(line="2") as node, CriClient(node.address) as cri:
             api = cri.api
@@ -146,29 +145,32 @@ def test_a_vm_that_outgrows_the_pod_memory_limit_stays_inside_it():
             )
             pod_id = cri.run_pod(pod_config)
             try:
+                used = int((pod_cgroup / "memory.usage_in_bytes").read_text())
+                limit = used + (128 << 20)
+                (pod_cgroup / "memory.limit_in_bytes").write_text(str(limit))
+                (pod_cgroup / "memory.max_usage_in_bytes").write_text("0")
                 config = api.ContainerConfig(
                     metadata=api.ContainerMetadata(name="hog", attempt=0),
                     image=api.ImageSpec(image=BUSYBOX_IMAGE),
-                    command=["sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=400; "
-                                         "sleep 600"],
+                    command=["sh", "-c", "a=x; while :; do a=$a$a; done"],
                     log_path="hog.log",
                     linux=api.LinuxContainerConfig(),
                 )
                 cid = cri.start_container(pod_id, pod_config, config)
                 deadline = time.monotonic() + 240
-                state = None
                 while time.monotonic() < deadline:
                     status = cri.runtime.ContainerStatus(
                         api.ContainerStatusRequest(container_id=cid), timeout=30).status
-                    state = status.state
-                    if state == api.CONTAINER_EXITED:
+                    if status.state == api.CONTAINER_EXITED:
                         break
                     time.sleep(1)
-                assert state == api.CONTAINER_EXITED, "the VM was not stopped at the limit"
+                assert status.state == api.CONTAINER_EXITED, "the VM was not stopped at the limit"
                 assert status.exit_code == 255, status  # the pod's VM died
                 peak = int((pod_cgroup / "memory.max_usage_in_bytes").read_text())
                 assert peak <= limit, (peak, limit)
                 assert int((pod_cgroup / "memory.failcnt").read_text()) > 0
+                print(f"pod cgroup: {used >> 20} MiB used idle, limit {limit >> 20} MiB, "
+                      f"peak {peak >> 20} MiB")
             finally:
                 cri.remove_pod(pod_id)
     finally:
