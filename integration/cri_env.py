@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,16 @@ class CriClient:
         self.runtime.StartContainer(self.api.StartContainerRequest(container_id=cid),
                                     timeout=timeout)
         return cid
+
+    def wait_exited(self, cid: str, timeout: float = 60) -> Any:
+        """The container's status once it has exited (or its last status at `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.runtime.ContainerStatus(
+                self.api.ContainerStatusRequest(container_id=cid), timeout=30).status
+            if status.state == self.api.CONTAINER_EXITED or time.monotonic() >= deadline:
+                return status
+            time.sleep(0.5)
 
     def remove_pod(self, pod_id: str, timeout: float = 300) -> None:
         """StopPodSandbox + RemovePodSandbox."""

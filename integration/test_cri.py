@@ -71,6 +71,17 @@ def pod_leftovers(node: CriNode, pod_id: str) -> dict[str, list]:
     return {k: v for k, v in found.items() if v}
 
 
+def assert_pod_gone(node: CriNode, pod_id: str, timeout: float = 30) -> None:
+    """Wait up to `timeout` for the pod's leftovers to go (teardown is asynchronous), then
+    fail naming what is still there."""
+    deadline = time.monotonic() + timeout
+    left = pod_leftovers(node, pod_id)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = pod_leftovers(node, pod_id)
+    assert not left, f"pod left things behind: {left}"
+
+
 def _cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -222,10 +233,7 @@ def test_a_pod_with_two_containers_runs_in_one_vm(node):
             cri.remove_pod(pod_id)
         assert not cri.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30).items
 
-    deadline = time.monotonic() + 30
-    while pod_leftovers(node, pod_id) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not pod_leftovers(node, pod_id)
+    assert_pod_gone(node, pod_id)
 
 
 def _read(path) -> str:
@@ -264,10 +272,7 @@ def test_negative_oom_scores_apply_in_the_guest_only():
             assert int(_read(Path(f"/proc/{qemu}/oom_score_adj"))) >= 0
         finally:
             cri.remove_pod(pod_id)
-        deadline = time.monotonic() + 30
-        while pod_leftovers(node, pod_id) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not pod_leftovers(node, pod_id)
+        assert_pod_gone(node, pod_id)
     assert not os.path.exists(node.netns_path)
 
 
@@ -304,10 +309,7 @@ def test_shim_killed_then_the_pod_is_stopped_and_removed_cleanly(node):
             assert state == api.CONTAINER_EXITED
         finally:
             cri.remove_pod(pod_id)
-    deadline = time.monotonic() + 30
-    while pod_leftovers(node, pod_id) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not pod_leftovers(node, pod_id)
+    assert_pod_gone(node, pod_id)
 
 
 def test_two_pods_get_two_vms_that_reach_each_other(node):
@@ -351,10 +353,7 @@ def test_two_pods_get_two_vms_that_reach_each_other(node):
                 pod_id = value[0] if isinstance(value, tuple) else value
                 cri.remove_pod(pod_id)
     for value in pods.values():
-        deadline = time.monotonic() + 30
-        while pod_leftovers(node, value[0]) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not pod_leftovers(node, value[0])
+        assert_pod_gone(node, value[0])
 
 
 def test_a_failed_container_is_replaced_in_the_same_vm_and_exec_timeouts_kill(node):
@@ -411,10 +410,7 @@ def test_a_failed_container_is_replaced_in_the_same_vm_and_exec_timeouts_kill(no
             assert "sleep 77" not in ps, ps
         finally:
             cri.remove_pod(pod_id)
-    deadline = time.monotonic() + 30
-    while pod_leftovers(node, pod_id) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not pod_leftovers(node, pod_id)
+    assert_pod_gone(node, pod_id)
 
 
 def test_a_host_network_pod_runs_in_a_vm_without_a_nic(node):
@@ -443,10 +439,7 @@ def test_a_host_network_pod_runs_in_a_vm_without_a_nic(node):
             assert (code, out.split()) == (0, ["hostnet-pod", "lo"]), out + err
         finally:
             cri.remove_pod(pod_id)
-    deadline = time.monotonic() + 30
-    while pod_leftovers(node, pod_id) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not pod_leftovers(node, pod_id)
+    assert_pod_gone(node, pod_id)
 
 
 def test_containerd_2_sandbox_api_runs_a_pod_without_a_pause_container():
@@ -508,11 +501,6 @@ def test_containerd_2_sandbox_api_runs_a_pod_without_a_pause_container():
             except Exception:
                 print(node.containerd.log_tail(80))
                 raise
-        deadline = time.monotonic() + 30
-        left = pod_leftovers(node, pod_id)
-        while left and time.monotonic() < deadline:
-            time.sleep(0.5)
-            left = pod_leftovers(node, pod_id)
-        assert not left, f"pod left things behind: {left}"
+        assert_pod_gone(node, pod_id)
         log = node.containerd.log_path.read_text(errors="replace")
         assert "failed to load runtime info" not in log

@@ -8,14 +8,13 @@ nothing to signal but the pod's own processes; the pod's containers see each oth
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
 from integration.containerd_env import BUSYBOX_IMAGE
 from integration.cri_env import CriClient, CriNode
 from integration.pykata_env import ensure_guest_assets, ensure_shim_on_path
-from integration.test_cri import CALL_TIMEOUT, exec_sync, pod_leftovers, qemu_pids
+from integration.test_cri import CALL_TIMEOUT, assert_pod_gone, exec_sync, qemu_pids
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +96,8 @@ def test_a_shared_pid_namespace_holds_the_pod_and_nothing_of_the_guest(node):
                 assert pid == 1 or comm in POD_COMMANDS, (pid, comm, cmdline)
 
             # the container on its own is PID 1 of its own namespace
-            assert exec_sync(cri, ids["own"], "cat", "/proc/1/cmdline")[:2] == (0, "sleep\0603\0")
+            own_init = exec_sync(cri, ids["own"], "cat", "/proc/1/cmdline")
+            assert own_init[:2] == (0, "sleep\x00603\x00"), own_init
 
             # PID 1 is there to signal (CAP_KILL), and it is the pod's
             code, out, err = exec_sync(cri, ids["one"], "sh", "-c",
@@ -128,9 +128,4 @@ def test_a_shared_pid_namespace_holds_the_pod_and_nothing_of_the_guest(node):
             except Exception:
                 print(node.containerd.log_tail(80))
                 raise
-    deadline = time.monotonic() + 30
-    left = pod_leftovers(node, pod_id)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.5)
-        left = pod_leftovers(node, pod_id)
-    assert not left, f"pod left things behind: {left}"
+    assert_pod_gone(node, pod_id)

@@ -58,6 +58,18 @@ def assert_in_cgroup(namespace: str, sandbox_id: str, expected: str) -> None:
     assert memory_cgroup(os.getpid()) != expected
 
 
+def pod_config(cri: CriClient, node: CriNode, name: str, cgroup_parent: str):
+    """A pod whose cgroup parent is `cgroup_parent` (what kubelet gives)."""
+    api = cri.api
+    return api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name=name, namespace="default",
+                                        uid=f"uid-{name}-{node.tag}", attempt=0),
+        hostname=f"{name}-pod",
+        log_directory=str(node.dir / "logs"),
+        linux=api.LinuxPodSandboxConfig(cgroup_parent=cgroup_parent),
+    )
+
+
 def wait_gone(path: Path, timeout: float = 30) -> bool:
     deadline = time.monotonic() + timeout
     while path.exists() and time.monotonic() < deadline:
@@ -95,15 +107,7 @@ def test_a_cri_pod_vm_is_in_the_pod_cgroup(line, sandboxer):
     ensure_guest_assets()
     parent = f"/pykata-test-pods/pod-{uuid.uuid4().hex[:8]}"
     with CriNode(line=line, sandboxer=sandboxer) as node, CriClient(node.address) as cri:
-        api = cri.api
-        pod_config = api.PodSandboxConfig(
-            metadata=api.PodSandboxMetadata(name="cg", namespace="default",
-                                            uid=f"uid-cg-{node.tag}", attempt=0),
-            hostname="cgroup-pod",
-            log_directory=str(node.dir / "logs"),
-            linux=api.LinuxPodSandboxConfig(cgroup_parent=parent),
-        )
-        pod_id = cri.run_pod(pod_config)
+        pod_id = cri.run_pod(pod_config(cri, node, "cg", parent))
         try:
             assert_in_cgroup(CRI_NAMESPACE, pod_id, f"{parent}/{pod_id}")
         finally:
@@ -136,14 +140,8 @@ def test_a_vm_that_outgrows_the_pod_memory_limit_stays_inside_it():
     try:
         with CriNode(line="2") as node, CriClient(node.address) as cri:
             api = cri.api
-            pod_config = api.PodSandboxConfig(
-                metadata=api.PodSandboxMetadata(name="oom", namespace="default",
-                                                uid=f"uid-oom-{node.tag}", attempt=0),
-                hostname="oom-pod",
-                log_directory=str(node.dir / "logs"),
-                linux=api.LinuxPodSandboxConfig(cgroup_parent=parent),
-            )
-            pod_id = cri.run_pod(pod_config)
+            pod = pod_config(cri, node, "oom", parent)
+            pod_id = cri.run_pod(pod)
             try:
                 used = int((pod_cgroup / "memory.usage_in_bytes").read_text())
                 limit = used + (128 << 20)
@@ -156,14 +154,8 @@ def test_a_vm_that_outgrows_the_pod_memory_limit_stays_inside_it():
                     log_path="hog.log",
                     linux=api.LinuxContainerConfig(),
                 )
-                cid = cri.start_container(pod_id, pod_config, config)
-                deadline = time.monotonic() + 240
-                while time.monotonic() < deadline:
-                    status = cri.runtime.ContainerStatus(
-                        api.ContainerStatusRequest(container_id=cid), timeout=30).status
-                    if status.state == api.CONTAINER_EXITED:
-                        break
-                    time.sleep(1)
+                cid = cri.start_container(pod_id, pod, config)
+                status = cri.wait_exited(cid, timeout=240)
                 assert status.state == api.CONTAINER_EXITED, "the VM was not stopped at the limit"
                 assert status.exit_code == 255, status  # the pod's VM died
                 peak = int((pod_cgroup / "memory.max_usage_in_bytes").read_text())
