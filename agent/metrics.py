@@ -17,8 +17,8 @@ sandbox labels and passes them on. Names, labels and units follow Kata's agent:
 - kata_guest_meminfo{item}: /proc/meminfo in bytes (counts stay counts).
 
 A file that cannot be read leaves its family empty instead of failing the
-scrape. The writer is the shim's (shim/monitor/exposition.py, shipped in the
-guest image), so host and guest pages are written the same way.
+scrape. The writer is shared with the shim (pykata_common/exposition.py, shipped
+in the guest image), so host and guest pages are written the same way.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import logging
 import os
 from collections.abc import Iterator
 
-from shim.monitor.exposition import Family, Sample, render
+from pykata_common.exposition import Family, Sample, render
 
 log = logging.getLogger("agent.metrics")
 

@@ -31,7 +31,6 @@ def _inputs(debs: dict[str, Any], compression: str) -> tuple[dict[str, Any], lis
     repo = python_runtime.repo_root()
     trees = [Path(__file__).resolve().parent]
     trees += [repo / n for n in spec.REPO_PACKAGES if (repo / n).is_dir()]
-    trees += [repo / rel for rel in spec.REPO_MODULES]
     trees += [google / "protobuf", google / "_upb"]
     inputs = {
         "format": manifest.FORMAT,
@@ -180,7 +179,6 @@ def build(out: Path = DEFAULT_OUT, cache: Path | None = None, force: bool = Fals
                    "pythonpath": "/" + spec.GUEST_PYLIB, "protobuf": pb_version,
                    "protobuf_impl": check.protobuf_impl},
         "repo_packages": present,
-        "repo_modules": list(spec.REPO_MODULES),
         "init_knobs": INIT_KNOBS,
     }
     manifest.write(out, m)

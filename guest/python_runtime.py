@@ -107,18 +107,13 @@ def repo_root() -> Path:
 
 
 def stage_repo_packages(root: Path) -> tuple[list[str], list[str]]:
-    """Copy ttrpc/, protos/, agent/ (those that exist) and spec.REPO_MODULES as sources.
+    """Copy spec.REPO_PACKAGES (ttrpc/, protos/, pykata_common/, agent/: those that exist)
+    as sources.
 
     Returns (packages copied, dotted names of their modules except ``__main__``).
     """
     present: list[str] = []
     modules: list[str] = []
-    for rel in spec.REPO_MODULES:
-        src = repo_root() / rel
-        if not src.is_file():
-            raise BuildError(f"{src} missing (guest/spec.py REPO_MODULES)")
-        install(src, root, f"{spec.GUEST_PYLIB}/{rel}", 0o644)
-        modules.append(rel.removesuffix(".py").removesuffix("/__init__").replace("/", "."))
     for name in spec.REPO_PACKAGES:
         src = repo_root() / name
         if not (src / "__init__.py").exists():

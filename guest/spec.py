@@ -160,13 +160,10 @@ MUST_IMPORT: tuple[str, ...] = (
 )
 
 # --- Python packages copied from the host -----------------------------------
-#: Top-level packages of this repository copied into the guest (if present).
-REPO_PACKAGES: tuple[str, ...] = ("ttrpc", "protos", "agent")
-#: Single modules of other packages the agent uses (with their packages' __init__):
-#: the Prometheus text writer, one definition for the shim's pages and the agent's.
-REPO_MODULES: tuple[str, ...] = (
-    "shim/__init__.py", "shim/monitor/__init__.py", "shim/monitor/exposition.py",
-)  # fmt: skip
+#: Top-level packages of this repository copied into the guest (if present); nothing
+#: of `shim`: what both sides need (the Prometheus text writer, the share's tag and
+#: place) is in `pykata_common`.
+REPO_PACKAGES: tuple[str, ...] = ("ttrpc", "protos", "pykata_common", "agent")
 #: Host-only files of those packages, left out of the guest.
 REPO_HOST_ONLY: frozenset[str] = frozenset({"protos/generate.py"})
 #: Sub-trees of google.protobuf left out.

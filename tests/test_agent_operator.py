@@ -174,7 +174,7 @@ def test_agent_start_up_loads_none_of_it():
     code = (
         "import sys, agent.__main__, agent.service, agent.config\n"
         "names = ('agent.metrics', 'agent.debug_console', 'agent.iptables', 'agent.volumes',\n"
-        "         'agent.entropy', 'shim.monitor.exposition')\n"
+        "         'agent.entropy', 'pykata_common.exposition')\n"
         "print([n for n in names if n in sys.modules])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -68,12 +68,11 @@ def test_spec_ships_iptables_and_the_exposition_writer():
     assert {"nf_tables", "nft_compat", "nft_chain_nat", "xt_MASQUERADE"} <= set(
         spec.ON_DEMAND_MODULES)
     assert not set(spec.ON_DEMAND_MODULES) & set(spec.GUEST_MODULES)
+    # the writer the agent imports ships in the neutral package, no shim file goes in
+    # (tests/test_import_rules.py checks that package stands alone)
     root = Path(__file__).resolve().parent.parent
-    for rel in spec.REPO_MODULES:
-        assert (root / rel).is_file(), rel
-    # the writer the agent imports must stand alone: nothing of the shim but its package
-    source = (root / "shim/monitor/exposition.py").read_text()
-    assert "from shim" not in source and "import shim" not in source
+    assert "pykata_common" in spec.REPO_PACKAGES and "shim" not in spec.REPO_PACKAGES
+    assert (root / "pykata_common/exposition.py").is_file()
 
 
 @pytest.mark.skipif(shutil.which("busybox") is None, reason="needs busybox")

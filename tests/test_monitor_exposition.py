@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from shim.monitor.exposition import (
+from pykata_common.exposition import (
     CONTENT_TYPE,
     Family,
     escape_help,

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from shim.monitor.exposition import CONTENT_TYPE
+from pykata_common.exposition import CONTENT_TYPE
 from shim.monitor.http import MonitorServer, Request
 from shim.monitor.overhead import PodOverhead
 from shim.monitor.page import agent_families, metrics_page, sandbox_labels

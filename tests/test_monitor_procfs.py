@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from pykata_common.exposition import render
 from shim.monitor import procfs
-from shim.monitor.exposition import render
 from shim.monitor.overhead import PodOverhead
 from shim.monitor.procfs import (
     NETDEV_ITEMS,

@@ -10,7 +10,7 @@ from conftest import ECHO, ECHO_SERVICE, BytesValue, EchoService, bytes_value, p
 
 import ttrpc
 from protos.kata import agent_pb2, health_pb2
-from shim.monitor.exposition import render
+from pykata_common.exposition import render
 from shim.monitor.rpc_metrics import (
     AGENT_FAMILY,
     BUCKETS_MS,

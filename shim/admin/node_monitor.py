@@ -36,11 +36,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from pykata_common.exposition import CONTENT_TYPE, Family, render_bytes, with_labels
 from shim import paths
 from shim.admin import shim_client
 from shim.admin.errors import AdminError
 from shim.admin.sandboxes import monitor_socket, sandbox_dirs
-from shim.monitor.exposition import CONTENT_TYPE, Family, render_bytes, with_labels
 from shim.monitor.http import MonitorServer, Reply, Request
 from shim.monitor.parse import parse
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import structlog
 
-from shim.monitor.exposition import Family, LabelPairs, Sample
+from pykata_common.exposition import Family, LabelPairs, Sample
 from shim.monitor.parse import parse
 
 log = structlog.get_logger(__name__)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from shim.monitor.exposition import Family
+from pykata_common.exposition import Family
 from shim.monitor.procfs import PROC, read_stat, read_status
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
-from shim.monitor.exposition import render_bytes, with_labels
+from pykata_common.exposition import render_bytes, with_labels
 from shim.monitor.guest_page import agent_families
 from shim.monitor.overhead import PodOverhead
 from shim.monitor.procfs import families_for

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from shim.monitor.exposition import KINDS, Family, LabelPairs, Sample
+from pykata_common.exposition import KINDS, Family, LabelPairs, Sample
 
 _SAMPLE = re.compile(
     r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)(?:\s+-?\d+)?\s*$"

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from shim.monitor.exposition import Family
+from pykata_common.exposition import Family
 
 PROC = "/proc"
 

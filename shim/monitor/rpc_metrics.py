@@ -20,7 +20,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from shim.monitor.exposition import Family
+from pykata_common.exposition import Family
 
 BUCKETS_MS: tuple[float, ...] = tuple(float(2**i) for i in range(10))  # 1 .. 512
 TASK_FAMILY = "kata_shim_rpc_durations_histogram_milliseconds"

@@ -21,7 +21,7 @@ import structlog
 
 import ttrpc
 from protos.kata import agent_pb2
-from shim.monitor.exposition import CONTENT_TYPE
+from pykata_common.exposition import CONTENT_TYPE
 from shim.monitor.http import MonitorServer, Request
 from shim.monitor.overhead import PodOverhead
 from shim.monitor.page import metrics_page, sandbox_labels
