@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-RUNTIME_NAME = "io.containerd.pykata.v2"
-VERSION = "0.1.0"
+from shim.handoff import RUNTIME_NAME, VERSION, ShimArgs
 
 # Flags that take a value (Go's flag package: -name value or -name=value).
 _VALUE_FLAGS = {
@@ -25,43 +24,6 @@ _VALUE_FLAGS = {
 }
 _BOOL_FLAGS = {"debug": "debug", "v": "version", "version": "version", "info": "info"}
 _ACTIONS = ("start", "delete")
-
-
-class ShimArgs:
-    """What containerd told us on the command line.
-
-    A plain class, not a dataclass: `dataclasses` pulls in `inspect`, ~6 ms of
-    every `start` and `delete`.
-    """
-
-    def __init__(self) -> None:
-        self.namespace = ""
-        self.id = ""
-        self.address = ""
-        self.publish_binary = "containerd"
-        self.bundle = ""
-        self.socket = ""
-        self.debug_socket = ""
-        self.debug = False
-        self.version = False
-        self.info = False
-        self.action = ""  # "start", "delete" or "" (serve)
-        self.ignored: tuple[str, ...] = ()
-
-    def __repr__(self) -> str:
-        return f"ShimArgs({vars(self)!r})"
-
-
-def read_stdin() -> bytes:
-    """What containerd wrote on our stdin (the runtime options, an Any), or nothing."""
-    chunks = []
-    try:
-        if not os.isatty(0):
-            while chunk := os.read(0, 65536):
-                chunks.append(chunk)
-    except OSError:
-        pass
-    return b"".join(chunks)
 
 
 def parse_args(argv: list[str]) -> ShimArgs:

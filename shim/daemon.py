@@ -15,8 +15,7 @@ import signal
 import sys
 import traceback
 
-from shim.cli import ShimArgs
-from shim.start import LISTENER_FD, READY_ENV, READY_WORD
+from shim.handoff import LISTENER_FD, READY_ENV, READY_WORD, ShimArgs
 
 SHUTDOWN_GRACE = 5.0
 PEERS_LEAVE_WITHIN = 1.0  # after a shutdown: how long containerd may take to hang up

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from shim.cli import ShimArgs
+from shim.handoff import ShimArgs
 from shim.mountinfo import mounted_under
 from shim.paths import (
     SANDBOX_FILE,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 
-from shim.cli import RUNTIME_NAME, VERSION, read_stdin
+from shim.handoff import RUNTIME_NAME, VERSION, read_stdin
 from shim.wire import bytes_field
 
 FEATURES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/features/Features"

@@ -16,15 +16,18 @@ import socket
 import sys
 import time
 
-from shim.cli import ShimArgs, read_stdin
+from shim.handoff import (
+    LISTENER_FD,
+    OPTIONS_ENV,
+    READY_ENV,
+    READY_FD,
+    READY_WORD,
+    ShimArgs,
+    read_stdin,
+)
 from shim.paths import check_identifier, group_of, socket_address, socket_is_served, write_atomic
 
-LISTENER_FD = 3  # containerd's convention for the shim's socket
-READY_FD = 4
-READY_ENV = "PYKATA_READY_FD"
-READY_WORD = "ready"
 READY_TIMEOUT = 30.0
-OPTIONS_ENV = "PYKATA_START_OPTIONS"  # read by shim.task_service.sandbox_service
 MAX_OPTIONS = 48 * 1024  # hex doubles it; one environment string holds at most 128 KiB
 
 

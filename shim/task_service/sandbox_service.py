@@ -26,9 +26,9 @@ from protos.containerd.runtime.sandbox.v1 import sandbox_pb2 as api
 from protos.containerd.types import platform_pb2
 from protos.kubernetes import cri_pod_pb2
 from shim.config import ConfigError, load_config
+from shim.handoff import OPTIONS_ENV
 from shim.paths import InvalidIdentifier, check_identifier
 from shim.sandbox.cgroup import CgroupError, sandbox_cgroup_path
-from shim.start import OPTIONS_ENV
 from shim.task_service.service import DEAD_VM_STATUS, runtime_options
 from ttrpc import Code, TTRPCError
 
