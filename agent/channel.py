@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from agent.config import SERIAL_PORT_NAME, VSOCK_PORT
+from pykata_common.contract import AGENT_PORT_NAME, AGENT_VSOCK_PORT
 
 log = logging.getLogger("agent.channel")
 
@@ -37,7 +37,7 @@ TEMPLATE_RETRY = 0.01
 FIND_TIMEOUT = 30.0
 
 
-def serial_port(name: str = SERIAL_PORT_NAME, ports: str = VIRTIO_PORTS) -> str | None:
+def serial_port(name: str = AGENT_PORT_NAME, ports: str = VIRTIO_PORTS) -> str | None:
     """/dev/vportNpM of the virtio-serial port with that name, if there is one."""
     try:
         entries = os.listdir(ports)
@@ -90,17 +90,17 @@ async def detect(timeout: float = FIND_TIMEOUT) -> str:
     while True:
         if vsock_cid() is not None:
             try:
-                vsock_listener(VSOCK_PORT).close()
-                return f"vsock://{VSOCK_PORT}"
+                vsock_listener(AGENT_VSOCK_PORT).close()
+                return f"vsock://{AGENT_VSOCK_PORT}"
             except OSError as exc:
-                log.debug("vsock: cannot bind port %d: %s", VSOCK_PORT, exc)
+                log.debug("vsock: cannot bind port %d: %s", AGENT_VSOCK_PORT, exc)
         port = serial_port()
         if port is not None:
             return f"serial://{port}"
         if time.monotonic() > deadline:
             raise RuntimeError(
                 f"no agent channel: neither a vsock device nor a virtio-serial port "
-                f"named {SERIAL_PORT_NAME} after {timeout:.0f}s"
+                f"named {AGENT_PORT_NAME} after {timeout:.0f}s"
             )
         await asyncio.sleep(RETRY)
 
@@ -147,7 +147,7 @@ async def serve(server: object, listen: str | None, *, pause: float = RETRY) -> 
     if scheme == "unix":
         await server.serve_unix(rest)  # type: ignore[attr-defined]
     elif scheme == "vsock":
-        await server.serve_listener(vsock_listener(int(rest or VSOCK_PORT)))  # type: ignore[attr-defined]
+        await server.serve_listener(vsock_listener(int(rest or AGENT_VSOCK_PORT)))  # type: ignore[attr-defined]
     elif scheme == "serial":
         path = rest if rest.startswith("/") else serial_port(rest)
         if path is None:

@@ -7,21 +7,23 @@ import argparse
 import os
 from dataclasses import dataclass
 
-KATA_RUN_DIR = "/run/kata-containers"
-VSOCK_PORT = 1024
-SERIAL_PORT_NAME = "agent.channel.0"
-DEBUG_CONSOLE_FLAG = "agent.debug_console"  # Kata's kernel parameter
-# set by the shim only on the VM a template is made from: its clones then start with the
-# first container's imports done and the runtime's sealed copy made
-PREWARM_FLAG = "agent.prewarm"
-DEBUG_CONSOLE_PORT = "pykata.console.0"  # the virtio-serial port the shim adds for it
+from pykata_common.contract import (
+    AGENT_PORT_NAME,
+    AGENT_VSOCK_PORT,
+    DEBUG_CONSOLE_PARAM,
+    DEBUG_CONSOLE_PORT_NAME,
+    GUEST_SHARED_DIR,
+    KATA_RUN_DIR,
+    PREWARM_PARAM,
+    SHARED_SUBDIR,
+)
 
 
 @dataclass
 class Config:
     listen: str | None = None  # unix:///path, vsock://PORT, serial:///dev/vportNpM; None: detect
     run_dir: str = KATA_RUN_DIR  # bundles: <run_dir>/<container id>
-    shared_dir: str = KATA_RUN_DIR + "/shared/containers"  # the host's shared directory
+    shared_dir: str = GUEST_SHARED_DIR  # the host's shared directory
     runc: str = "runc"
     runc_root: str = "/run/runc"
     cgroup_parent: str = "/pykata"  # container cgroups: <cgroup_parent>/<container id>
@@ -62,7 +64,7 @@ def kernel_flag(words: list[str], flag: str) -> bool:
 
 def kernel_debug_console(words: list[str]) -> bool:
     """`agent.debug_console` (or `agent.debug_console=1|true|on`) is there."""
-    return kernel_flag(words, DEBUG_CONSOLE_FLAG)
+    return kernel_flag(words, DEBUG_CONSOLE_PARAM)
 
 
 def parse(argv: list[str] | None = None) -> Config:
@@ -75,12 +77,12 @@ def parse(argv: list[str] | None = None) -> Config:
     parser.add_argument(
         "--listen",
         help="unix:///path, vsock://PORT or serial:///dev/vportNpM (default: vsock port "
-        f"{VSOCK_PORT} if the VM has vsock, else the virtio-serial port {SERIAL_PORT_NAME})",
+        f"{AGENT_VSOCK_PORT} if the VM has vsock, else the virtio-serial port {AGENT_PORT_NAME})",
     )
     parser.add_argument("--run-dir", default=defaults.run_dir, help="container bundles")
     parser.add_argument(
         "--shared-dir",
-        help="container root filesystems shared by the host (default: RUN_DIR/shared/containers)",
+        help=f"container root filesystems shared by the host (default: RUN_DIR/{SHARED_SUBDIR})",
     )
     parser.add_argument("--runc", default=defaults.runc, help="runc binary")
     parser.add_argument("--runc-root", default=defaults.runc_root, help="runc's state directory")
@@ -101,7 +103,7 @@ def parse(argv: list[str] | None = None) -> Config:
         "--debug-console",
         metavar="PORT",
         help=f"serve a shell on this virtio-serial port (name or /dev path; default: "
-        f"{DEBUG_CONSOLE_PORT} when the kernel command line has {DEBUG_CONSOLE_FLAG})",
+        f"{DEBUG_CONSOLE_PORT_NAME} when the kernel command line has {DEBUG_CONSOLE_PARAM})",
     )
     args = parser.parse_args(argv)
     words = kernel_params()
@@ -109,7 +111,7 @@ def parse(argv: list[str] | None = None) -> Config:
     return Config(
         listen=args.listen,
         run_dir=run_dir,
-        shared_dir=os.path.abspath(args.shared_dir or os.path.join(run_dir, "shared/containers")),
+        shared_dir=os.path.abspath(args.shared_dir or os.path.join(run_dir, SHARED_SUBDIR)),
         runc=args.runc,
         runc_root=os.path.abspath(args.runc_root),
         cgroup_parent="/" + args.cgroup_parent.strip("/"),
@@ -119,6 +121,6 @@ def parse(argv: list[str] | None = None) -> Config:
         output_limit=args.output_limit,
         log_level=(args.log_level or kernel_log_level(words) or "info").lower(),
         debug_console=args.debug_console
-        or (DEBUG_CONSOLE_PORT if kernel_debug_console(words) else None),
-        prewarm=kernel_flag(words, PREWARM_FLAG),
+        or (DEBUG_CONSOLE_PORT_NAME if kernel_debug_console(words) else None),
+        prewarm=kernel_flag(words, PREWARM_PARAM),
     )

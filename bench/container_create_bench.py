@@ -144,7 +144,7 @@ async def one_container(agent, cid: str, rootfs: str) -> dict[str, float]:
 
 async def main_async(args: argparse.Namespace) -> int:
     from protos.kata import agent_pb2
-    from shim.sandbox.shared_fs import GUEST_SHARED_DIR, VIRTIOFS_TAG
+    from pykata_common.contract import GUEST_SHARED_DIR, SHARED_FS_TAG
     from shim.vmm import VMConfig, start_vm
 
     work = Path(tempfile.mkdtemp(prefix="pykata-ccbench-"))
@@ -173,7 +173,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 sandbox_id="bench",
                 storages=[
                     agent_pb2.Storage(
-                        driver="virtio-fs", source=VIRTIOFS_TAG, fstype="virtiofs",
+                        driver="virtio-fs", source=SHARED_FS_TAG, fstype="virtiofs",
                         mount_point=GUEST_SHARED_DIR,
                     )
                 ],

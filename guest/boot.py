@@ -19,9 +19,9 @@ from pathlib import Path
 
 from guest.builder import INITRD_NAME, KERNEL_LINK
 from guest.ui import BuildError
+from pykata_common.contract import SHARED_FS_TAG
 
 SHARE_FILE = "pykata-selftest.txt"
-SHARE_TAG = "kataShared"
 APPEND = "console=ttyS0 quiet pykata.selftest=1 panic=-1"
 
 
@@ -59,7 +59,7 @@ def qemu_command(out: Path, tmp: Path, memory_mb: int, vfs_socket: Path | None,
         cmd += ["-object", f"memory-backend-memfd,id=mem,size={memory_mb}M,share=on",
                 "-numa", "node,memdev=mem",
                 "-chardev", f"socket,id=vfs,path={vfs_socket}",
-                "-device", f"vhost-user-fs-pci,chardev=vfs,tag={SHARE_TAG}"]
+                "-device", f"vhost-user-fs-pci,chardev=vfs,tag={SHARED_FS_TAG}"]
     return cmd
 
 

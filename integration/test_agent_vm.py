@@ -18,7 +18,7 @@ import pytest
 import ttrpc
 from integration.test_vmm_boot import dirs, guest_image, leftovers  # noqa: F401  (fixtures)
 from protos.kata import agent_pb2, oci_pb2
-from shim.sandbox.shared_fs import GUEST_SHARED_DIR, VIRTIOFS_TAG
+from pykata_common.contract import GUEST_SHARED_DIR, SHARED_FS_TAG
 from shim.vmm import VMConfig, start_vm
 
 pytestmark = pytest.mark.integration
@@ -89,7 +89,7 @@ async def test_agent_runs_a_container_in_the_vm(guest_image, dirs):  # noqa: F81
                 storages=[
                     agent_pb2.Storage(
                         driver="virtio-fs",
-                        source=VIRTIOFS_TAG,
+                        source=SHARED_FS_TAG,
                         fstype="virtiofs",
                         mount_point=GUEST_SHARED_DIR,
                     )

@@ -17,8 +17,8 @@ from integration.pykata_env import (
     ensure_guest_assets,
     ensure_shim_on_path,
 )
+from pykata_common.contract import GUEST_SHARED_DIR
 from shim.sandbox.mounts import MS_BIND, mount, unmount_all_under
-from shim.sandbox.shared_fs import GUEST_SHARED_DIR
 
 pytestmark = pytest.mark.integration
 MARK = "host-data-" + uuid.uuid4().hex[:8]

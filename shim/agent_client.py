@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError, Message
 
 import ttrpc
 from protos.kata import agent_pb2, health_pb2
+from pykata_common.contract import AGENT_VSOCK_PORT
 from ttrpc.service import Metadata, message_class
 
 log = structlog.get_logger(__name__)
@@ -80,7 +81,7 @@ class AgentAddress:
 
     unix_path: str | None = None
     vsock_cid: int | None = None
-    vsock_port: int = 1024
+    vsock_port: int = AGENT_VSOCK_PORT
 
     def __post_init__(self) -> None:
         if (self.unix_path is None) == (self.vsock_cid is None):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pykata_common.contract import GUEST_SHARED_DIR
 from shim.mountinfo import mounted_under, writable_under
 from shim.sandbox import shared_fs
 from shim.sandbox.mounts import MS_BIND, MountError, mount, unmount_all_under
@@ -52,7 +53,7 @@ def assert_read_only_everywhere(shared: SharedDir, volume: Path) -> None:
 def test_a_read_only_share_is_read_only_with_its_submounts(share):
     shared, volume = share
     guest = shared.share_dir("c1", "vol", str(volume), readonly=True)
-    assert guest == f"{shared_fs.GUEST_SHARED_DIR}/c1/vol"
+    assert guest == f"{GUEST_SHARED_DIR}/c1/vol"
     assert_read_only_everywhere(shared, volume)
 
 

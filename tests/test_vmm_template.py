@@ -215,12 +215,13 @@ def test_free_page_reporting_is_a_balloon_device_and_part_of_the_shape(tmp_path)
 
 
 def test_the_agent_reads_its_prewarm_flag():
-    from agent.config import PREWARM_FLAG, kernel_flag
+    from agent.config import kernel_flag
+    from pykata_common.contract import PREWARM_PARAM
 
-    assert PREWARM_FLAG == "agent.prewarm"
-    assert kernel_flag(["quiet", "agent.prewarm"], PREWARM_FLAG)
-    assert kernel_flag(["agent.prewarm=on"], PREWARM_FLAG)
-    assert not kernel_flag(["agent.prewarm=0", "agent.prewarmed"], PREWARM_FLAG)
+    assert PREWARM_PARAM == "agent.prewarm"
+    assert kernel_flag(["quiet", "agent.prewarm"], PREWARM_PARAM)
+    assert kernel_flag(["agent.prewarm=on"], PREWARM_PARAM)
+    assert not kernel_flag(["agent.prewarm=0", "agent.prewarmed"], PREWARM_PARAM)
 
 
 def test_a_guest_image_is_a_read_only_shared_virtio_pmem_device(tmp_path):

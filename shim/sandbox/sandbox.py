@@ -11,11 +11,12 @@ import structlog
 
 import ttrpc
 from protos.kata import agent_pb2
+from pykata_common.contract import GUEST_SHARED_DIR, SHARED_FS_TAG
 from shim.config import Config
 from shim.paths import sandbox_dir
 from shim.sandbox import teardown
 from shim.sandbox.mounts import MountSpec, mount_all
-from shim.sandbox.shared_fs import GUEST_SHARED_DIR, VIRTIOFS_TAG, SharedDir
+from shim.sandbox.shared_fs import SharedDir
 from shim.sandbox.state import ContainerRecord, SandboxRecord
 from shim.vmm import procs
 
@@ -152,7 +153,7 @@ class Sandbox:
             storages.append(
                 agent_pb2.Storage(
                     driver="virtio-fs",
-                    source=VIRTIOFS_TAG,
+                    source=SHARED_FS_TAG,
                     fstype="virtiofs",
                     mount_point=GUEST_SHARED_DIR,
                     options=[],

@@ -12,6 +12,7 @@ import errno
 import os
 from pathlib import Path
 
+from pykata_common.contract import GUEST_SHARED_DIR
 from shim.mountinfo import mounted_under, writable_under
 from shim.sandbox.mounts import (
     MS_BIND,
@@ -28,9 +29,6 @@ from shim.sandbox.mounts import (
     unmount,
     unmount_all_under,
 )
-
-GUEST_SHARED_DIR = "/run/kata-containers/shared/containers"
-VIRTIOFS_TAG = "kataShared"
 
 
 class SharedDir:
@@ -90,4 +88,4 @@ class SharedDir:
             )
 
 
-__all__ = ["GUEST_SHARED_DIR", "VIRTIOFS_TAG", "SharedDir", "unmount"]
+__all__ = ["SharedDir", "unmount"]

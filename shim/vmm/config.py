@@ -15,11 +15,6 @@ AgentTransport = Literal["auto", "vsock", "serial"]
 DEFAULT_ASSETS = Path("/usr/share/pykata")
 DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"
 DEFAULT_VIRTIOFSD = str(DEFAULT_ASSETS / "virtiofsd" / "virtiofsd")
-AGENT_VSOCK_PORT = 1024
-AGENT_PORT_NAME = "agent.channel.0"
-DEBUG_CONSOLE_PORT_NAME = "pykata.console.0"  # the agent serves a shell on it
-DEBUG_CONSOLE_PARAM = "agent.debug_console"  # Kata's kernel parameter that turns it on
-SHARED_FS_TAG = "kataShared"
 QBOOT = "/usr/share/qemu/qboot.rom"
 # x86-64-v2 plus rdrand: under TCG boots ~0.8 s faster than "max" (fewer features to
 # emulate), and rdrand feeds the guest's entropy early.

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from pykata_common.contract import PREWARM_PARAM
 from shim.vmm import template
 from shim.vmm.config import VMConfig
 from shim.vmm.template import REBUILD, RESTORE, TemplateDir, Verdict
@@ -137,9 +138,6 @@ async def prepare_clone(
     # the copy goes on while virtiofsd and QEMU start; it must end before the state loads
     clone.copying = asyncio.ensure_future(asyncio.to_thread(clone.copy, fd))
     return clone
-
-
-PREWARM_PARAM = "agent.prewarm"  # the agent does its first-container work before serving
 
 
 def template_config(config: VMConfig) -> VMConfig:

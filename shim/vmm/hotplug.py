@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shim.vmm.config import SHARED_FS_TAG, NicSpec
+from pykata_common.contract import SHARED_FS_TAG
+from shim.vmm.config import NicSpec
 from shim.vmm.qemu_args import SHARED_FS_PORT, nic_properties
 
 

@@ -6,14 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shim.vmm.config import (
+from pykata_common.contract import (
     AGENT_PORT_NAME,
     DEBUG_CONSOLE_PARAM,
     DEBUG_CONSOLE_PORT_NAME,
     SHARED_FS_TAG,
-    NicSpec,
-    VMConfig,
 )
+from shim.vmm.config import NicSpec, VMConfig
 from shim.vmm.layout import VMPaths
 
 AGENT_PORT_ID = "channel0"  # QMP VSERPORT_CHANGE names the port by this id

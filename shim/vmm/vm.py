@@ -15,11 +15,12 @@ from typing import Any, TypeVar
 import structlog
 
 import ttrpc
+from pykata_common.contract import AGENT_VSOCK_PORT
 from shim.agent_client import AgentAddress, AgentClient
 from shim.vmm import hotplug, procs, qemu_args, restore
 from shim.vmm.accel import AccelChoice, choose_accel
 from shim.vmm.child import ChildProcess
-from shim.vmm.config import AGENT_VSOCK_PORT, QBOOT, VMConfig
+from shim.vmm.config import QBOOT, VMConfig
 from shim.vmm.confinement import QEMU_KEY, ConfinementError, refuse
 from shim.vmm.errors import AgentTimeoutError, QemuExitedError, VMError, VMStartError
 from shim.vmm.factory import Clone, prepare_clone
