@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import structlog
 from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 import ttrpc
 from protos.containerd.services.events.ttrpc.v1 import events_pb2
+from shim.task_service.timestamps import timestamp_now
 
 log = structlog.get_logger(__name__)
 EVENTS = events_pb2.DESCRIPTOR.services_by_name["Events"]
@@ -29,12 +28,6 @@ NEVER_DROPPED = frozenset({"/tasks/exit"})
 def pack_event(event: Message) -> Any:
     """An Any as containerd's typeurl makes it: the bare full name as type URL."""
     return Any(type_url=event.DESCRIPTOR.full_name, value=event.SerializeToString())
-
-
-def timestamp_now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(time.time_ns())
-    return stamp
 
 
 class EventPublisher:

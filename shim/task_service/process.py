@@ -25,6 +25,7 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from shim.task_service.stdio import InputCopier, OutputCopier
+from shim.task_service.timestamps import timestamp
 
 log = structlog.get_logger(__name__)
 NEVER_STARTED_STATUS = 128 + 9  # a process deleted before it ran: as if SIGKILLed
@@ -103,10 +104,7 @@ class Process:
         return f"exec {self.exec_id}" if self.exec_id else f"container {self.container_id}"
 
     def exited_at(self) -> Timestamp:
-        stamp = Timestamp()
-        if self.exited_at_ns:
-            stamp.FromNanoseconds(self.exited_at_ns)
-        return stamp
+        return timestamp(self.exited_at_ns)
 
     def require(self, action: str, *allowed: State) -> None:
         """Raise ProcessStateError unless the process is in one of `allowed` states."""

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos.containerd.runtime.sandbox.v1 import sandbox_pb2 as api
 from protos.containerd.types import platform_pb2
@@ -30,6 +29,7 @@ from shim.handoff import OPTIONS_ENV
 from shim.paths import InvalidIdentifier, check_identifier
 from shim.sandbox.cgroup import CgroupError, sandbox_cgroup_path
 from shim.task_service.service import DEAD_VM_STATUS, runtime_options
+from shim.task_service.timestamps import timestamp
 from ttrpc import Code, TTRPCError
 
 log = structlog.get_logger(__name__)
@@ -38,12 +38,6 @@ POD_CONFIG_TYPE = "runtime.v1.PodSandboxConfig"
 READY, NOT_READY = "SANDBOX_READY", "SANDBOX_NOTREADY"
 _GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
             "s390x": "s390x", "riscv64": "riscv64"}
-
-
-def _timestamp(ns: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(ns)
-    return stamp
 
 
 def pod_cgroup_path(cgroup_parent: str, namespace: str, sandbox_id: str) -> str:
@@ -237,7 +231,7 @@ class SandboxService:
                     lambda reason: self._mark_stopped(pod, DEAD_VM_STATUS)
                 )
         return api.StartSandboxResponse(pid=self.tasks.sandbox.pid,
-                                        created_at=_timestamp(pod.created_ns))
+                                        created_at=timestamp(pod.created_ns))
 
     def _mark_stopped(self, pod: _Pod, status: int) -> None:
         if not pod.stopped.is_set():
@@ -265,7 +259,7 @@ class SandboxService:
         pod = self._known(request.sandbox_id)
         await pod.stopped.wait()
         return api.WaitSandboxResponse(exit_status=pod.exit_status,
-                                       exited_at=_timestamp(pod.exited_ns))
+                                       exited_at=timestamp(pod.exited_ns))
 
     async def SandboxStatus(self, request: api.SandboxStatusRequest, context) -> Any:
         pod = self._known(request.sandbox_id)
@@ -276,9 +270,9 @@ class SandboxService:
             state=READY if running else NOT_READY,
         )
         if pod.created_ns:
-            response.created_at.CopyFrom(_timestamp(pod.created_ns))
+            response.created_at.CopyFrom(timestamp(pod.created_ns))
         if pod.exited_ns:
-            response.exited_at.CopyFrom(_timestamp(pod.exited_ns))
+            response.exited_at.CopyFrom(timestamp(pod.exited_ns))
         if request.verbose and running:
             response.info["qemu_pid"] = str(self.tasks.sandbox.pid)
             response.info["state_dir"] = str(self.tasks.sandbox.state_dir)
