@@ -24,6 +24,7 @@ from shim.paths import (
     check_identifier,
     group_of,
     is_identifier,
+    read_bundle_spec,
     recorded_qemu_pid,
 )
 
@@ -38,8 +39,7 @@ def _find_sandbox(namespace: str, container_id: str, bundle: str) -> Path | None
     namespace's sandboxes are searched by what their records say.
     """
     try:
-        with open(os.path.join(bundle, "config.json"), "rb") as f:
-            group = group_of(json.load(f), container_id)
+        group = group_of(read_bundle_spec(bundle), container_id)
         candidate = STATE_ROOT / namespace / group
         if candidate.is_dir() and not candidate.is_symlink():
             return candidate

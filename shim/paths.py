@@ -5,6 +5,7 @@ Imported by the `start` and `delete` actions: standard library only, nothing hea
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -25,6 +26,7 @@ MONITOR_SOCKET = "shim-monitor.sock"  # Kata's per-sandbox management socket
 # Annotations that put several containers in one sandbox (= one shim, one VM).
 GROUP_ANNOTATIONS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
 CONTAINER_TYPE_ANNOTATION = "io.kubernetes.cri.container-type"
+SPEC_FILE = "config.json"  # a bundle's OCI spec
 
 # containerd's identifier rule: alphanumerics, separated by single . _ or -.
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")
@@ -70,7 +72,17 @@ def sandbox_dir(namespace: str, sandbox_id: str) -> Path:
     return STATE_ROOT / namespace / sandbox_id
 
 
-def group_of(spec: dict, container_id: str) -> str:
+def read_bundle_spec(bundle: str) -> object:
+    """The bundle's config.json as parsed, unchecked (OSError, ValueError if it cannot be).
+
+    For `start` and `delete`, which need only its annotations; the daemon's Create
+    reads it with checks and a size limit (shim.task_service.service).
+    """
+    with open(os.path.join(bundle, SPEC_FILE), "rb") as f:
+        return json.load(f)
+
+
+def group_of(spec: object, container_id: str) -> str:
     """The sandbox a container belongs to: its group annotation, else itself.
 
     The annotation is the pod spec's (not trusted): a value that is not a containerd

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import select
 import socket
@@ -25,17 +24,23 @@ from shim.handoff import (
     ShimArgs,
     read_stdin,
 )
-from shim.paths import check_identifier, group_of, socket_address, socket_is_served, write_atomic
+from shim.paths import (
+    check_identifier,
+    group_of,
+    read_bundle_spec,
+    socket_address,
+    socket_is_served,
+    write_atomic,
+)
 
 READY_TIMEOUT = 30.0
 MAX_OPTIONS = 48 * 1024  # hex doubles it; one environment string holds at most 128 KiB
 
 
-def _read_spec(bundle: str) -> dict:
+def _read_spec(bundle: str) -> object:
     """The bundle's spec; none for containerd 2.x's sandbox bundle (CRI `sandboxer = "shim"`)."""
     try:
-        with open(os.path.join(bundle, "config.json"), "rb") as f:
-            return json.load(f)
+        return read_bundle_spec(bundle)
     except FileNotFoundError:
         if os.path.isdir(os.path.join(bundle, "rootfs")):
             return {}  # a sandbox bundle: the -id is the pod's

@@ -167,7 +167,8 @@ def test_start_and_delete_import_nothing_heavy():
     code = (
         "import sys; sys.argv = ['x']; import shim.cli, shim.start, shim.delete, shim.paths; "
         "heavy = [m for m in ('asyncio', 'google.protobuf', 'structlog', 'pyroute2', "
-        "'qemu', 'ttrpc.client', 'subprocess', 'shutil') if m in sys.modules]; print(heavy)"
+        "'qemu', 'ttrpc.client', 'subprocess', 'shutil', 'dataclasses', 'typing') "
+        "if m in sys.modules]; print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
