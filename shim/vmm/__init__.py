@@ -1,7 +1,8 @@
 """The vmm layer: "get me a running VM with an agent" behind one function.
 
 The sandbox does not care whether the VM was booted, restored from a template or
-taken from a cache: it calls `start_vm` and gets a `RunningVM`. Imports are lazy
+taken from a cache: it calls `start_vm` and gets a `RunningVM`. The template decision
+(shim.vmm.factory) sits above the launcher (shim.vmm.vm). Imports are lazy
 so that the shim's `start`/`delete` subcommands stay cheap; `kill_from_state`
 (crash cleanup from a separate process) needs only the standard library.
 """
@@ -55,7 +56,7 @@ async def start_vm(config: VMConfig, state_dir: Path, shared_dir: Path, **kwargs
     probe cache, default shim.paths.STATE_ROOT). Raises VMStartError after tearing down
     whatever it had started.
     """
-    from shim.vmm.vm import start_vm as _start_vm
+    from shim.vmm.factory import start_vm as _start_vm
 
     return await _start_vm(config, state_dir, shared_dir, **kwargs)
 

@@ -1,15 +1,18 @@
 """Kata's VM factory, templates only: make a template, and decide per pod whether its
-VM is restored from one (and what the clone is handed), rebuilt first, or booted."""
+VM is restored from one (and what the clone is handed), rebuilt first, or booted.
+
+This is the layer above the launcher (shim.vmm.vm.launch_vm, which boots, or restores
+a clone it is handed, and knows nothing of templates): `start_vm` is what
+shim.vmm.start_vm runs for a pod, `build` what `pykata-runtime factory init` runs.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,12 @@ import structlog
 
 from pykata_common.contract import PREWARM_PARAM
 from shim.vmm import template
+from shim.vmm.accel import AccelChoice
+from shim.vmm.clone import Clone
 from shim.vmm.config import VMConfig
+from shim.vmm.hostcaps import DEFAULT_CACHE_DIR
 from shim.vmm.template import REBUILD, RESTORE, TemplateDir, Verdict
+from shim.vmm.vm import RestoreFailed, RunningVM, channel_kind, launch_vm, resolve_firmware
 
 log = structlog.get_logger(__name__)
 
@@ -28,44 +35,6 @@ IDLE_SETTLE = 0.3
 # the guest reports freed pages 2 s after it freed them: wait, so the template's RAM
 # file holds only pages in use (the initrd's copy alone is ~45 MiB)
 REPORTING_SETTLE = 2.5
-
-
-@dataclass
-class Clone:
-    """What a clone starts from: a memfd for its private copy of the template's RAM
-    (filled by `copy`, while QEMU starts) and the template's device state."""
-
-    tdir: TemplateDir
-    memory_fd: int
-    state_fd: int
-    copied: int = 0
-    copying: asyncio.Future[int] | None = None
-
-    def copy(self, unlock_fd: int | None = None) -> int:
-        """Copy the template's RAM into the memfd; closes `unlock_fd` (the shared lock
-        that keeps the template in place) when done."""
-        try:
-            self.copied = template.copy_sparse(self.tdir.memory, self.memory_fd)
-        finally:
-            if unlock_fd is not None:
-                os.close(unlock_fd)
-        return self.copied
-
-    async def copied_ram(self) -> int:
-        """Wait for the copy started by prepare_clone."""
-        assert self.copying is not None
-        return await asyncio.shield(self.copying)
-
-    async def release(self) -> None:
-        """Close both fds, once a copy in flight has ended (its thread writes the memfd)."""
-        if self.copying is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(self.copying)
-        for name in ("memory_fd", "state_fd"):
-            fd = getattr(self, name)
-            if fd >= 0:
-                os.close(fd)
-                setattr(self, name, -1)
 
 
 def key(
@@ -161,8 +130,6 @@ async def build(
 
     Holds the exclusive lock: a second builder waits, then finds the template made
     (unless `force`)."""
-    from shim.vmm.vm import channel_kind, resolve_firmware, start_vm
-
     firmware = resolve_firmware(config.firmware)
     lock = await _lock(tdir, exclusive=True)
     work = tdir.build_dir()
@@ -174,8 +141,8 @@ async def build(
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, mode=0o700)
         t0 = time.monotonic()
-        vm = await start_vm(template_config(config), work, None, cache_dir=cache_dir,
-                            timeout=timeout, as_template=True)
+        vm = await launch_vm(template_config(config), work, None, cache_dir=cache_dir,
+                             timeout=timeout, as_template=True)
         try:
             await vm.agent.check(timeout=5.0)
             await vm.agent.close()
@@ -211,12 +178,44 @@ async def build(
 def _current(config: VMConfig, meta: dict[str, Any], firmware: str | None) -> bool:
     """Whether a template's meta matches this config's files and shape (cheap check:
     the accelerator is compared as recorded)."""
-    from shim.vmm.vm import channel_kind
-
     have = meta.get("shape", {})
     shape, inputs = key(config, accel=have.get("accel", ""), cpu=have.get("cpu", ""),
                         firmware=firmware, channel=channel_kind(config))
     return shape == have and inputs == meta.get("inputs")
 
 
-__all__ = ["Clone", "Verdict", "build", "prepare_clone", "template_config"]
+async def start_vm(
+    config: VMConfig,
+    state_dir: Path,
+    shared_dir: Path | None,
+    *,
+    timeout: float | None = None,
+    cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    as_template: bool = False,
+) -> RunningVM:
+    """A pod's VM: restored from the template at config.template_path when one fits
+    (rebuilt first when stale), else booted; a restore that fails falls back to a boot.
+    Arguments and errors as launch_vm's."""
+    if not config.template_path or as_template:
+        return await launch_vm(config, state_dir, shared_dir, timeout=timeout,
+                               cache_dir=cache_dir, as_template=as_template)
+
+    async def clone_of(accel: AccelChoice, firmware: str | None, channel: str) -> Clone | None:
+        return await prepare_clone(config, accel=accel, firmware=firmware, channel=channel,
+                                   cache_dir=cache_dir)
+
+    try:
+        return await launch_vm(config, state_dir, shared_dir, timeout=timeout,
+                               cache_dir=cache_dir, clone_source=clone_of)
+    except RestoreFailed as failed:
+        log.warning(
+            "restoring the VM from its template failed: booting it",
+            template=config.template_path,
+            error=str(failed.__cause__),
+        )
+        booted = dataclasses.replace(config, template_path=None)
+        return await launch_vm(booted, state_dir, shared_dir, timeout=timeout,
+                               cache_dir=cache_dir)
+
+
+__all__ = ["Clone", "Verdict", "build", "prepare_clone", "start_vm", "template_config"]

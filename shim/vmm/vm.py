@@ -1,14 +1,17 @@
-"""Boot a sandbox VM and hand back a RunningVM whose agent answers; tear everything down
-on any failure."""
+"""Launch a VM, booted or restored from a clone it is handed, and hand back a RunningVM
+whose agent answers; tear everything down on any failure.
+
+Whether there is a template to restore from is not decided here but by the caller
+(shim.vmm.factory): this module imports nothing of it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,10 +23,10 @@ from shim.agent_client import AgentAddress, AgentClient
 from shim.vmm import hotplug, procs, qemu_args, restore
 from shim.vmm.accel import AccelChoice, choose_accel
 from shim.vmm.child import ChildProcess
+from shim.vmm.clone import Clone
 from shim.vmm.config import QBOOT, VMConfig
 from shim.vmm.confinement import QEMU_KEY, ConfinementError, refuse
 from shim.vmm.errors import AgentTimeoutError, QemuExitedError, VMError, VMStartError
-from shim.vmm.factory import Clone, prepare_clone
 from shim.vmm.hostcaps import (
     DEFAULT_CACHE_DIR,
     HostCapsCache,
@@ -43,6 +46,11 @@ T = TypeVar("T")
 
 QMP_CONNECT_TIMEOUT = 10.0
 VIRTIOFSD_EXIT_GRACE = 2.0  # virtiofsd leaves by itself once QEMU hangs up
+
+# (accelerator, firmware, agent channel) -> the clone to restore, or None to boot. Asked
+# once those are probed (they are the template's key), so that the clone's RAM copy
+# runs while virtiofsd and QEMU start.
+CloneSource = Callable[[AccelChoice, "str | None", str], Awaitable["Clone | None"]]
 
 
 class RunningVM:
@@ -429,7 +437,11 @@ def _check_confinement(st: _Start, seccomp: bool, virtiofsd_args: list[str]) -> 
     return out
 
 
-async def start_vm(
+class RestoreFailed(Exception):
+    """A clone did not come up; its cause is the VMError. The caller may boot instead."""
+
+
+async def launch_vm(
     config: VMConfig,
     state_dir: Path,
     shared_dir: Path | None,
@@ -437,40 +449,18 @@ async def start_vm(
     timeout: float | None = None,
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
     as_template: bool = False,
+    clone_source: CloneSource | None = None,
 ) -> RunningVM:
     """Start a VM for a sandbox and return it once its agent answers Health/Check.
 
-    Booted, or restored from the template at config.template_path when there is one
-    that fits (a clone gets the shared filesystem and NICs hot-plugged, and its own
-    clock and RNG seed); a restore that fails falls back to a boot. `as_template`:
-    boot the VM a template is made from (RAM in state_dir/memory, no shared
-    filesystem, no NICs). Raises VMStartError (QemuExitedError, AgentTimeoutError,
-    VirtiofsdError) after tearing down everything it started.
+    Restored from the clone `clone_source` hands over, if any (it gets the shared
+    filesystem and NICs hot-plugged, and its own clock and RNG seed), else booted. A
+    clone that does not come up raises RestoreFailed (never for a ConfinementError: a
+    boot would be refused as well). `as_template`: boot the VM a template is made from
+    (RAM in state_dir/memory, no shared filesystem, no NICs). Raises VMStartError
+    (QemuExitedError, AgentTimeoutError, VirtiofsdError) after tearing down everything
+    it started.
     """
-    try:
-        return await _start_vm(config, state_dir, shared_dir, timeout, cache_dir, as_template)
-    except _RestoreFailed as failed:
-        log.warning(
-            "restoring the VM from its template failed: booting it",
-            template=config.template_path,
-            error=str(failed.__cause__),
-        )
-        booted = dataclasses.replace(config, template_path=None)
-        return await _start_vm(booted, state_dir, shared_dir, timeout, cache_dir, False)
-
-
-class _RestoreFailed(Exception):
-    """A clone did not come up; its cause is the VMError. start_vm boots instead."""
-
-
-async def _start_vm(
-    config: VMConfig,
-    state_dir: Path,
-    shared_dir: Path | None,
-    timeout: float | None,
-    cache_dir: Path | None,
-    as_template: bool,
-) -> RunningVM:
     state_dir = Path(state_dir)
     from shim.paths import private_dir
 
@@ -492,11 +482,8 @@ async def _start_vm(
             virtiofsd_args = await _virtiofsd_confinement(config, cache)
         st.mark("probed")
         firmware = resolve_firmware(config.firmware)
-        if config.template_path and not as_template:
-            clone = await prepare_clone(
-                config, accel=accel, firmware=firmware, channel=channel_kind(config),
-                cache_dir=cache_dir,
-            )
+        if clone_source is not None and not as_template:
+            clone = await clone_source(accel, firmware, channel_kind(config))
         writer = StateWriter(paths)
         if virtiofs:
             assert shared_dir is not None
@@ -576,7 +563,7 @@ async def _start_vm(
             exc, ConfinementError  # a boot would be refused as well
         ):
             error = exc if isinstance(exc, VMError) else VMStartError(str(exc))
-            raise _RestoreFailed() from error
+            raise RestoreFailed() from error
         if isinstance(exc, VMError) or not isinstance(exc, Exception):
             raise
         if st.qemu is not None and st.qemu.exited.done():
