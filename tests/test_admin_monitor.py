@@ -225,22 +225,29 @@ async def test_served_over_tcp_and_unix(three, short_tmp):
     assert not (short_tmp / "monitor.sock").exists()
 
 
-def test_the_command_serves_until_sigterm(three, short_tmp):
-    sock = short_tmp / "m.sock"
+def start_monitor(three, sock: Path, *args: str) -> subprocess.Popen:
+    """`pykata-runtime monitor ARGS`, once it serves `sock`."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shim.admin", "monitor", "--listen", f"unix:{sock}"],
+        [sys.executable, "-m", "shim.admin", "monitor", *args],
         cwd=ROOT,
         env=three.env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    deadline = time.monotonic() + 20
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            proc.kill()
+            raise AssertionError(f"monitor did not start: {proc.communicate()}")
+        time.sleep(0.05)
+    return proc
+
+
+def test_the_command_serves_until_sigterm(three, short_tmp):
+    sock = short_tmp / "m.sock"
+    proc = start_monitor(three, sock, "--listen", f"unix:{sock}")
     try:
-        deadline = time.monotonic() + 20
-        while not sock.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "monitor did not start"
-            time.sleep(0.05)
         body = shim_client.get(sock, "/metrics").decode()
         assert "kata_monitor_scrape_failed_count 1" in body
         assert 'kata_guest_load{sandbox_id="pod2",item="load1"} 0.5' in body
@@ -256,20 +263,8 @@ def test_by_default_it_serves_a_socket_only_its_owner_can_use(three):
     """No --listen: STATE_ROOT/node-monitor.sock, 0600, in a 0700 state root."""
     three.root.chmod(0o755)  # as an older version left it
     sock = three.root / "node-monitor.sock"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shim.admin", "monitor"],
-        cwd=ROOT,
-        env=three.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_monitor(three, sock)
     try:
-        deadline = time.monotonic() + 20
-        while not sock.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "monitor did not start"
-            time.sleep(0.05)
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600
         assert stat.S_IMODE(three.root.stat().st_mode) == 0o700
         # the socket in the state root is not taken for a namespace
