@@ -2,11 +2,8 @@
 (/proc/<sandbox pid>/ns/...) never reach the guest; a pod-shared pid namespace becomes
 the agent's sandbox_pidns."""
 
-import asyncio
-
-from shim.task_service.events import EventPublisher
+from shim.pod.container import Container, shares_pod_pidns
 from shim.task_service.process import Process, Stdio
-from shim.task_service.service import Container, TaskService, _shares_pod_pidns
 
 SANDBOX = {"io.kubernetes.cri.container-type": "sandbox"}
 APP = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "p1"}
@@ -22,9 +19,8 @@ def cri_spec(annotations, namespaces):
 
 
 def guest_namespaces(spec):
-    service = TaskService("k8s.io", EventPublisher("", "k8s.io"), asyncio.Event())
     container = Container("c1", "/b", spec, Process("c1", "", 1, Stdio("", "", "", False)))
-    guest = service._guest_spec(container, "/run/kata-containers/shared/c1/rootfs")
+    guest = container.guest_spec("/run/kata-containers/shared/c1/rootfs", share=None)
     return [(ns.Type, ns.Path) for ns in guest.Linux.Namespaces]
 
 
@@ -32,7 +28,7 @@ def test_the_sandbox_container_keeps_its_new_namespaces_and_holds_the_pidns():
     spec = cri_spec(SANDBOX, [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
                     + [{"type": "network", "path": "/var/run/netns/cni-1"}])
     assert guest_namespaces(spec) == [("pid", ""), ("ipc", ""), ("uts", ""), ("mount", "")]
-    assert _shares_pod_pidns(spec)
+    assert shares_pod_pidns(spec)
 
 
 def test_an_app_container_drops_host_namespace_paths():
@@ -44,14 +40,14 @@ def test_an_app_container_drops_host_namespace_paths():
         {"type": "network", "path": "/proc/42/ns/net"},
     ])
     assert guest_namespaces(spec) == [("mount", "")]
-    assert _shares_pod_pidns(spec)
+    assert shares_pod_pidns(spec)
 
 
 def test_an_app_container_with_its_own_pidns_does_not_join_the_pod_one():
     spec = cri_spec(APP, [{"type": "pid"}, {"type": "ipc", "path": "/proc/42/ns/ipc"}])
     assert guest_namespaces(spec) == [("pid", "")]
-    assert not _shares_pod_pidns(spec)
-    assert not _shares_pod_pidns(cri_spec({}, [{"type": "pid"}]))  # ctr run
+    assert not shares_pod_pidns(spec)
+    assert not shares_pod_pidns(cri_spec({}, [{"type": "pid"}]))  # ctr run
 
 
 def test_a_hostname_without_a_uts_namespace_gets_one_in_the_guest():

@@ -12,7 +12,6 @@ import collections
 import contextlib
 import json
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -22,14 +21,14 @@ import ttrpc
 from protos.containerd.events import task_pb2 as events
 from protos.containerd.runtimeoptions.v1 import api_pb2 as runtimeoptions
 from protos.containerd.task.v2 import shim_pb2 as api
-from protos.containerd.types import mount_pb2
 from protos.containerd.types.task import task_pb2 as task_types
 from protos.kata import agent_pb2
 from shim.agent_client import BadAnswer
 from shim.config import Config, ConfigError, load_config
 from shim.netns.nsenter import NetnsRefused
-from shim.oci import SpecError, process_to_kata, resources_to_kata, spec_to_kata
+from shim.oci import SpecError, process_to_kata, resources_to_kata
 from shim.paths import CONTAINER_TYPE_ANNOTATION, InvalidIdentifier, check_identifier, group_of
+from shim.pod.container import Container, UnknownExec
 from shim.sandbox.cgroup import CgroupError, sandbox_cgroup_path
 from shim.sandbox.mounts import MountError, MountSpec
 from shim.sandbox.sandbox import Sandbox, SandboxError, network_namespace
@@ -66,30 +65,15 @@ DEATH_GRACE = 2.0  # an agent call failed: how long the VM's death may take to b
 SHIM_VERSION = "pykata 0.1.0"
 
 
-@dataclass
-class Container:
-    """A container of the sandbox, with its init process and its execs."""
-
-    id: str
-    bundle: str
-    spec: dict[str, Any]
-    init: Process
-    execs: dict[str, Process] = field(default_factory=dict)
-    rootfs: list[mount_pb2.Mount] = field(default_factory=list)
-    # host source of each shared bind mount -> its path in the guest
-    shared_sources: dict[str, str] = field(default_factory=dict)
-
-    def process(self, exec_id: str) -> Process:
-        if not exec_id:
-            return self.init
-        found = self.execs.get(exec_id)
-        if found is None:
-            raise TTRPCError(Code.NOT_FOUND, f"exec {exec_id} of container {self.id} not found")
-        return found
-
-
 def _invalid(exc: Exception) -> TTRPCError:
     return TTRPCError(Code.INVALID_ARGUMENT, str(exc))
+
+
+def _process_of(container: Container, exec_id: str) -> Process:
+    try:
+        return container.process(exec_id)
+    except UnknownExec as exc:
+        raise TTRPCError(Code.NOT_FOUND, str(exc)) from None
 
 
 @contextlib.asynccontextmanager
@@ -130,31 +114,6 @@ def _read_spec(bundle: str) -> dict[str, Any]:
                 Code.INVALID_ARGUMENT, f"{path} has no {key!r} object: not a container spec"
             )
     return spec
-
-
-def _shares_pod_pidns(spec: dict[str, Any]) -> bool:
-    """Whether the guest must put this container in the pod's pid namespace.
-
-    CRI's sandbox (pause) container holds it (the agent makes the first container
-    created with sandbox_pidns the holder); a container whose spec joins a pid
-    namespace by path (CRI: the sandbox's, shareProcessNamespace) joins the holder's.
-    """
-    if (spec.get("annotations") or {}).get(CONTAINER_TYPE_ANNOTATION) == "sandbox":
-        return True
-    namespaces = (spec.get("linux") or {}).get("namespaces") or []
-    return any(ns.get("type") == "pid" and ns.get("path") for ns in namespaces)
-
-
-def _note_direct_volume(sandbox_id: str, source: str) -> None:
-    """A bind source added with `pykata-runtime direct-volume add`: record which pod uses it
-    (as Kata does), so that `direct-volume stats|resize` find the pod's monitor socket."""
-    from shim import direct_volume
-
-    try:
-        if direct_volume.mount_info(source) is not None:
-            direct_volume.record_sandbox(sandbox_id, source)
-    except (direct_volume.DirectVolumeError, OSError) as exc:
-        log.warning("direct volume not recorded", volume=source, error=str(exc))
 
 
 def runtime_options(options: Any) -> tuple[str, bytes]:
@@ -423,7 +382,7 @@ class TaskService:
         rootfs = [MountSpec(m.type, m.source, tuple(m.options)) for m in request.rootfs]
         try:
             guest_root = sandbox.add_container(container.id, container.bundle, rootfs)
-            guest_spec = self._guest_spec(container, guest_root)
+            guest_spec = container.guest_spec(guest_root, sandbox, self.pod_files)
         except MountError as exc:
             sandbox.remove_container(container.id)
             raise TTRPCError(
@@ -443,7 +402,7 @@ class TaskService:
                     container_id=container.id,
                     exec_id=container.id,
                     OCI=guest_spec,
-                    sandbox_pidns=_shares_pod_pidns(container.spec),
+                    sandbox_pidns=container.shares_pod_pidns,
                 ),
                 timeout=sandbox.config.runtime.create_container_timeout,
             )
@@ -451,55 +410,6 @@ class TaskService:
             sandbox.remove_container(container.id)
             raise
         self._attach_io(container.init)
-
-    def _guest_spec(self, container: Container, guest_root: str) -> Any:
-        """The container's OCI spec as the guest must see it."""
-        spec = json.loads(json.dumps(container.spec))  # deep copy
-        spec.setdefault("root", {})["path"] = guest_root
-        spec.pop("hooks", None)  # host hooks cannot run in the guest
-        linux = spec.setdefault("linux", {})
-        # The VM is the pod: its network is the VM's, not a host netns path. A namespace
-        # given by path names a host process's (CRI: /proc/<sandbox pid>/ns/ipc, which is
-        # QEMU's): ipc and uts are then the VM's own, shared by every container of the
-        # pod; a pod-shared pid namespace is the sandbox container's in the guest
-        # (CreateContainerRequest.sandbox_pidns, see _shares_pod_pidns).
-        linux["namespaces"] = [
-            ns
-            for ns in linux.get("namespaces") or []
-            if ns.get("type") != "network" and not ns.get("path")
-        ]
-        if spec.get("hostname") and not any(ns["type"] == "uts" for ns in linux["namespaces"]):
-            # CRI's host-network sandbox names the node's UTS namespace by leaving it out,
-            # yet sets a hostname: in the guest that needs a UTS namespace of its own
-            linux["namespaces"].append({"type": "uts"})
-        mounts = []
-        for index, entry in enumerate(spec.get("mounts") or []):
-            options = entry.get("options") or []
-            is_bind = entry.get("type") == "bind" or "bind" in options or "rbind" in options
-            source = entry.get("source", "")
-            if is_bind and source.startswith("/"):
-                if not os.path.exists(source):
-                    raise SpecError(f"bind mount source {source} does not exist")
-                guest_path = self.sandbox.share_mount(
-                    container.id, index, source, readonly="ro" in options
-                )
-                container.shared_sources[source] = guest_path
-                _note_direct_volume(self.sandbox.id, source)
-                entry = dict(entry, source=guest_path)
-            mounts.append(entry)
-        for destination, source in self.pod_files.items():
-            if not any(entry.get("destination") == destination for entry in mounts):
-                shared = self.sandbox.share_mount(container.id, len(mounts), source)
-                mounts.append(
-                    {
-                        "destination": destination,
-                        "type": "bind",
-                        "source": shared,
-                        "options": ["rbind", "rw"],
-                    }
-                )
-        spec["mounts"] = mounts
-        return spec_to_kata(spec)
 
     # -- stdio -------------------------------------------------------------------
     def _attach_io(self, process: Process) -> None:
@@ -605,7 +515,7 @@ class TaskService:
     # -- Start / Wait / State ------------------------------------------------------
     async def Start(self, request: api.StartRequest, context) -> api.StartResponse:
         container = self._container(request.id)
-        process = container.process(request.exec_id)
+        process = _process_of(container, request.exec_id)
         async with _changing(process):
             process.require("start", State.CREATED)
             return await self._start(container, process)
@@ -662,13 +572,13 @@ class TaskService:
             )
 
     async def Wait(self, request: api.WaitRequest, context) -> api.WaitResponse:
-        process = self._container(request.id).process(request.exec_id)
+        process = _process_of(self._container(request.id), request.exec_id)
         await process.exited.wait()
         return api.WaitResponse(exit_status=process.exit_status, exited_at=process.exited_at())
 
     async def State(self, request: api.StateRequest, context) -> api.StateResponse:
         container = self._container(request.id)
-        process = container.process(request.exec_id)
+        process = _process_of(container, request.exec_id)
         return api.StateResponse(
             id=container.id,
             bundle=container.bundle,
@@ -686,7 +596,7 @@ class TaskService:
     # -- Kill / Exec / IO ----------------------------------------------------------
     async def Kill(self, request: api.KillRequest, context) -> empty_pb2.Empty:
         container = self._container(request.id)
-        process = container.process(request.exec_id)
+        process = _process_of(container, request.exec_id)
         async with _changing(process):
             if process.state in (State.STOPPED, State.DELETED):
                 raise TTRPCError(Code.NOT_FOUND, f"{process.name} has already exited")
@@ -762,7 +672,7 @@ class TaskService:
         return EMPTY
 
     async def ResizePty(self, request: api.ResizePtyRequest, context) -> empty_pb2.Empty:
-        process = self._container(request.id).process(request.exec_id)
+        process = _process_of(self._container(request.id), request.exec_id)
         if not process.stdio.terminal:
             raise TTRPCError(Code.FAILED_PRECONDITION, "the process has no terminal")
         await self._agent().TtyWinResize(
@@ -777,7 +687,7 @@ class TaskService:
         return EMPTY
 
     async def CloseIO(self, request: api.CloseIORequest, context) -> empty_pb2.Empty:
-        process = self._container(request.id).process(request.exec_id)
+        process = _process_of(self._container(request.id), request.exec_id)
         if request.stdin and process.stdin_copier is not None:
             process.stdin_copier.close_input()
         return EMPTY
@@ -785,7 +695,7 @@ class TaskService:
     # -- Delete / Pids / Connect / Shutdown ----------------------------------------
     async def Delete(self, request: api.DeleteRequest, context) -> api.DeleteResponse:
         container = self._container(request.id)
-        process = container.process(request.exec_id)
+        process = _process_of(container, request.exec_id)
         async with _changing(process):
             if process.state in (State.RUNNING, State.PAUSED):
                 raise ProcessStateError(

@@ -1,0 +1,144 @@
+"""A container of the pod: its init and exec processes, and the OCI spec and volumes it
+gives the guest."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from protos.containerd.types import mount_pb2
+from shim.oci import SpecError, spec_to_kata
+from shim.paths import CONTAINER_TYPE_ANNOTATION
+from shim.task_service.process import Process
+
+log = structlog.get_logger(__name__)
+
+
+class UnknownExec(LookupError):
+    """An exec id the container does not have."""
+
+
+class Share(Protocol):
+    """Where a container's bind sources are shared with the guest (the pod's Sandbox)."""
+
+    id: str
+
+    def share_mount(
+        self, container_id: str, index: int, source: str, *, readonly: bool = False
+    ) -> str: ...
+
+
+def shares_pod_pidns(spec: dict[str, Any]) -> bool:
+    """Whether the guest must put a container with this spec in the pod's pid namespace.
+
+    CRI's sandbox (pause) container holds it (the agent makes the first container
+    created with sandbox_pidns the holder); a container whose spec joins a pid
+    namespace by path (CRI: the sandbox's, shareProcessNamespace) joins the holder's.
+    """
+    if (spec.get("annotations") or {}).get(CONTAINER_TYPE_ANNOTATION) == "sandbox":
+        return True
+    namespaces = (spec.get("linux") or {}).get("namespaces") or []
+    return any(ns.get("type") == "pid" and ns.get("path") for ns in namespaces)
+
+
+@dataclass
+class Container:
+    """A container of the sandbox, with its init process and its execs."""
+
+    id: str
+    bundle: str
+    spec: dict[str, Any]
+    init: Process
+    execs: dict[str, Process] = field(default_factory=dict)
+    rootfs: list[mount_pb2.Mount] = field(default_factory=list)
+    # host source of each shared bind mount -> its path in the guest
+    shared_sources: dict[str, str] = field(default_factory=dict)
+
+    def process(self, exec_id: str) -> Process:
+        """The init ("" ) or an exec; UnknownExec for an id it does not have."""
+        if not exec_id:
+            return self.init
+        found = self.execs.get(exec_id)
+        if found is None:
+            raise UnknownExec(f"exec {exec_id} of container {self.id} not found")
+        return found
+
+    @property
+    def shares_pod_pidns(self) -> bool:
+        return shares_pod_pidns(self.spec)
+
+    def guest_spec(
+        self, guest_root: str, share: Share | None, pod_files: dict[str, str] | None = None
+    ) -> Any:
+        """The container's OCI spec as the guest must see it (Kata's grpc.Spec); its bind
+        sources are shared on the way (read-only where the mount is). `pod_files`:
+        destination -> host file, bound where the spec has no such mount. SpecError for
+        a spec the guest cannot be given."""
+        spec = json.loads(json.dumps(self.spec))  # deep copy
+        spec.setdefault("root", {})["path"] = guest_root
+        spec.pop("hooks", None)  # host hooks cannot run in the guest
+        linux = spec.setdefault("linux", {})
+        # The VM is the pod: its network is the VM's, not a host netns path. A namespace
+        # given by path names a host process's (CRI: /proc/<sandbox pid>/ns/ipc, which is
+        # QEMU's): ipc and uts are then the VM's own, shared by every container of the
+        # pod; a pod-shared pid namespace is the sandbox container's in the guest
+        # (CreateContainerRequest.sandbox_pidns, see shares_pod_pidns).
+        linux["namespaces"] = [
+            ns
+            for ns in linux.get("namespaces") or []
+            if ns.get("type") != "network" and not ns.get("path")
+        ]
+        if spec.get("hostname") and not any(ns["type"] == "uts" for ns in linux["namespaces"]):
+            # CRI's host-network sandbox names the node's UTS namespace by leaving it out,
+            # yet sets a hostname: in the guest that needs a UTS namespace of its own
+            linux["namespaces"].append({"type": "uts"})
+        mounts = [
+            self._shared_mount(index, entry, share)
+            for index, entry in enumerate(spec.get("mounts") or [])
+        ]
+        for destination, source in (pod_files or {}).items():
+            if not any(entry.get("destination") == destination for entry in mounts):
+                assert share is not None
+                shared = share.share_mount(self.id, len(mounts), source)
+                mounts.append(
+                    {
+                        "destination": destination,
+                        "type": "bind",
+                        "source": shared,
+                        "options": ["rbind", "rw"],
+                    }
+                )
+        spec["mounts"] = mounts
+        return spec_to_kata(spec)
+
+    def _shared_mount(self, index: int, entry: dict[str, Any], share: Share | None) -> dict:
+        """A mount of the spec as the guest sees it: a bind of a host path is shared."""
+        options = entry.get("options") or []
+        is_bind = entry.get("type") == "bind" or "bind" in options or "rbind" in options
+        source = entry.get("source", "")
+        if not (is_bind and source.startswith("/")):
+            return entry
+        if not os.path.exists(source):
+            raise SpecError(f"bind mount source {source} does not exist")
+        if share is None:
+            raise SpecError(f"bind mount {source}: this pod shares no files with its VM")
+        guest_path = share.share_mount(self.id, index, source, readonly="ro" in options)
+        self.shared_sources[source] = guest_path
+        _note_direct_volume(share.id, source)
+        return dict(entry, source=guest_path)
+
+
+def _note_direct_volume(sandbox_id: str, source: str) -> None:
+    """A bind source added with `pykata-runtime direct-volume add`: record which pod uses it
+    (as Kata does), so that `direct-volume stats|resize` find the pod's monitor socket."""
+    from shim import direct_volume
+
+    try:
+        if direct_volume.mount_info(source) is not None:
+            direct_volume.record_sandbox(sandbox_id, source)
+    except (direct_volume.DirectVolumeError, OSError) as exc:
+        log.warning("direct volume not recorded", volume=source, error=str(exc))
