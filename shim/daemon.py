@@ -84,11 +84,7 @@ async def serve(args: ShimArgs, readiness: Readiness) -> int:
     readiness.ready()
     await shutdown.wait()
     log.info("shim shutting down")
-    for container in list(service.containers.values()):
-        try:
-            await service._delete_container(container)
-        except Exception as exc:
-            log.error("cleanup at shutdown failed", container=container.id, error=str(exc))
+    await service.delete_all()
     reaper.cancel()
     # let the reply to Shutdown/ShutdownSandbox reach containerd before the socket
     # closes: containerd hangs up once it has it (ShutdownSandbox must not see "closed")

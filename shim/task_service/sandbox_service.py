@@ -197,13 +197,13 @@ class SandboxService:
                 cgroup_path=cgroup_path,
                 shared_pidns=shares_pid_namespace(request.options, cri),
             )
-            self.tasks.sandbox_api_owns_pod = True
-            if self.tasks.monitor is not None:  # kata-monitor's labels for the pod's metrics
-                self.tasks.monitor.pod_metadata = {
+            self.tasks.owned_by_sandbox_api(  # kata-monitor's labels for the pod's metrics
+                {
                     "cri_name": cri.metadata.name,
                     "cri_namespace": cri.metadata.namespace,
                     "cri_uid": cri.metadata.uid,
                 }
+            )
         log.info("sandbox created", sandbox=request.sandbox_id, netns=request.netns_path,
                  pod=cri.metadata.name, pod_namespace=cri.metadata.namespace)
         return api.CreateSandboxResponse()
@@ -224,12 +224,10 @@ class SandboxService:
                     sandbox_pidns=pod.shared_pidns,
                 )
                 pod.created_ns = time.time_ns()
-                self.tasks.pod_files = write_pod_files(
-                    self.tasks.sandbox.state_dir / "pod", pod.hostname, pod.dns
+                self.tasks.bind_pod_files(
+                    write_pod_files(self.tasks.sandbox.state_dir / "pod", pod.hostname, pod.dns)
                 )
-                self.tasks.death_listeners.append(
-                    lambda reason: self._mark_stopped(pod, DEAD_VM_STATUS)
-                )
+                self.tasks.on_pod_death(lambda reason: self._mark_stopped(pod, DEAD_VM_STATUS))
         return api.StartSandboxResponse(pid=self.tasks.sandbox.pid,
                                         created_at=timestamp(pod.created_ns))
 

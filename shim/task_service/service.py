@@ -12,6 +12,7 @@ import collections
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -157,6 +158,31 @@ class TaskService:
         self.death_listeners: list[Any] = []
         # the pod's monitor socket (shim.task_service.monitor_service.SandboxMonitor)
         self.monitor: Any = None
+
+    # -- what the Sandbox API door and the daemon ask of the pod -------------------
+    def owned_by_sandbox_api(self, labels: dict[str, str]) -> None:
+        """containerd's Sandbox API made this pod: it outlives its containers, and its
+        metrics carry the CRI pod's labels."""
+        self.sandbox_api_owns_pod = True
+        if self.monitor is not None:
+            self.monitor.pod_metadata = dict(labels)
+
+    def on_pod_death(self, listener: Callable[[str], None]) -> None:
+        """Call listener(reason) when the pod's VM dies."""
+        self.death_listeners.append(listener)
+
+    def bind_pod_files(self, files: dict[str, str]) -> None:
+        """Bind these host files (destination -> file) into every later container that has
+        no mount there: the pod's hostname, hosts and resolver without a pause container."""
+        self.pod_files = dict(files)
+
+    async def delete_all(self) -> None:
+        """Delete every container (the daemon's shutdown); a failure is logged, not raised."""
+        for container in list(self.containers.values()):
+            try:
+                await self._delete_container(container)
+            except Exception as exc:
+                log.error("cleanup at shutdown failed", container=container.id, error=str(exc))
 
     # -- helpers ---------------------------------------------------------------
     def _container(self, container_id: str) -> Container:
