@@ -24,10 +24,11 @@ import structlog
 from protos.containerd.runtime.sandbox.v1 import sandbox_pb2 as api
 from protos.containerd.types import platform_pb2
 from protos.kubernetes import cri_pod_pb2
-from shim.config import ConfigError, load_config
+from shim.config import load_config
 from shim.handoff import OPTIONS_ENV
-from shim.paths import InvalidIdentifier, check_identifier
+from shim.paths import check_identifier
 from shim.sandbox.cgroup import CgroupError, sandbox_cgroup_path
+from shim.task_service.errors import at_the_edge
 from shim.task_service.service import DEAD_VM_STATUS, runtime_options
 from shim.task_service.timestamps import timestamp
 from ttrpc import Code, TTRPCError
@@ -146,6 +147,7 @@ class _Pod:
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+@at_the_edge
 class SandboxService:
     """The Sandbox API of one pod, over the TaskService that owns its VM."""
 
@@ -157,10 +159,7 @@ class SandboxService:
         self._lock = asyncio.Lock()
 
     def _known(self, sandbox_id: str) -> _Pod:
-        try:
-            check_identifier("sandbox id", sandbox_id)
-        except InvalidIdentifier as exc:
-            raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
+        check_identifier("sandbox id", sandbox_id)
         if self._pod is None or self._pod.id != sandbox_id:
             raise TTRPCError(Code.NOT_FOUND, f"sandbox {sandbox_id} not found")
         return self._pod
@@ -170,18 +169,12 @@ class SandboxService:
         return sandbox is not None and sandbox.id == pod.id and not pod.stopped.is_set()
 
     async def CreateSandbox(self, request: api.CreateSandboxRequest, context) -> Any:
-        try:
-            check_identifier("sandbox id", request.sandbox_id)
-        except InvalidIdentifier as exc:
-            raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
+        check_identifier("sandbox id", request.sandbox_id)
         async with self._lock:
             if self._pod is not None or self.tasks.sandbox is not None:
                 raise TTRPCError(Code.ALREADY_EXISTS, "this shim already serves a sandbox")
             cri = pod_config(request.options)
-            try:
-                config = load_config(*self._options)
-            except ConfigError as exc:
-                raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
+            config = load_config(*self._options)
             try:
                 cgroup_path = pod_cgroup_path(
                     cri.linux.cgroup_parent, self.tasks.namespace, request.sandbox_id

@@ -25,15 +25,16 @@ from protos.containerd.task.v2 import shim_pb2 as api
 from protos.containerd.types.task import task_pb2 as task_types
 from protos.kata import agent_pb2
 from shim.agent_client import BadAnswer
-from shim.config import Config, ConfigError, load_config
+from shim.config import Config, load_config
 from shim.netns.nsenter import NetnsRefused
 from shim.oci import SpecError, process_to_kata, resources_to_kata
-from shim.paths import CONTAINER_TYPE_ANNOTATION, InvalidIdentifier, check_identifier, group_of
-from shim.pod.container import Container, UnknownExec
+from shim.paths import CONTAINER_TYPE_ANNOTATION, check_identifier, group_of
+from shim.pod.container import Container
 from shim.sandbox.cgroup import CgroupError, sandbox_cgroup_path
 from shim.sandbox.mounts import MountError, MountSpec
 from shim.sandbox.sandbox import Sandbox, SandboxError, network_namespace
 from shim.task_service import oom
+from shim.task_service.errors import at_the_edge
 from shim.task_service.events import EventPublisher
 from shim.task_service.process import (
     NEVER_STARTED_STATUS,
@@ -68,23 +69,6 @@ SHIM_VERSION = "pykata 0.1.0"
 
 def _invalid(exc: Exception) -> TTRPCError:
     return TTRPCError(Code.INVALID_ARGUMENT, str(exc))
-
-
-def _process_of(container: Container, exec_id: str) -> Process:
-    try:
-        return container.process(exec_id)
-    except UnknownExec as exc:
-        raise TTRPCError(Code.NOT_FOUND, str(exc)) from None
-
-
-@contextlib.asynccontextmanager
-async def _changing(process: Process):
-    """Hold the process's lock for a whole call; a state it does not allow: FAILED_PRECONDITION."""
-    async with process.lock:
-        try:
-            yield process
-        except ProcessStateError as exc:
-            raise TTRPCError(Code.FAILED_PRECONDITION, str(exc)) from None
 
 
 def _read_spec(bundle: str) -> dict[str, Any]:
@@ -132,6 +116,7 @@ def runtime_options(options: Any) -> tuple[str, bytes]:
     return parsed.config_path, parsed.config_body
 
 
+@at_the_edge
 class TaskService:
     """The Task API, bound to one sandbox."""
 
@@ -186,10 +171,7 @@ class TaskService:
 
     # -- helpers ---------------------------------------------------------------
     def _container(self, container_id: str) -> Container:
-        try:
-            check_identifier("container id", container_id)
-        except InvalidIdentifier as exc:
-            raise _invalid(exc) from None
+        check_identifier("container id", container_id)
         found = self.containers.get(container_id)
         if found is None:
             raise TTRPCError(Code.NOT_FOUND, f"container {container_id} not found")
@@ -205,10 +187,7 @@ class TaskService:
 
     # -- Create ------------------------------------------------------------------
     async def Create(self, request: api.CreateTaskRequest, context) -> api.CreateTaskResponse:
-        try:
-            check_identifier("container id", request.id)
-        except InvalidIdentifier as exc:
-            raise _invalid(exc) from None
+        check_identifier("container id", request.id)
         if request.checkpoint or request.parent_checkpoint:
             raise TTRPCError(Code.UNIMPLEMENTED, "pykata cannot restore from a checkpoint")
         async with self._lock:
@@ -256,17 +235,14 @@ class TaskService:
         return api.CreateTaskResponse(pid=self._pid())
 
     async def _start_sandbox(self, request: api.CreateTaskRequest, spec: dict[str, Any]) -> None:
+        config: Config = load_config(*runtime_options(request.options))
+        sandbox_id = group_of(spec, request.id)
         try:
-            config: Config = load_config(*runtime_options(request.options))
-        except ConfigError as exc:
-            raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
-        try:
-            sandbox_id = group_of(spec, request.id)
             cgroup_path = sandbox_cgroup_path(
                 (spec.get("linux") or {}).get("cgroupsPath"),
                 default=f"/pykata/{self.namespace}/{sandbox_id}",
             )
-        except (InvalidIdentifier, CgroupError) as exc:
+        except CgroupError as exc:  # the spec's path; joining it fails otherwise
             raise _invalid(exc) from None
         await self.boot_sandbox(
             sandbox_id,
@@ -288,25 +264,18 @@ class TaskService:
         sandbox_pidns: bool = False,
     ) -> Sandbox:
         """Boot the pod's VM (for its first container, or for the Sandbox API)."""
-        try:
-            sandbox = Sandbox(self.namespace, sandbox_id, config)
-        except InvalidIdentifier as exc:
-            raise _invalid(exc) from None
+        sandbox = Sandbox(self.namespace, sandbox_id, config)
         log.info("starting sandbox VM", sandbox=sandbox_id, config=config.source)
         try:
             await sandbox.start(netns=netns, hostname=hostname, dns=dns, cgroup_path=cgroup_path,
                                 sandbox_pidns=sandbox_pidns)
-        except NetnsRefused as exc:
-            raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
+        except (NetnsRefused, ConfinementError):
+            raise  # shim.task_service.errors gives them their codes
         except CgroupError as exc:
             raise TTRPCError(
                 Code.FAILED_PRECONDITION,
                 f"{exc} (set [runtime] sandbox_cgroup_only = false to leave the VM outside "
                 "the pod's cgroup)",
-            ) from None
-        except ConfinementError as exc:
-            raise TTRPCError(
-                Code.FAILED_PRECONDITION, f"cannot start the sandbox VM: {exc}"
             ) from None
         except (SandboxError, MountError, OSError) as exc:
             raise TTRPCError(Code.UNAVAILABLE, f"cannot start the sandbox VM: {exc}") from exc
@@ -419,9 +388,9 @@ class TaskService:
         except (OSError, SandboxError) as exc:
             sandbox.remove_container(container.id)
             raise TTRPCError(Code.INTERNAL, f"cannot prepare container rootfs: {exc}") from exc
-        except SpecError as exc:
+        except SpecError:
             sandbox.remove_container(container.id)
-            raise _invalid(exc) from None
+            raise
         try:
             await sandbox.agent.CreateContainer(
                 agent_pb2.CreateContainerRequest(
@@ -541,8 +510,8 @@ class TaskService:
     # -- Start / Wait / State ------------------------------------------------------
     async def Start(self, request: api.StartRequest, context) -> api.StartResponse:
         container = self._container(request.id)
-        process = _process_of(container, request.exec_id)
-        async with _changing(process):
+        process = container.process(request.exec_id)
+        async with process.lock:  # the whole call: see process.py
             process.require("start", State.CREATED)
             return await self._start(container, process)
 
@@ -598,13 +567,13 @@ class TaskService:
             )
 
     async def Wait(self, request: api.WaitRequest, context) -> api.WaitResponse:
-        process = _process_of(self._container(request.id), request.exec_id)
+        process = self._container(request.id).process(request.exec_id)
         await process.exited.wait()
         return api.WaitResponse(exit_status=process.exit_status, exited_at=process.exited_at())
 
     async def State(self, request: api.StateRequest, context) -> api.StateResponse:
         container = self._container(request.id)
-        process = _process_of(container, request.exec_id)
+        process = container.process(request.exec_id)
         return api.StateResponse(
             id=container.id,
             bundle=container.bundle,
@@ -622,8 +591,8 @@ class TaskService:
     # -- Kill / Exec / IO ----------------------------------------------------------
     async def Kill(self, request: api.KillRequest, context) -> empty_pb2.Empty:
         container = self._container(request.id)
-        process = _process_of(container, request.exec_id)
-        async with _changing(process):
+        process = container.process(request.exec_id)
+        async with process.lock:  # the whole call: see process.py
             if process.state in (State.STOPPED, State.DELETED):
                 raise TTRPCError(Code.NOT_FOUND, f"{process.name} has already exited")
             if process.state == State.CREATED:
@@ -671,10 +640,7 @@ class TaskService:
 
     async def Exec(self, request: api.ExecProcessRequest, context) -> empty_pb2.Empty:
         container = self._container(request.id)
-        try:
-            check_identifier("exec id", request.exec_id)
-        except InvalidIdentifier as exc:
-            raise _invalid(exc) from None
+        check_identifier("exec id", request.exec_id)
         if request.exec_id in container.execs:
             raise TTRPCError(Code.ALREADY_EXISTS, f"exec {request.exec_id} already exists")
         if container.init.state in (State.STOPPED, State.DELETED):
@@ -698,7 +664,7 @@ class TaskService:
         return EMPTY
 
     async def ResizePty(self, request: api.ResizePtyRequest, context) -> empty_pb2.Empty:
-        process = _process_of(self._container(request.id), request.exec_id)
+        process = self._container(request.id).process(request.exec_id)
         if not process.stdio.terminal:
             raise TTRPCError(Code.FAILED_PRECONDITION, "the process has no terminal")
         await self._agent().TtyWinResize(
@@ -713,7 +679,7 @@ class TaskService:
         return EMPTY
 
     async def CloseIO(self, request: api.CloseIORequest, context) -> empty_pb2.Empty:
-        process = _process_of(self._container(request.id), request.exec_id)
+        process = self._container(request.id).process(request.exec_id)
         if request.stdin and process.stdin_copier is not None:
             process.stdin_copier.close_input()
         return EMPTY
@@ -721,8 +687,8 @@ class TaskService:
     # -- Delete / Pids / Connect / Shutdown ----------------------------------------
     async def Delete(self, request: api.DeleteRequest, context) -> api.DeleteResponse:
         container = self._container(request.id)
-        process = _process_of(container, request.exec_id)
-        async with _changing(process):
+        process = container.process(request.exec_id)
+        async with process.lock:  # the whole call: see process.py
             if process.state in (State.RUNNING, State.PAUSED):
                 raise ProcessStateError(
                     f"cannot delete {process.name}: it is {process.state.word}; kill it first"
@@ -814,7 +780,8 @@ class TaskService:
             action, before, after = "pause", State.RUNNING, State.PAUSED
         else:
             action, before, after = "resume", State.PAUSED, State.RUNNING
-        async with _changing(container.init) as init:
+        init = container.init
+        async with init.lock:
             init.require(action, before)
             agent = self._agent()
             if pause:
