@@ -95,7 +95,17 @@ class PodPidNamespace:
 
     @property
     def alive(self) -> bool:
-        return self._exited is not None and not self._exited.done()
+        """Started and not exited: the reaper's word, or /proc's when the exit is not yet
+        reported (a killed pause process is a zombie, then gone, before the reaper's
+        future resolves)."""
+        if self._exited is None or self._exited.done():
+            return False
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state not in ("Z", "X")
 
     async def path(self) -> str:
         """The namespace for a container to join, once its pause process is ready."""

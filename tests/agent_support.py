@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -308,3 +309,17 @@ class Agent:
                 process=oci_pb2.Process(Args=args, Env=["PATH=/bin"], Cwd="/", Terminal=terminal),
             )
         )
+
+
+@contextlib.asynccontextmanager
+async def running_agent(tmp_path: Path, runtime: str) -> AsyncIterator[Agent]:
+    """An agent on this host for one test; at the end it has removed all it made."""
+    running = await Agent(tmp_path, runtime=runtime).start()
+    try:
+        yield running
+    finally:
+        await running.stop()
+        print(running.log())  # shown when the test failed
+    assert running.runc_list() == []
+    assert running.leftover_cgroups() == []
+    assert not any(running.run_dir.iterdir()) if running.run_dir.exists() else True

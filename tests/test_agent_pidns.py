@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from agent_support import RUNTIMES, Agent, requires_agent_host, spec
+from agent_support import RUNTIMES, Agent, requires_agent_host, running_agent, spec
 
 from protos.kata import agent_pb2, oci_pb2
 from ttrpc import Code, TTRPCError
@@ -29,14 +29,8 @@ LIST_PROCESSES = (
 
 @pytest.fixture(params=RUNTIMES)
 async def agent(request, tmp_path):
-    running = await Agent(tmp_path, runtime=request.param).start()
-    try:
+    async with running_agent(tmp_path, request.param) as running:
         yield running
-    finally:
-        await running.stop()
-        print(running.log())  # shown when the test failed
-    assert running.runc_list() == []
-    assert not any(running.run_dir.iterdir()) if running.run_dir.exists() else True
 
 
 async def create(
