@@ -43,11 +43,13 @@ def node(request):
 
 
 def processes(listing: str) -> dict[int, tuple[str, str]]:
-    """LIST_PROCESSES' lines: pid -> (comm, cmdline)."""
+    """LIST_PROCESSES' lines: pid -> (comm, cmdline). A process that ended while it was
+    being listed (its comm read empty) is left out."""
     found = {}
     for line in listing.splitlines():
         pid, comm, *args = line.split(" ")
-        found[int(pid)] = (comm, " ".join(args).strip())
+        if comm:
+            found[int(pid)] = (comm, " ".join(args).strip())
     return found
 
 
