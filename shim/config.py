@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from shim.vmm.confinement import VIRTIOFSD_SANDBOX_RANK, VIRTIOFSD_SECCOMP_RANK
+
 ENV_CONFIG = "PYKATA_CONF_FILE"
 SEARCH_PATHS = (
     Path("/etc/pykata/configuration.toml"),
@@ -16,8 +18,8 @@ SEARCH_PATHS = (
 SHARED_FS = ("virtio-fs", "none")
 ACCELS = ("auto", "kvm", "tcg")
 NETWORK_MODELS = ("tcfilter", "macvtap", "none")
-VIRTIOFSD_SANDBOX_FLOORS = ("namespace", "chroot", "none")  # shim.vmm.confinement's ranks
-VIRTIOFSD_SECCOMP_FLOORS = ("kill", "trap", "log", "none")
+VIRTIOFSD_SANDBOX_FLOORS = tuple(reversed(VIRTIOFSD_SANDBOX_RANK))  # strongest first
+VIRTIOFSD_SECCOMP_FLOORS = tuple(reversed(VIRTIOFSD_SECCOMP_RANK))
 
 
 class ConfigError(ValueError):

@@ -45,7 +45,7 @@ def _find_sandbox(namespace: str, container_id: str, bundle: str) -> Path | None
             return candidate
     except InvalidIdentifier as exc:
         _report(f"ignoring the bundle's sandbox annotation: {exc}")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):
         pass
     namespace_dir = STATE_ROOT / namespace
     if not namespace_dir.is_dir() or namespace_dir.is_symlink():

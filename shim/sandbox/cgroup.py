@@ -99,10 +99,6 @@ def hierarchies(mountinfo: str = MOUNTINFO) -> list[Hierarchy]:
     return list(found.values())
 
 
-def is_v2_only(found: list[Hierarchy]) -> bool:
-    return bool(found) and all(h.version == 2 for h in found)
-
-
 @dataclass
 class PodCgroup:
     """The pod's cgroup in every hierarchy; what this shim made of it and where it was.

@@ -379,7 +379,7 @@ async def _virtiofsd_confinement(config: VMConfig, cache: HostCapsCache) -> list
         choice = await asyncio.to_thread(probe_virtiofsd, config.virtiofsd_path, cache)
         sandbox, seccomp = sandbox or choice.sandbox, seccomp or choice.seccomp
     refuse(
-        config.confinement.virtiofsd_shortfalls(
+        *config.confinement.virtiofsd_shortfalls(
             sandbox, seccomp, detail=choice.detail if choice else "", configured=configured
         )
     )
@@ -399,11 +399,11 @@ async def _qemu_sandbox(config: VMConfig, cache: HostCapsCache) -> bool:
     """Whether QEMU runs with -sandbox; ConfinementError when the floor needs it and this
     QEMU has no seccomp support."""
     if not config.seccomp_sandbox:
-        refuse(list(filter(None, [config.confinement.qemu_shortfall(False, "switched off")])))
+        refuse(config.confinement.qemu_shortfall(False, "switched off"))
         return False
     on, detail = await asyncio.to_thread(probe_seccomp, config.qemu_path, cache)
     if not on:
-        refuse(list(filter(None, [config.confinement.qemu_shortfall(False, detail)])))
+        refuse(config.confinement.qemu_shortfall(False, detail))
         log.warning(
             f"QEMU has no seccomp support: running without -sandbox, as {QEMU_KEY} allows",
             qemu=config.qemu_path,
@@ -432,7 +432,7 @@ def _check_confinement(st: _Start, seccomp: bool, virtiofsd_args: list[str]) -> 
         out[f"{name}_seccomp"] = seen.seccomp_name if seen else "gone"
         if want and seen is not None and not seen.filtered:
             if needed:
-                refuse([f"{name} (pid {pid}) runs without its seccomp filter ({seen})"])
+                refuse(f"{name} (pid {pid}) runs without its seccomp filter ({seen})")
             log.warning("running without a seccomp filter", process=name, pid=pid, status=str(seen))
     return out
 
