@@ -10,6 +10,7 @@ from shim.config import ConfigError
 from shim.netns.nsenter import NetnsRefused
 from shim.paths import InvalidIdentifier
 from shim.pod.container import UnknownExec
+from shim.sandbox.cgroup import CgroupError, CgroupPathError
 from shim.spec_support import SpecError
 from shim.task_service.errors import at_the_edge, to_ttrpc
 from shim.task_service.process import ProcessStateError
@@ -26,6 +27,8 @@ Code = ttrpc.Code
         (ConfigError("no such file"), Code.INVALID_ARGUMENT, "no such file"),
         (NetnsRefused("the host's own"), Code.INVALID_ARGUMENT, "host's own"),
         (UnknownExec("exec e1 of container c1 not found"), Code.NOT_FOUND, "e1"),
+        (CgroupPathError("must not contain '..'"), Code.INVALID_ARGUMENT, ".."),
+        (CgroupError("cannot place the VM"), Code.FAILED_PRECONDITION, "cannot place"),
         (ProcessStateError("cannot pause: stopped"), Code.FAILED_PRECONDITION, "pause"),
         (
             ConfinementError("below the floor"),

@@ -30,8 +30,12 @@ V2_CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids")  # enabled down the p
 MAX_PATH = 4096
 
 
-class CgroupError(ValueError):
-    """A cgroup path from the spec that cannot be used, or a cgroup that cannot be joined."""
+class CgroupError(Exception):
+    """The pod's cgroup cannot be joined (the host's side: the pod cannot start)."""
+
+
+class CgroupPathError(CgroupError, ValueError):
+    """A cgroup path from the spec that cannot be used (the request's fault)."""
 
 
 def systemd_path(spec: str) -> str:
@@ -43,10 +47,10 @@ def systemd_path(spec: str) -> str:
     parts = []
     if slice_name and slice_name != "-.slice":
         if not slice_name.endswith(".slice"):
-            raise CgroupError(f"cgroup slice {slice_name!r} does not end in .slice")
+            raise CgroupPathError(f"cgroup slice {slice_name!r} does not end in .slice")
         stem = slice_name.removesuffix(".slice")
         if not stem or "/" in stem or stem.startswith("-") or stem.endswith("-") or "--" in stem:
-            raise CgroupError(f"cgroup slice {slice_name!r} is not a systemd slice name")
+            raise CgroupPathError(f"cgroup slice {slice_name!r} is not a systemd slice name")
         words = stem.split("-")
         parts = ["-".join(words[: i + 1]) + ".slice" for i in range(len(words))]
     unit = f"{prefix}-{name}.scope" if prefix else f"{name}.scope"
@@ -56,18 +60,18 @@ def systemd_path(spec: str) -> str:
 def sandbox_cgroup_path(cgroups_path: str | None, default: str) -> str:
     """The cgroup (absolute, normalised) for a sandbox whose spec says `cgroups_path`.
 
-    Raises CgroupError for a path that leaves the hierarchy, names its root, or is not a
+    Raises CgroupPathError for a path that leaves the hierarchy, names its root, or is not a
     path at all (the spec is not trusted)."""
     raw = cgroups_path or default
     if not isinstance(raw, str) or len(raw) > MAX_PATH or "\0" in raw or "\n" in raw:
-        raise CgroupError("linux.cgroupsPath must be a path")
+        raise CgroupPathError("linux.cgroupsPath must be a path")
     if raw.count(":") == 2 and not raw.startswith("/"):
         raw = systemd_path(raw)
     if ".." in raw.split("/"):
-        raise CgroupError(f"linux.cgroupsPath {raw!r} must not contain '..'")
+        raise CgroupPathError(f"linux.cgroupsPath {raw!r} must not contain '..'")
     path = posixpath.normpath("/" + raw.lstrip("/"))
     if path == "/":
-        raise CgroupError("linux.cgroupsPath must name a cgroup below the root")
+        raise CgroupPathError("linux.cgroupsPath must name a cgroup below the root")
     return path
 
 
@@ -119,7 +123,10 @@ class PodCgroup:
         before the failure is undone."""
         found = hierarchies() if found is None else found
         if not found:
-            raise CgroupError("no cgroup hierarchy is mounted: cannot place the VM in a cgroup")
+            raise CgroupError(
+                "no cgroup hierarchy is mounted: cannot place the VM in a cgroup (set "
+                "[runtime] sandbox_cgroup_only = false to leave it where the shim runs)"
+            )
         group = cls(path)
         try:
             for hierarchy in found:
@@ -127,7 +134,10 @@ class PodCgroup:
         except OSError as exc:
             group.leave(pid)
             group.remove()
-            raise CgroupError(f"cannot place the VM in cgroup {path}: {exc}") from exc
+            raise CgroupError(
+                f"cannot place the VM in cgroup {path}: {exc} (set [runtime] "
+                "sandbox_cgroup_only = false to leave the VM outside the pod's cgroup)"
+            ) from exc
         return group
 
     def _join_one(self, hierarchy: Hierarchy, pid: int) -> None:

@@ -17,14 +17,17 @@ from shim.config import ConfigError
 from shim.netns.nsenter import NetnsRefused
 from shim.paths import InvalidIdentifier
 from shim.pod.container import UnknownExec
+from shim.sandbox.cgroup import CgroupError, CgroupPathError
 from shim.spec_support import SpecError
 from shim.task_service.process import ProcessStateError
 from shim.vmm.confinement import ConfinementError
 from ttrpc import Code, TTRPCError
 
-# most specific first: ConfinementError is a VMStartError, the spec's errors ValueErrors
+# most specific first: ConfinementError is a VMStartError, CgroupPathError a CgroupError
 _CODES: tuple[tuple[type[Exception], Code, str], ...] = (
     (ConfinementError, Code.FAILED_PRECONDITION, "cannot start the sandbox VM: "),
+    (CgroupPathError, Code.INVALID_ARGUMENT, ""),
+    (CgroupError, Code.FAILED_PRECONDITION, ""),
     (ProcessStateError, Code.FAILED_PRECONDITION, ""),
     (UnknownExec, Code.NOT_FOUND, ""),
     (InvalidIdentifier, Code.INVALID_ARGUMENT, ""),

@@ -27,7 +27,7 @@ from protos.kubernetes import cri_pod_pb2
 from shim.config import load_config
 from shim.handoff import OPTIONS_ENV
 from shim.paths import check_identifier
-from shim.sandbox.cgroup import CgroupError, sandbox_cgroup_path
+from shim.sandbox.cgroup import sandbox_cgroup_path
 from shim.task_service.errors import at_the_edge
 from shim.task_service.service import DEAD_VM_STATUS, runtime_options
 from shim.task_service.timestamps import timestamp
@@ -175,12 +175,9 @@ class SandboxService:
                 raise TTRPCError(Code.ALREADY_EXISTS, "this shim already serves a sandbox")
             cri = pod_config(request.options)
             config = load_config(*self._options)
-            try:
-                cgroup_path = pod_cgroup_path(
-                    cri.linux.cgroup_parent, self.tasks.namespace, request.sandbox_id
-                )
-            except CgroupError as exc:
-                raise TTRPCError(Code.INVALID_ARGUMENT, str(exc)) from None
+            cgroup_path = pod_cgroup_path(
+                cri.linux.cgroup_parent, self.tasks.namespace, request.sandbox_id
+            )
             self._pod = _Pod(
                 id=request.sandbox_id,
                 config=config,

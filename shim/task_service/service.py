@@ -67,10 +67,6 @@ DEATH_GRACE = 2.0  # an agent call failed: how long the VM's death may take to b
 SHIM_VERSION = "pykata 0.1.0"
 
 
-def _invalid(exc: Exception) -> TTRPCError:
-    return TTRPCError(Code.INVALID_ARGUMENT, str(exc))
-
-
 def _read_spec(bundle: str) -> dict[str, Any]:
     """The bundle's config.json, checked for what the shim relies on before any VM exists."""
     path = os.path.join(bundle, "config.json")
@@ -237,13 +233,10 @@ class TaskService:
     async def _start_sandbox(self, request: api.CreateTaskRequest, spec: dict[str, Any]) -> None:
         config: Config = load_config(*runtime_options(request.options))
         sandbox_id = group_of(spec, request.id)
-        try:
-            cgroup_path = sandbox_cgroup_path(
-                (spec.get("linux") or {}).get("cgroupsPath"),
-                default=f"/pykata/{self.namespace}/{sandbox_id}",
-            )
-        except CgroupError as exc:  # the spec's path; joining it fails otherwise
-            raise _invalid(exc) from None
+        cgroup_path = sandbox_cgroup_path(
+            (spec.get("linux") or {}).get("cgroupsPath"),
+            default=f"/pykata/{self.namespace}/{sandbox_id}",
+        )
         await self.boot_sandbox(
             sandbox_id,
             config,
@@ -269,14 +262,8 @@ class TaskService:
         try:
             await sandbox.start(netns=netns, hostname=hostname, dns=dns, cgroup_path=cgroup_path,
                                 sandbox_pidns=sandbox_pidns)
-        except (NetnsRefused, ConfinementError):
+        except (NetnsRefused, ConfinementError, CgroupError):
             raise  # shim.task_service.errors gives them their codes
-        except CgroupError as exc:
-            raise TTRPCError(
-                Code.FAILED_PRECONDITION,
-                f"{exc} (set [runtime] sandbox_cgroup_only = false to leave the VM outside "
-                "the pod's cgroup)",
-            ) from None
         except (SandboxError, MountError, OSError) as exc:
             raise TTRPCError(Code.UNAVAILABLE, f"cannot start the sandbox VM: {exc}") from exc
         except Exception as exc:
