@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from shim.vmm.confinement import VIRTIOFSD_SANDBOX_RANK, VIRTIOFSD_SECCOMP_RANK
+from shim.vmm.confinement import VIRTIOFSD_SANDBOX_RANK, VIRTIOFSD_SECCOMP_RANK, ConfinementFloor
 
 ENV_CONFIG = "PYKATA_CONF_FILE"
 SEARCH_PATHS = (
@@ -49,6 +49,14 @@ class HypervisorConfig:
     qemu_sandbox_required: bool = True
     virtio_fs_sandbox_floor: str = "namespace"
     virtio_fs_seccomp_floor: str = "kill"
+
+    def confinement_floor(self) -> ConfinementFloor:
+        """The floor these keys set."""
+        return ConfinementFloor(
+            qemu_sandbox=self.qemu_sandbox_required,
+            virtiofsd_sandbox=self.virtio_fs_sandbox_floor,
+            virtiofsd_seccomp=self.virtio_fs_seccomp_floor,
+        )
 
 
 @dataclass

@@ -36,13 +36,11 @@ def _protections(hv: HypervisorConfig, cache: Any) -> list[Finding]:
     at or above it, `fail` below it (pods refuse to start), `info` when off and the
     floor was lowered on purpose."""
     from shim.vmm import hostcaps
-    from shim.vmm.confinement import QEMU_KEY, ConfinementFloor
+    from shim.vmm.confinement import QEMU_KEY
     from shim.vmm.qemu_args import SECCOMP
     from shim.vmm.virtiofsd import option_value
 
-    floor = ConfinementFloor(
-        hv.qemu_sandbox_required, hv.virtio_fs_sandbox_floor, hv.virtio_fs_seccomp_floor
-    )
+    floor = hv.confinement_floor()
     found: list[Finding] = []
     if os.path.exists(hv.path):
         on, detail = hostcaps.probe_seccomp(hv.path, cache)

@@ -32,7 +32,6 @@ class SandboxError(Exception):
 def vm_config(config: Config, netns: str | None, nics: list[Any] | None = None) -> Any:
     """The vmm layer's VMConfig from our configuration (and the pod network's NICs)."""
     from shim.vmm import VMConfig
-    from shim.vmm.confinement import ConfinementFloor
 
     hv = config.hypervisor
     return VMConfig(
@@ -55,11 +54,7 @@ def vm_config(config: Config, netns: str | None, nics: list[Any] | None = None) 
         agent_timeout=config.agent.dial_timeout,
         debug_console=config.agent.debug_console_enabled,
         free_page_reporting=hv.reclaim_guest_freed_memory,
-        confinement=ConfinementFloor(
-            qemu_sandbox=hv.qemu_sandbox_required,
-            virtiofsd_sandbox=hv.virtio_fs_sandbox_floor,
-            virtiofsd_seccomp=hv.virtio_fs_seccomp_floor,
-        ),
+        confinement=hv.confinement_floor(),
         template_path=config.factory.template_path if config.factory.enable_template else None,
     )
 
