@@ -85,3 +85,21 @@ def test_a_writable_share_stays_writable(share):
     shared.share_dir("c1", "vol", str(volume))
     (shared.shared / "c1" / "vol" / "file").write_text("written through the share")
     assert (volume / "file").read_text() == "written through the share"
+
+
+def test_a_share_is_named_with_safe_characters_only(tmp_path, monkeypatch):
+    """The name comes from the spec's bind source: no control characters, backslashes or
+    spaces reach the state dir and mountinfo, and it stays short."""
+    from shim import paths
+    from shim.config import Config
+    from shim.sandbox.sandbox import Sandbox
+
+    monkeypatch.setattr(paths, "STATE_ROOT", tmp_path)
+    sandbox = Sandbox("ns", "pod", Config())
+    named = []
+    monkeypatch.setattr(
+        sandbox.shared, "share_dir", lambda cid, name, source, readonly: named.append(name)
+    )
+    for source in ("/v/a b\tc\\d\ne", "/v/" + "x" * 300, "/", "/v/.."):
+        sandbox.share_mount("c1", 0, source)
+    assert named == ["mount-0-a_b_c_d_e", "mount-0-" + "x" * 64, "mount-0-root", "mount-0-.."]

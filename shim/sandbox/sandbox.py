@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 from typing import Any
 
 import structlog
@@ -23,6 +24,9 @@ from shim.vmm import procs
 log = structlog.get_logger(__name__)
 AGENT_CALL_TIMEOUT = 60.0
 DESTROY_TIMEOUT = 5.0
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class SandboxError(Exception):
@@ -186,7 +190,9 @@ class Sandbox:
     ) -> str:
         """Share a bind mount's host source with the guest (read-only on the host when
         the mount is); its guest path."""
-        name = f"mount-{index}-{os.path.basename(source.rstrip('/')) or 'root'}"
+        # the name is the spec's: only safe characters, short enough for any filesystem
+        base = _UNSAFE_NAME.sub("_", os.path.basename(source.rstrip("/")))[:64] or "root"
+        name = f"mount-{index}-{base}"
         return self.shared.share_dir(container_id, name, source, readonly=readonly)
 
     def _join_cgroup(self, path: str) -> None:
