@@ -143,6 +143,7 @@ async def one_container(agent, cid: str, rootfs: str) -> dict[str, float]:
 
 
 async def main_async(args: argparse.Namespace) -> int:
+    from integration.agent_stubs import AgentStub
     from protos.kata import agent_pb2
     from pykata_common.contract import GUEST_SHARED_DIR, SHARED_FS_TAG
     from shim.vmm import VMConfig, start_vm
@@ -165,7 +166,7 @@ async def main_async(args: argparse.Namespace) -> int:
     vm = await start_vm(config, state, shared)
     boot = time.monotonic() - t0
     try:
-        agent = vm.agent.agent
+        agent = AgentStub(vm.agent)  # every call by name, each with its own deadline
         t1 = time.monotonic()
         await agent.CreateSandbox(
             agent_pb2.CreateSandboxRequest(

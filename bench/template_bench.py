@@ -44,9 +44,9 @@ from integration.pykata_env import (  # noqa: E402
     ensure_shim_on_path,
 )
 from shim.monitor.procfs import pss_bytes, rollup_bytes  # noqa: E402
-from shim.vmm.config import QBOOT, TCG_CPU_MODEL  # noqa: E402
 from shim.vmm.procs import cmdline  # noqa: E402
 from shim.vmm.qemu_args import FAST_BOOT_PARAMS, MACHINE_TRIMS  # noqa: E402
+from shim.vmm.vm_config import QBOOT, TCG_CPU_MODEL  # noqa: E402
 
 ASSETS = Path("/usr/share/pykata")
 BUSYBOX = Path("/bin/busybox")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import ttrpc
+from integration.agent_stubs import AgentStub
 from integration.test_vmm_boot import dirs, guest_image, leftovers  # noqa: F401  (fixtures)
 from protos.kata import agent_pb2, oci_pb2
 from pykata_common.contract import GUEST_SHARED_DIR, SHARED_FS_TAG
@@ -80,7 +81,7 @@ async def test_agent_runs_a_container_in_the_vm(guest_image, dirs):  # noqa: F81
     busybox_rootfs(shared / CID / "rootfs")
     vm = await start_vm(VMConfig(accel="auto", memory_mib=512), state, shared)
     try:
-        agent = vm.agent.agent
+        agent = AgentStub(vm.agent)
         assert (await vm.agent.check()).status == 1
         await agent.CreateSandbox(
             agent_pb2.CreateSandboxRequest(

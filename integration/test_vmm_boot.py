@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from integration.agent_stubs import AgentStub  # noqa: E402
 from protos.kata import agent_pb2  # noqa: E402
 from shim.vmm import (  # noqa: E402
     AgentTimeoutError,
@@ -31,7 +32,7 @@ from shim.vmm import (  # noqa: E402
     VMConfig,
     start_vm,
 )
-from shim.vmm.config import DEFAULT_ASSETS, DEFAULT_VIRTIOFSD  # noqa: E402
+from shim.vmm.vm_config import DEFAULT_ASSETS, DEFAULT_VIRTIOFSD  # noqa: E402
 
 pytestmark = pytest.mark.integration
 QEMU = "qemu-system-x86_64"
@@ -96,7 +97,7 @@ async def test_boot_check_details_stop(guest_image, dirs):
         booted = time.monotonic() - t0
         assert vm.accel.accel in ("kvm", "tcg")
         assert (await vm.agent.check()).status == 1  # SERVING
-        details = await vm.agent.agent.GetGuestDetails(
+        details = await AgentStub(vm.agent).GetGuestDetails(
             agent_pb2.GuestDetailsRequest(mem_block_size=True))
         assert details.agent_details.version
         assert "virtio-fs" in details.agent_details.storage_handlers
@@ -114,7 +115,7 @@ async def test_destroy_sandbox_powers_off_then_stop_cleans_up(guest_image, dirs)
     state, shared = dirs
     vm = await start_vm(VMConfig(debug=True, shared_fs="none"), state, shared)
     try:
-        await vm.agent.agent.DestroySandbox(agent_pb2.DestroySandboxRequest())
+        await vm.agent.destroy_sandbox()
         assert await asyncio.wait_for(vm.wait_exited(), 30) == 0  # the guest powered off
     finally:
         await vm.stop()
@@ -168,7 +169,7 @@ async def test_qemu_in_the_pod_netns_with_a_tap(guest_image, dirs, netns):
     try:
         assert os.stat(f"/proc/{vm.pid}/ns/net").st_ino == os.stat(
             f"/var/run/netns/{netns}").st_ino
-        interfaces = await vm.agent.agent.ListInterfaces(agent_pb2.ListInterfacesRequest())
+        interfaces = await AgentStub(vm.agent).ListInterfaces(agent_pb2.ListInterfacesRequest())
         assert mac in [i.hwAddr for i in interfaces.Interfaces]
     finally:
         await vm.stop()

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import structlog
 from google.protobuf.message import DecodeError, Message
@@ -18,29 +17,15 @@ from google.protobuf.message import DecodeError, Message
 import ttrpc
 from protos.kata import agent_pb2, health_pb2
 from pykata_common.contract import AGENT_VSOCK_PORT
-from ttrpc.service import Metadata, message_class
+from ttrpc.service import Metadata
 
 log = structlog.get_logger(__name__)
 
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
+HEALTH_METHODS = frozenset(method.name for method in HEALTH_SERVICE.methods)
+M = TypeVar("M", bound=Message)
 
-DEFAULT_TIMEOUT = 30.0  # seconds; generous because TCG guests are slow
-# per-method defaults: None = no deadline (long polls that end when the process does)
-METHOD_TIMEOUTS: dict[str, float | None] = {
-    "Check": 5.0,
-    "Version": 5.0,
-    "WaitProcess": None,
-    "ReadStdout": None,
-    "ReadStderr": None,
-    "GetOOMEvent": None,
-    "CreateContainer": 120.0,
-    "CreateSandbox": 60.0,
-    "DestroySandbox": 60.0,
-    "StartContainer": 60.0,
-    "ExecProcess": 60.0,
-    "RemoveContainer": 60.0,
-}
 # calls that are safe to send again after the connection broke under them
 IDEMPOTENT = frozenset(
     {
@@ -67,14 +52,6 @@ class BadAnswer(ttrpc.TTRPCError):
         return (type(self), (self.message,))
 
 
-class _Default:
-    def __repr__(self) -> str:
-        return "DEFAULT"
-
-
-DEFAULT: Any = _Default()
-
-
 @dataclass(frozen=True)
 class AgentAddress:
     """Where the agent listens, seen from the host."""
@@ -93,45 +70,12 @@ class AgentAddress:
         return f"vsock://{self.vsock_cid}:{self.vsock_port}"
 
 
-class Stub:
-    """Typed calls of one service: `await stub.Method(request, timeout=...)`.
-
-    Without `timeout`, each method gets its default from METHOD_TIMEOUTS.
-    """
-
-    def __init__(self, owner: AgentClient, service: Any) -> None:
-        self.service_name = service.full_name
-        for method in service.methods:
-            setattr(self, method.name, self._make(owner, method))
-
-    def _make(self, owner: AgentClient, method: Any) -> Callable[..., Awaitable[Message]]:
-        service_name, name = self.service_name, method.name
-        response_type = message_class(method.output_type)
-
-        async def call(
-            request: Message, *, timeout: float | None = DEFAULT, metadata: Metadata | None = None
-        ) -> Message:
-            payload = await owner.call(
-                service_name, name, request.SerializeToString(), timeout=timeout, metadata=metadata
-            )
-            try:
-                return response_type.FromString(payload)
-            except DecodeError as exc:
-                raise BadAnswer(
-                    f"the agent's answer to {name} is not a {response_type.__name__}: {exc}"
-                ) from None
-
-        call.__name__ = name
-        call.__qualname__ = f"{service_name}.{name}"
-        return call
-
-
 class AgentClient:
     """A reconnecting ttrpc client of the guest agent.
 
-    `client.agent` (grpc.AgentService) and `client.health` (grpc.Health) are typed
-    stubs. A broken connection is re-opened on the next call; a call that failed
-    because the connection broke is retried once if it is idempotent.
+    The transport of shim.guest_agent.GuestAgent (`request`). A broken connection is
+    re-opened on the next call; a call that failed because the connection broke is
+    retried once if it is idempotent.
     """
 
     def __init__(self, address: AgentAddress, *, connect_timeout: float = 5.0) -> None:
@@ -141,8 +85,6 @@ class AgentClient:
         self._lock = asyncio.Lock()
         self._closed = False
         self._closed_reason = "agent client closed"
-        self.agent = Stub(self, AGENT_SERVICE)
-        self.health = Stub(self, HEALTH_SERVICE)
         self._observer: ttrpc.client.Observer | None = None
 
     @property
@@ -208,12 +150,11 @@ class AgentClient:
         method: str,
         payload: bytes,
         *,
-        timeout: float | None = DEFAULT,
+        timeout: float | None,
         metadata: Metadata | None = None,
     ) -> bytes:
-        """One unary call (used by the stubs); see the class docstring for retries."""
-        if timeout is DEFAULT:
-            timeout = METHOD_TIMEOUTS.get(method, DEFAULT_TIMEOUT)
+        """One unary call; see the class docstring for retries. `timeout` None: no
+        deadline (the long polls)."""
         attempts = 2 if method in IDEMPOTENT else 1
         for attempt in range(attempts):
             client = await self._ensure()
@@ -233,9 +174,28 @@ class AgentClient:
                 log.debug("agent call retried after a broken connection", method=method)
         raise AssertionError("unreachable")
 
+    async def request(
+        self, method: str, message: Message, answer: type[M], timeout: float | None
+    ) -> M:
+        """Send `message` to `method` (of grpc.Health for Check and Version, else of
+        grpc.AgentService) and decode the answer as `answer`. An answer that does not
+        decode is a BadAnswer: the guest is not trusted."""
+        service = HEALTH_SERVICE if method in HEALTH_METHODS else AGENT_SERVICE
+        payload = await self.call(
+            service.full_name, method, message.SerializeToString(), timeout=timeout
+        )
+        try:
+            return answer.FromString(payload)
+        except DecodeError as exc:
+            raise BadAnswer(
+                f"the agent's answer to {method} is not a {answer.__name__}: {exc}"
+            ) from None
+
     async def check(self, timeout: float = 5.0) -> health_pb2.HealthCheckResponse:
         """grpc.Health/Check; raises TTRPCError if the agent does not answer in time."""
-        return await self.health.Check(health_pb2.CheckRequest(), timeout=timeout)
+        return await self.request(
+            "Check", health_pb2.CheckRequest(), health_pb2.HealthCheckResponse, timeout
+        )
 
     async def reset(self, reason: str = "client closed") -> None:
         """Drop the current connection (the next call opens a new one)."""

@@ -56,6 +56,7 @@ async def serve(args: ShimArgs, readiness: Readiness) -> int:
     from protos.containerd.task.v2 import shim_pb2
     from shim.agent_client import AGENT_SERVICE, HEALTH_SERVICE
     from shim.monitor.rpc_metrics import RpcMetrics, request_names
+    from shim.pod.pod import Pod
     from shim.reaper import reap_orphans_forever
     from shim.task_service.events import EventPublisher
     from shim.task_service.monitor_service import SandboxMonitor
@@ -66,15 +67,22 @@ async def serve(args: ShimArgs, readiness: Readiness) -> int:
     loop = asyncio.get_running_loop()
     shutdown = asyncio.Event()
     publisher = EventPublisher(os.environ.get("TTRPC_ADDRESS", ""), args.namespace)
-    service = TaskService(args.namespace, publisher, shutdown)
+    doors: list[TaskService | SandboxService] = []
+
+    def report(event) -> None:  # what the pod says on its own reaches both doors
+        for door in doors:
+            door.on_pod_event(event)
+
+    pod = Pod(args.namespace, report)
     rpc = RpcMetrics(request_names([AGENT_SERVICE, HEALTH_SERVICE]))
-    service.monitor = SandboxMonitor(service, rpc)
-    server = ttrpc.Server(authorize=ttrpc.require_same_uid, observer=rpc.observe_task)
-    server.register(shim_pb2.DESCRIPTOR.services_by_name["Task"], service)
+    pod.use_monitor(SandboxMonitor(pod, rpc))
+    tasks = TaskService(pod, publisher, shutdown)
     # containerd 2.x, CRI `sandboxer = "shim"`: the pod itself, on the same socket
-    server.register(
-        sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"], SandboxService(service, shutdown)
-    )
+    sandboxes = SandboxService(pod, shutdown)
+    doors += [tasks, sandboxes]
+    server = ttrpc.Server(authorize=ttrpc.require_same_uid, observer=rpc.observe_task)
+    server.register(shim_pb2.DESCRIPTOR.services_by_name["Task"], tasks)
+    server.register(sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"], sandboxes)
     # the socket start bound (its address is in the bundle): removed at shutdown
     await server.serve_fd(LISTENER_FD, unlink_on_shutdown=True)
     loop.add_signal_handler(signal.SIGTERM, shutdown.set)
@@ -84,7 +92,7 @@ async def serve(args: ShimArgs, readiness: Readiness) -> int:
     readiness.ready()
     await shutdown.wait()
     log.info("shim shutting down")
-    await service.delete_all()
+    await pod.delete_all()
     reaper.cancel()
     # let the reply to Shutdown/ShutdownSandbox reach containerd before the socket
     # closes: containerd hangs up once it has it (ShutdownSandbox must not see "closed")

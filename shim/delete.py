@@ -90,7 +90,7 @@ def cleanup(namespace: str, container_id: str, bundle: str) -> int:
     qemu_pid = 0
     if state_dir is not None:
         from shim.sandbox import teardown
-        from shim.sandbox.state import SandboxRecord
+        from shim.sandbox.record import SandboxRecord
 
         record = SandboxRecord.load(state_dir)
         qemu_pid = recorded_qemu_pid(state_dir)

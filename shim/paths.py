@@ -13,7 +13,7 @@ from pathlib import Path
 # containerd's own shims put their sockets here (defaults.DefaultStateDir + "/s").
 SHIM_SOCKET_DIR = "/run/containerd/s"
 STATE_ROOT = Path(os.environ.get("PYKATA_STATE_ROOT", "/run/pykata"))
-# In each sandbox's state dir: its record (shim.sandbox.state) and QEMU's pid file.
+# In each sandbox's state dir: its record (shim.sandbox.record) and QEMU's pid file.
 SANDBOX_FILE = "sandbox.json"
 QEMU_PID_FILE = "qemu.pid"
 CGROUP_FILE = "cgroup.json"  # the pod's cgroup (shim.sandbox.cgroup), removed by teardown

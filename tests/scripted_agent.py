@@ -1,4 +1,4 @@
-"""A scripted stand-in for the guest agent, and a TaskService bound to it (no VM).
+"""A scripted stand-in for the guest agent, and a TaskService whose pod runs on it (no VM).
 
 Shared by the tests that drive the Task API against an agent whose calls can be
 held open, answered with forged values, or never answered at all.
@@ -13,20 +13,22 @@ from types import SimpleNamespace
 from typing import Any
 
 import ttrpc
-from shim.agent_client import DEFAULT, DEFAULT_TIMEOUT, METHOD_TIMEOUTS
-from shim.task_service.process import Process, Stdio
-from shim.task_service.service import Container, TaskService
+from shim.guest_agent import GuestAgent
+from shim.pod.container import Container
+from shim.pod.pod import Pod
+from shim.pod.process import Process, Stdio
+from shim.task_service.service import TaskService
 
 
 class ScriptedAgent:
-    """Answers the agent calls TaskService makes.
+    """The transport of a GuestAgent: answers the agent calls the pod makes.
 
     `hold[name]` keeps a call open until its event is set; `answers[name]` is called
     with the request and gives the answer (or raises); `exit()` ends a WaitProcess.
-    Deadlines are the real stub's: a call without `timeout` gets its default from
-    agent_client.METHOD_TIMEOUTS, and one still unanswered at its deadline fails with
-    DEADLINE_EXCEEDED. `timeouts` records the deadline of every call. `close()` is the
-    VM's end: calls open and later fail with UNAVAILABLE.
+    Deadlines are the ones GuestAgent gives each call (shim.guest_agent.TIMEOUTS): one
+    still unanswered at its deadline fails with DEADLINE_EXCEEDED. `timeouts` records
+    the deadline of every call. `close()` is the VM's end: calls open and later fail
+    with UNAVAILABLE.
     """
 
     def __init__(self) -> None:
@@ -49,9 +51,7 @@ class ScriptedAgent:
         if name.startswith("_"):
             raise AttributeError(name)
 
-        async def call(request, timeout: float | None = DEFAULT, metadata=None):
-            if timeout is DEFAULT:
-                timeout = METHOD_TIMEOUTS.get(name, DEFAULT_TIMEOUT)
+        async def call(request, timeout: float | None, metadata=None):
             self.calls.append(name)
             self.timeouts.append((name, timeout))
             try:
@@ -64,6 +64,10 @@ class ScriptedAgent:
                 ) from None
 
         return call
+
+    async def request(self, method: str, message: Any, answer: Any, timeout: float | None):
+        """What GuestAgent asks of its transport."""
+        return await getattr(self, method)(message, timeout=timeout)
 
     async def _unless_closed(self, answer: Any) -> Any:
         task = asyncio.ensure_future(answer)
@@ -90,7 +94,9 @@ class ScriptedAgent:
                 request.exec_id, asyncio.get_running_loop().create_future()
             )
             return SimpleNamespace(status=await asyncio.shield(future))
-        return SimpleNamespace(len=len(getattr(request, "data", b"")), data=b"")
+        return SimpleNamespace(
+            len=len(getattr(request, "data", b"")), data=b"", container_id="", metrics=""
+        )
 
     def exit(self, agent_exec_id: str, status: int) -> None:
         future = self.exits.setdefault(agent_exec_id, asyncio.get_running_loop().create_future())
@@ -110,21 +116,43 @@ class Recorder:
         return [topic for topic, _ in self.events]
 
 
+class ScriptedSandbox:
+    """Stands where the pod's Sandbox stands: a running VM whose agent is scripted."""
+
+    def __init__(self, agent: ScriptedAgent) -> None:
+        self.agent = GuestAgent(agent)
+        self.pid = 4242
+        self.id = "c1"
+        self.stopped = False
+
+    def remove_container(self, container_id: str) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self.stopped = True
+        await self.agent.close()
+
+
 def scripted_service(
     agent: ScriptedAgent | None = None, publisher: Any = None, stdio: Stdio | None = None
 ) -> tuple[TaskService, ScriptedAgent, Any]:
     """A TaskService whose pod runs on `agent`, with one created container "c1".
 
     The Sandbox API owns the pod, so deleting the last container stops no VM; stopping
-    the pod closes the agent, as the VM's stop does."""
+    the pod closes the agent, as the VM's stop does. The pod is `tasks.pod`."""
     agent = agent or ScriptedAgent()
     publisher = publisher if publisher is not None else Recorder()
-    tasks = TaskService("pykata-test", publisher, asyncio.Event())
-    tasks.sandbox = SimpleNamespace(
-        agent=agent, pid=4242, id="c1", remove_container=lambda cid: None, stop=agent.close
-    )
-    tasks.sandbox_api_owns_pod = True
-    tasks.containers["c1"] = Container(
+    tasks: TaskService | None = None
+
+    def report(event: Any) -> None:
+        assert tasks is not None
+        tasks.on_pod_event(event)
+
+    pod = Pod("pykata-test", report)
+    tasks = TaskService(pod, publisher, asyncio.Event())
+    pod.sandbox = ScriptedSandbox(agent)  # type: ignore[assignment]
+    pod.owned_by_sandbox_api = True
+    pod.containers["c1"] = Container(
         id="c1", bundle="/nonexistent", spec={}, init=Process("c1", "", 4242, stdio or Stdio())
     )
     return tasks, agent, publisher

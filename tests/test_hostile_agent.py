@@ -22,13 +22,15 @@ from structlog.testing import capture_logs
 import ttrpc
 from protos.containerd.events import task_pb2 as events
 from protos.containerd.task.v2 import shim_pb2 as api
+from shim import guest_agent
 from shim.agent_client import AgentAddress, AgentClient
+from shim.guest_agent import GuestAgent
 from shim.paths import CONTAINER_TYPE_ANNOTATION
+from shim.pod import oom, process_io
+from shim.pod.container import Container
+from shim.pod.process import Process, State, Stdio
 from shim.task_service import events as events_module
-from shim.task_service import oom, service
 from shim.task_service.events import EventPublisher
-from shim.task_service.process import Process, State, Stdio
-from shim.task_service.service import Container
 from ttrpc.framing import (
     HEADER,
     MAX_MESSAGE_SIZE,
@@ -87,8 +89,8 @@ async def stdin_copy(tmp_path, take):
     os.mkfifo(fifo)
     tasks, agent, _ = scripted_service(stdio=Stdio(stdin=str(fifo)))
     agent.answers["WriteStdin"] = lambda request: SimpleNamespace(len=take(request))
-    init = tasks.containers["c1"].init
-    tasks._attach_io(init)
+    init = tasks.pod.containers["c1"].init
+    process_io.attach(init, tasks.pod.agent)
     await tasks.Start(api.StartRequest(id="c1"), None)
     writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
     try:
@@ -172,7 +174,7 @@ async def test_an_oom_flood_reaches_containerd_once_and_queues_a_bounded_number(
     agent.answers, spent = flood_of_ooms("c1", FLOOD)
     before = rss_kib()
     with capture_logs() as logs:
-        watcher = asyncio.ensure_future(tasks._watch_oom(tasks.sandbox))
+        watcher = asyncio.ensure_future(tasks.pod.watchers.watch_oom(tasks.pod.sandbox))
         await asyncio.wait_for(spent.wait(), 60)
         watcher.cancel()
     grown = rss_kib() - before
@@ -189,7 +191,7 @@ async def test_oom_events_for_unknown_containers_are_ignored(monkeypatch):
     monkeypatch.setattr(oom, "OOM_POLL_BURST", 10**9)
     tasks, agent, recorder = scripted_service()
     agent.answers, spent = flood_of_ooms("not-a-container-of-this-pod", 100)
-    watcher = asyncio.ensure_future(tasks._watch_oom(tasks.sandbox))
+    watcher = asyncio.ensure_future(tasks.pod.watchers.watch_oom(tasks.pod.sandbox))
     await asyncio.wait_for(spent.wait(), RETURNED)
     watcher.cancel()
     assert recorder.events == []
@@ -199,14 +201,14 @@ async def test_an_oom_kill_reported_after_the_container_was_deleted_still_counts
     """The exit and the OOM event race: containerd may delete the task first."""
     monkeypatch.setattr(oom, "OOM_POLL_BURST", 10**9)
     tasks, agent, recorder = scripted_service()
-    tasks.sandbox_api_owns_pod = True  # the pod outlives its container here
+    tasks.pod.owned_by_sandbox_api = True  # the pod outlives its container here
     await tasks.Start(api.StartRequest(id="c1"), None)
     agent.exit("c1", 137)
     await settle()
     await tasks.Delete(api.DeleteRequest(id="c1"), None)
-    assert "c1" not in tasks.containers
+    assert "c1" not in tasks.pod.containers
     agent.answers, spent = flood_of_ooms("c1", 1)
-    watcher = asyncio.ensure_future(tasks._watch_oom(tasks.sandbox))
+    watcher = asyncio.ensure_future(tasks.pod.watchers.watch_oom(tasks.pod.sandbox))
     await asyncio.wait_for(spent.wait(), RETURNED)
     watcher.cancel()
     ooms = [event for topic, event in recorder.events if topic == "/tasks/oom"]
@@ -218,7 +220,7 @@ async def test_the_oom_poll_does_not_spin_on_an_agent_that_answers_at_once(monke
     monkeypatch.setattr(oom, "OOM_POLL_RATE", 0.001)  # the 6th poll waits 1000 s
     tasks, agent, _ = scripted_service()
     agent.answers["GetOOMEvent"] = lambda request: SimpleNamespace(container_id="c1")
-    watcher = asyncio.ensure_future(tasks._watch_oom(tasks.sandbox))
+    watcher = asyncio.ensure_future(tasks.pod.watchers.watch_oom(tasks.pod.sandbox))
     for _ in range(20):
         await settle()
     watcher.cancel()
@@ -286,8 +288,10 @@ LONG_POLLS = {"WaitProcess", "ReadStdout", "ReadStderr", "GetOOMEvent"}
 
 @pytest.fixture
 def quick_deadlines(monkeypatch):
-    monkeypatch.setattr(service, "AGENT_TIMEOUT", 0.05)
-    monkeypatch.setattr(service, "REMOVE_TIMEOUT", 0.05)
+    for method, timeout in guest_agent.TIMEOUTS.items():
+        if timeout is not None:
+            monkeypatch.setitem(guest_agent.TIMEOUTS, method, 0.05)
+    monkeypatch.setattr(guest_agent, "DEFAULT_TIMEOUT", 0.05)
 
 
 def exec_request(exec_id: str, terminal: bool = False) -> api.ExecProcessRequest:
@@ -312,7 +316,7 @@ async def test_no_task_call_waits_on_a_silent_agent_past_its_deadline(quick_dead
     assert await code_of(tasks.Start(api.StartRequest(id="c1", exec_id="tty"), None)) == (
         Code.DEADLINE_EXCEEDED
     )
-    tasks.containers["c1"].execs["tty"].state = State.RUNNING
+    tasks.pod.containers["c1"].execs["tty"].state = State.RUNNING
     resize = tasks.ResizePty(api.ResizePtyRequest(id="c1", exec_id="tty", width=80), None)
     assert await code_of(resize) == Code.DEADLINE_EXCEEDED
     unbounded = [name for name, timeout in agent.timeouts if timeout is None]
@@ -326,7 +330,7 @@ async def test_a_container_is_deleted_though_the_agent_never_removes_it(quick_de
     await settle()
     agent.never_answer("RemoveContainer")
     deleted = await asyncio.wait_for(tasks.Delete(api.DeleteRequest(id="c1"), None), RETURNED)
-    assert deleted.exit_status == 0 and not tasks.containers
+    assert deleted.exit_status == 0 and not tasks.pod.containers
     assert "RemoveContainer" in agent.calls
     assert recorder.topics()[-1] == "/tasks/delete"
 
@@ -336,11 +340,11 @@ async def test_a_silent_agents_pod_ends_with_the_sigkill_of_its_sandbox(
     quick_deadlines, sandbox_container
 ):
     tasks, agent, recorder = scripted_service()
-    tasks.sandbox_api_owns_pod = False
+    tasks.pod.owned_by_sandbox_api = False
     pod = ["c1"]
     if sandbox_container:  # CRI's pause container, with an app beside it
-        tasks.containers["c1"].spec = {"annotations": {CONTAINER_TYPE_ANNOTATION: "sandbox"}}
-        tasks.containers["app"] = Container(
+        tasks.pod.containers["c1"].spec = {"annotations": {CONTAINER_TYPE_ANNOTATION: "sandbox"}}
+        tasks.pod.containers["app"] = Container(
             id="app", bundle="/nonexistent", spec={}, init=Process("app", "", 4242, Stdio())
         )
         pod.append("app")
@@ -348,25 +352,25 @@ async def test_a_silent_agents_pod_ends_with_the_sigkill_of_its_sandbox(
         await tasks.Start(api.StartRequest(id=container_id), None)
     agent.never_answer(*SILENT)
     await asyncio.wait_for(tasks.Kill(api.KillRequest(id="c1", signal=9), None), RETURNED)
-    assert tasks.sandbox is None  # the VM is stopped: it kills whatever ran in it
+    assert tasks.pod.sandbox is None  # the VM is stopped: it kills whatever ran in it
     for container_id in pod:
         request = api.WaitRequest(id=container_id)
         waited = await asyncio.wait_for(tasks.Wait(request, None), RETURNED)
         assert waited.exit_status == 255
         await asyncio.wait_for(tasks.Delete(api.DeleteRequest(id=container_id), None), RETURNED)
-    assert not tasks.containers
+    assert not tasks.pod.containers
     assert recorder.topics().count("/tasks/exit") == len(pod)
 
 
 async def test_sigterm_to_a_silent_agent_is_an_error_and_the_pod_runs_on(quick_deadlines):
     tasks, agent, _ = scripted_service()
-    tasks.sandbox_api_owns_pod = False
+    tasks.pod.owned_by_sandbox_api = False
     await tasks.Start(api.StartRequest(id="c1"), None)
     agent.never_answer("SignalProcess")
     assert await code_of(tasks.Kill(api.KillRequest(id="c1", signal=15), None)) == (
         Code.DEADLINE_EXCEEDED
     )
-    assert tasks.sandbox is not None
+    assert tasks.pod.sandbox is not None
 
 
 # -- the byte stream: closed mid-call, oversized, not protobuf -----------------------
@@ -419,8 +423,8 @@ async def raw_agent(tmp_path):
     await raw.serve(path)
     client = AgentClient(AgentAddress(unix_path=path))
     tasks, _, recorder = scripted_service(ScriptedAgent())
-    tasks.sandbox.agent = client.agent
-    tasks.containers["c1"].init.state = State.RUNNING
+    tasks.pod.sandbox.agent = GuestAgent(client)
+    tasks.pod.containers["c1"].init.state = State.RUNNING
     yield raw, tasks, recorder
     await client.close()
     await raw.close()
@@ -439,8 +443,8 @@ async def test_an_agent_that_closes_mid_call_fails_the_call_not_the_shim(raw_age
 async def test_a_wait_the_agent_drops_gives_the_process_its_exit(raw_agent):
     raw, tasks, recorder = raw_agent
     raw.script = ["close"]
-    process = tasks.containers["c1"].init
-    await asyncio.wait_for(tasks._wait_for_exit(process), RETURNED)
+    process = tasks.pod.containers["c1"].init
+    await asyncio.wait_for(tasks.pod.wait_for_exit(process), RETURNED)
     assert process.exit_status == 255
     assert recorder.topics() == ["/tasks/exit"]
 

@@ -20,9 +20,9 @@ from shim.netns.model import (
     Redirect,
 )
 from shim.netns.plan import build_plan, fallbacks, marker, nic_specs
-from shim.vmm.config import TCG_CPU_MODEL, VMConfig
 from shim.vmm.layout import VMPaths
 from shim.vmm.qemu_args import SerialChannel, build_argv, passed_fds
+from shim.vmm.vm_config import TCG_CPU_MODEL, VMConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 NETNS = "/var/run/netns/pod"

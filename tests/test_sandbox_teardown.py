@@ -16,8 +16,8 @@ from shim import paths
 from shim.mountinfo import mounted_under
 from shim.sandbox import teardown
 from shim.sandbox.mounts import MS_BIND, mount, unmount_all_under
+from shim.sandbox.record import ContainerRecord, SandboxRecord
 from shim.sandbox.shared_fs import SharedDir
-from shim.sandbox.state import ContainerRecord, SandboxRecord
 from shim.vmm import procs
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,7 +3,7 @@
 the agent's sandbox_pidns."""
 
 from shim.pod.container import Container, shares_pod_pidns
-from shim.task_service.process import Process, Stdio
+from shim.pod.process import Process, Stdio
 
 SANDBOX = {"io.kubernetes.cri.container-type": "sandbox"}
 APP = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "p1"}

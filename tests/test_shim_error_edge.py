@@ -10,10 +10,10 @@ from shim.config import ConfigError
 from shim.netns.nsenter import NetnsRefused
 from shim.paths import InvalidIdentifier
 from shim.pod.container import UnknownExec
+from shim.pod.process import ProcessStateError
 from shim.sandbox.cgroup import CgroupError, CgroupPathError
 from shim.spec_support import SpecError
 from shim.task_service.errors import at_the_edge, to_ttrpc
-from shim.task_service.process import ProcessStateError
 from shim.vmm.confinement import ConfinementError
 
 Code = ttrpc.Code

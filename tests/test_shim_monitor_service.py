@@ -12,20 +12,28 @@ from types import SimpleNamespace
 import pytest
 
 import ttrpc
+from shim.guest_agent import GuestAgent
 from shim.monitor.parse import parse
 from shim.monitor.rpc_metrics import RpcMetrics
 from shim.paths import MONITOR_SOCKET
-from shim.task_service.events import EventPublisher
+from shim.pod.container import Container
+from shim.pod.pod import Pod
+from shim.pod.process import Process, Stdio
 from shim.task_service.monitor_service import SandboxMonitor
-from shim.task_service.process import Process, Stdio
-from shim.task_service.service import Container, TaskService
 
 GUEST_PAGE = "# TYPE kata_guest_load gauge\nkata_guest_load{item=\"load1\"} 0.5\n"
 
 
 class Agent:
+    """The transport of the pod's GuestAgent: answers by method name."""
+
+    address = "unix:///x/agent.sock"
+
     def __init__(self) -> None:
         self.requests: list[tuple[str, object]] = []
+
+    async def request(self, method, message, answer, timeout):
+        return await getattr(self, method)(message, timeout=timeout)
 
     async def GetMetrics(self, request, timeout=None):
         return SimpleNamespace(metrics=GUEST_PAGE)
@@ -56,21 +64,20 @@ class Agent:
 async def monitor(tmp_path):
     state_dir = tmp_path / "pod1"
     state_dir.mkdir()
-    tasks = TaskService("ns1", EventPublisher("", "ns1"), asyncio.Event())
+    pod = Pod("ns1", lambda event: None)
     agent = Agent()
-    vm = SimpleNamespace(pid=os.getpid(), virtiofsd=None,
-                         agent=SimpleNamespace(address="unix:///x/agent.sock"))
-    tasks.sandbox = SimpleNamespace(id="pod1", vm=vm, agent=agent, state_dir=state_dir)
+    vm = SimpleNamespace(pid=os.getpid(), virtiofsd=None)
+    pod.sandbox = SimpleNamespace(id="pod1", vm=vm, agent=GuestAgent(agent), state_dir=state_dir)
     spec = {"annotations": {"io.kubernetes.cri.sandbox-name": "web",
                             "io.kubernetes.cri.sandbox-namespace": "default",
                             "io.kubernetes.cri.sandbox-uid": "u-1"}}
     container = Container(id="c1", bundle="/b", spec=spec, init=Process("c1", "", 1, Stdio()))
     container.shared_sources[str(tmp_path)] = "/run/kata-containers/shared/containers/c1/m"
-    tasks.containers["c1"] = container
+    pod.containers["c1"] = container
     rpc = RpcMetrics()
     rpc.observe_task("containerd.task.v2.Task", "Create", 0.25, ttrpc.Code.OK)
-    service = SandboxMonitor(tasks, rpc)
-    await service.open(tasks.sandbox)
+    service = SandboxMonitor(pod, rpc)
+    await service.open(pod.sandbox)
     yield service, agent, state_dir / MONITOR_SOCKET, tmp_path
     await service.close()
 
@@ -127,6 +134,6 @@ async def test_volume_stats_find_the_guest_path_of_a_shared_source(monitor):
 
 async def test_a_pod_without_its_vm_answers_503(monitor):
     service, _, sock, _ = monitor
-    service.tasks.sandbox.vm = None
+    service.pod.sandbox.vm = None
     status, body = await http(sock, "GET", "/metrics")
     assert (status, body) == (503, b"UNAVAILABLE: the pod's VM is not running\n")

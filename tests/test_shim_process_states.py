@@ -14,8 +14,9 @@ from scripted_agent import scripted_service, settle
 
 import ttrpc
 from protos.containerd.task.v2 import shim_pb2 as api
-from shim.task_service.process import TRANSITIONS, Process, State, Stdio
-from shim.task_service.service import Container, TaskService
+from shim.pod.container import Container
+from shim.pod.process import TRANSITIONS, Process, State, Stdio
+from shim.task_service.service import TaskService
 
 Code = ttrpc.Code
 
@@ -32,7 +33,7 @@ async def code_of(call) -> tuple[Code, str]:
 
 
 def state(tasks: TaskService, exec_id: str = "") -> State:
-    return tasks.containers["c1"].process(exec_id).state
+    return tasks.pod.containers["c1"].process(exec_id).state
 
 
 async def test_an_exit_during_pause_leaves_the_container_stopped(service):
@@ -92,8 +93,8 @@ async def test_kill_waits_for_a_start_in_flight_then_signals_the_started_process
 async def test_a_process_killed_before_it_started_reports_one_status_everywhere(service, exec_id):
     tasks, agent, recorder = service
     if exec_id:
-        tasks.containers["c1"].init.state = State.RUNNING
-        tasks.containers["c1"].execs[exec_id] = Process("c1", exec_id, 4242, Stdio())
+        tasks.pod.containers["c1"].init.state = State.RUNNING
+        tasks.pod.containers["c1"].execs[exec_id] = Process("c1", exec_id, 4242, Stdio())
     await tasks.Kill(api.KillRequest(id="c1", exec_id=exec_id, signal=15), None)
     assert "SignalProcess" not in agent.calls
     wait = await tasks.Wait(api.WaitRequest(id="c1", exec_id=exec_id), None)
@@ -109,7 +110,7 @@ async def test_a_process_killed_before_it_started_reports_one_status_everywhere(
 async def test_a_process_deleted_before_it_started_exits_137_once(service, exec_id):
     tasks, _, recorder = service
     if exec_id:
-        tasks.containers["c1"].execs[exec_id] = Process("c1", exec_id, 4242, Stdio())
+        tasks.pod.containers["c1"].execs[exec_id] = Process("c1", exec_id, 4242, Stdio())
     deleted = await tasks.Delete(api.DeleteRequest(id="c1", exec_id=exec_id), None)
     assert deleted.exit_status == 137
     assert recorder.topics() == ["/tasks/exit", "/tasks/delete"]
@@ -118,12 +119,12 @@ async def test_a_process_deleted_before_it_started_exits_137_once(service, exec_
 
 async def test_an_exit_in_each_live_state_wins_once(service):
     tasks, _, recorder = service
-    container = tasks.containers["c1"]
+    container = tasks.pod.containers["c1"]
     for exec_id, live in (("a", State.CREATED), ("b", State.RUNNING), ("c", State.PAUSED)):
         process = Process("c1", exec_id, 4242, Stdio(), state=live)
         container.execs[exec_id] = process
-        tasks._exited(process, 7)
-        tasks._exited(process, 9)
+        tasks.pod.exited(process, 7)
+        tasks.pod.exited(process, 9)
         assert (process.state, process.exit_status) == (State.STOPPED, 7)
     assert recorder.topics().count("/tasks/exit") == 3
 
@@ -157,9 +158,9 @@ async def test_calls_a_state_does_not_allow_say_which_state(service):
 
 async def test_a_deleted_exec_cannot_be_used_again(service):
     tasks, _, _ = service
-    tasks.containers["c1"].init.state = State.RUNNING
+    tasks.pod.containers["c1"].init.state = State.RUNNING
     process = Process("c1", "e1", 4242, Stdio())
-    tasks.containers["c1"].execs["e1"] = process
+    tasks.pod.containers["c1"].execs["e1"] = process
     await tasks.Delete(api.DeleteRequest(id="c1", exec_id="e1"), None)
     assert process.state is State.DELETED
     assert await code_of(tasks.Start(api.StartRequest(id="c1", exec_id="e1"), None)) == (
@@ -188,15 +189,15 @@ def test_the_transitions_are_those_of_containerds_runc_shim():
 )
 async def test_the_last_container_is_left_to_destroy_sandbox(service, status, others, removes):
     tasks, agent, _ = service
-    tasks.sandbox_api_owns_pod = False
+    tasks.pod.owned_by_sandbox_api = False
     stopped = []
 
     async def stop():
         stopped.append(True)
 
-    tasks.sandbox.stop = stop
+    tasks.pod.sandbox.stop = stop
     for n in range(others):
-        tasks.containers[f"o{n}"] = Container(
+        tasks.pod.containers[f"o{n}"] = Container(
             id=f"o{n}", bundle="/nonexistent", spec={}, init=Process(f"o{n}", "", 1, Stdio())
         )
     await tasks.Start(api.StartRequest(id="c1"), None)

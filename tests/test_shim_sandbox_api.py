@@ -16,10 +16,14 @@ from protos.containerd.runtimeoptions.v1 import api_pb2 as runtimeoptions
 from protos.containerd.task.v2 import shim_pb2 as tapi
 from protos.kubernetes import cri_pod_pb2
 from shim.config import parse_config
+from shim.guest_agent import GuestAgent
+from shim.pod import cri
+from shim.pod.cri import dns_lines, pod_config
+from shim.pod.pod import Pod
 from shim.sandbox.sandbox import Sandbox
 from shim.task_service import sandbox_service
 from shim.task_service.events import EventPublisher
-from shim.task_service.sandbox_service import SandboxService, dns_lines, pod_config
+from shim.task_service.sandbox_service import SandboxService
 from shim.task_service.service import TaskService
 
 SANDBOX = sapi.DESCRIPTOR.services_by_name["Sandbox"]
@@ -35,10 +39,13 @@ def _pod_options(**fields) -> Any:
 @pytest.fixture
 async def services(tmp_path, monkeypatch):
     shutdown = asyncio.Event()
-    tasks = TaskService("pykata-test", EventPublisher("", "pykata-test"), shutdown)
+    doors = []
+    pod = Pod("pykata-test", lambda event: [door.on_pod_event(event) for door in doors])
+    tasks = TaskService(pod, EventPublisher("", "pykata-test"), shutdown)
+    doors += [tasks, SandboxService(pod, shutdown)]
     server = ttrpc.Server()
     server.register(TASK, tasks)
-    server.register(SANDBOX, SandboxService(tasks, shutdown))
+    server.register(SANDBOX, doors[1])
     await server.serve_unix(str(tmp_path / "s.sock"))
     client = await ttrpc.Client.connect(str(tmp_path / "s.sock"))
     yield ttrpc.Stub(client, SANDBOX), ttrpc.Stub(client, TASK), tasks, shutdown
@@ -81,7 +88,7 @@ async def test_a_created_pod_answers_status_platform_and_one_create_only(service
     await stub.CreateSandbox(sapi.CreateSandboxRequest(
         sandbox_id="pod1", netns_path="/var/run/netns/cni-x",
         options=_pod_options(hostname="h1")))
-    assert tasks.sandbox_api_owns_pod
+    assert tasks.pod.owned_by_sandbox_api
     status = await stub.SandboxStatus(sapi.SandboxStatusRequest(sandbox_id="pod1"))
     assert (status.sandbox_id, status.state, status.pid) == ("pod1", "SANDBOX_NOTREADY", 0)
     answer = await stub.Platform(sapi.PlatformRequest(sandbox_id="pod1"))
@@ -135,12 +142,12 @@ def test_start_options_reach_the_daemon_through_its_environment(monkeypatch):
 
 
 def test_pod_files_give_containers_a_hostname_hosts_and_resolver(tmp_path):
-    made = sandbox_service.write_pod_files(tmp_path / "pod", "h1", ["nameserver 198.18.0.53"])
+    made = cri.write_pod_files(tmp_path / "pod", "h1", ["nameserver 198.18.0.53"])
     assert sorted(made) == ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"]
     assert Path(made["/etc/hostname"]).read_text() == "h1\n"
     assert "127.0.1.1\th1" in Path(made["/etc/hosts"]).read_text()
     assert Path(made["/etc/resolv.conf"]).read_text() == "nameserver 198.18.0.53\n"
-    bare = sandbox_service.write_pod_files(tmp_path / "bare", "", [])
+    bare = cri.write_pod_files(tmp_path / "bare", "", [])
     assert sorted(bare) == ["/etc/hosts"]
 
 
@@ -150,14 +157,14 @@ def test_a_pod_shares_a_pid_namespace_unless_each_container_has_its_own(pid, sha
     options = _pod_options(linux=cri_pod_pb2.LinuxPodSandboxConfig(
         security_context=cri_pod_pb2.LinuxSandboxSecurityContext(
             namespace_options=cri_pod_pb2.NamespaceOption(pid=pid))))
-    assert sandbox_service.shares_pid_namespace(options, pod_config(options)) is shared
+    assert cri.shares_pid_namespace(options, pod_config(options)) is shared
 
 
 def test_without_a_cri_config_the_agent_makes_no_pod_pid_namespace():
-    assert not sandbox_service.shares_pid_namespace(Any(), pod_config(Any()))
-    assert not sandbox_service.shares_pid_namespace(None, pod_config(None))
+    assert not cri.shares_pid_namespace(Any(), pod_config(Any()))
+    assert not cri.shares_pid_namespace(None, pod_config(None))
     empty = _pod_options()  # CRI's defaults: pid POD
-    assert sandbox_service.shares_pid_namespace(empty, pod_config(empty))
+    assert cri.shares_pid_namespace(empty, pod_config(empty))
 
 
 @pytest.mark.parametrize(("pid", "shared"), [
@@ -170,12 +177,12 @@ async def test_start_sandbox_asks_the_agent_for_the_pod_pid_namespace(
     stub, _, tasks, _ = services
     booted = {}
 
-    async def boot_sandbox(sandbox_id, config, **kwargs):
-        booted.update(kwargs)
-        tasks.sandbox = SimpleNamespace(id=sandbox_id, pid=4242, state_dir=tmp_path)
-        return tasks.sandbox
+    async def boot(settings):
+        booted.update(vars(settings))
+        tasks.pod.sandbox = SimpleNamespace(id=settings.sandbox_id, pid=4242, state_dir=tmp_path)
+        return tasks.pod.sandbox
 
-    tasks.boot_sandbox = boot_sandbox
+    tasks.pod.boot = boot
     await stub.CreateSandbox(sapi.CreateSandboxRequest(
         sandbox_id="pod1", options=_pod_options(linux=cri_pod_pb2.LinuxPodSandboxConfig(
             security_context=cri_pod_pb2.LinuxSandboxSecurityContext(
@@ -189,11 +196,12 @@ async def test_start_sandbox_asks_the_agent_for_the_pod_pid_namespace(
 async def test_the_agents_create_sandbox_carries_sandbox_pidns(shared):
     sent = []
 
-    class Agent:
-        async def CreateSandbox(self, request, timeout=None):
-            sent.append(request)
+    class Transport:
+        async def request(self, method, message, answer, timeout):
+            assert method == "CreateSandbox"
+            sent.append(message)
 
     sandbox = Sandbox("pykata-test", "pod1", parse_config(""))
-    sandbox.agent = Agent()
+    sandbox.agent = GuestAgent(Transport())
     await sandbox._create_agent_sandbox("h1", ["nameserver 198.18.0.53"], shared)
     assert [(r.sandbox_id, r.hostname, r.sandbox_pidns) for r in sent] == [("pod1", "h1", shared)]

@@ -3,7 +3,7 @@
 import asyncio
 import os
 
-from shim.task_service.stdio import InputCopier, OutputCopier
+from shim.pod.stdio import InputCopier, OutputCopier
 
 
 async def test_output_waits_for_a_slow_reader_and_delivers_everything(tmp_path):

@@ -8,6 +8,7 @@ from google.protobuf.any_pb2 import Any
 
 import ttrpc
 from protos.containerd.task.v2 import shim_pb2 as api
+from shim.pod.pod import Pod
 from shim.task_service.events import EventPublisher
 from shim.task_service.service import TaskService
 
@@ -19,7 +20,8 @@ Code = ttrpc.Code
 @pytest.fixture
 async def task(tmp_path):
     shutdown = asyncio.Event()
-    service = TaskService("pykata-test", EventPublisher("", "pykata-test"), shutdown)
+    service = TaskService(Pod("pykata-test", lambda event: None),
+                          EventPublisher("", "pykata-test"), shutdown)
     server = ttrpc.Server()
     server.register(TASK, service)
     await server.serve_unix(str(tmp_path / "task.sock"))

@@ -10,8 +10,8 @@ import pytest
 
 from shim.vmm import accel, hostcaps
 from shim.vmm.accel import KvmProbe, choose_accel, decide
-from shim.vmm.config import TCG_CPU_MODEL
 from shim.vmm.hostcaps import HostCapsCache, probe_seccomp
+from shim.vmm.vm_config import TCG_CPU_MODEL
 
 OK = KvmProbe(True, "kernel boot probe ok", 0.8)
 BAD = KvmProbe(False, "QEMU accel=kvm -cpu host exited -6: failed to set MSR 0x10a", 0.05)

@@ -1,4 +1,5 @@
-"""AgentClient: typed stubs, per-method timeouts, reconnects and the retry rule."""
+"""AgentClient and GuestAgent: typed calls, the per-method timeouts (shim.guest_agent's one
+table), reconnects and the retry rule."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 from google.protobuf import empty_pb2
 
 import ttrpc
+from integration.agent_stubs import StubbedClient, stubs_of
 from protos.kata import agent_pb2, health_pb2
-from shim import agent_client
+from shim import guest_agent
 from shim.agent_client import AgentAddress, AgentClient
+from shim.guest_agent import GuestAgent, timeout_of
 from ttrpc.transport import listen_unix
 
 
@@ -37,6 +40,10 @@ class FakeAgent:
         self.calls.append(f"CreateContainer {request.container_id}")
         return empty_pb2.Empty()
 
+    async def GetMetrics(self, request, context):
+        self.calls.append("GetMetrics")
+        return agent_pb2.Metrics(metrics="kata_agent_up 1\n")
+
 
 def make_server(fake: FakeAgent) -> ttrpc.Server:
     server = ttrpc.Server()
@@ -58,15 +65,20 @@ async def served(tmp_path):
 async def test_typed_calls(served):
     fake, _, path = served
     client = AgentClient(AgentAddress(unix_path=path))
+    agent = GuestAgent(client)
     try:
         answer = await client.check()
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
-        details = await client.agent.GetGuestDetails(agent_pb2.GuestDetailsRequest())
+        assert (await agent.check()).status == health_pb2.HealthCheckResponse.SERVING
+        assert await agent.get_metrics() == "kata_agent_up 1\n"
+        details = await client.request(
+            "GetGuestDetails", agent_pb2.GuestDetailsRequest(), agent_pb2.GuestDetailsResponse, 5
+        )
         assert details.agent_details.version == "fake"
         assert client.connected
     finally:
-        await client.close()
-    assert fake.calls == ["Check", "GetGuestDetails"]
+        await agent.close()
+    assert fake.calls == ["Check", "Check", "GetMetrics", "GetGuestDetails"]
     with pytest.raises(ttrpc.TTRPCError) as err:
         await client.check()
     assert err.value.code == ttrpc.Code.UNAVAILABLE
@@ -75,26 +87,47 @@ async def test_typed_calls(served):
 async def test_default_timeout_per_method(served, monkeypatch):
     fake, _, path = served
     fake.check_delay = 1.0
-    monkeypatch.setitem(agent_client.METHOD_TIMEOUTS, "Check", 0.05)
+    monkeypatch.setitem(guest_agent.TIMEOUTS, "Check", 0.05)
     client = AgentClient(AgentAddress(unix_path=path))
+    agent = GuestAgent(client)
     try:
         with pytest.raises(ttrpc.TTRPCError) as err:
-            await client.health.Check(health_pb2.CheckRequest())
+            await agent.check()
         assert err.value.code == ttrpc.Code.DEADLINE_EXCEEDED
         assert err.value.message == (
             "the agent did not answer Check within 0.05 s (context deadline exceeded)"
         )
         fake.check_delay = 0.1
         # an explicit timeout wins over the default
-        await client.health.Check(health_pb2.CheckRequest(), timeout=2.0)
+        await agent.check(timeout=2.0)
     finally:
         await client.close()
 
 
 def test_timeouts_table():
-    assert agent_client.METHOD_TIMEOUTS["WaitProcess"] is None
-    assert agent_client.METHOD_TIMEOUTS["ReadStdout"] is None
-    assert agent_client.METHOD_TIMEOUTS.get("UpdateRoutes", agent_client.DEFAULT_TIMEOUT) == 30
+    assert timeout_of("WaitProcess") is None
+    assert timeout_of("ReadStdout") is None
+    assert timeout_of("UpdateRoutes") == 30
+
+
+async def test_test_stubs_take_their_default_deadlines_from_the_table():
+    """integration/agent_stubs.py: the tests' CamelCase calls keep the shim's deadlines."""
+    sent: list[tuple[str, type, float | None]] = []
+
+    class Recorder:
+        async def request(self, method, message, answer, timeout):
+            sent.append((method, answer, timeout))
+            return answer()
+
+    stubs = stubs_of(GuestAgent(Recorder()))
+    await stubs.agent.WaitProcess(agent_pb2.WaitProcessRequest())
+    await stubs.agent.UpdateRoutes(agent_pb2.UpdateRoutesRequest(), timeout=3)
+    await stubs.health.Check(health_pb2.CheckRequest())
+    assert sent == [
+        ("WaitProcess", agent_pb2.WaitProcessResponse, None),
+        ("UpdateRoutes", agent_pb2.Routes, 3),
+        ("Check", health_pb2.HealthCheckResponse, 5.0),
+    ]
 
 
 async def test_reconnects_after_the_agent_went_away(tmp_path):
@@ -156,7 +189,7 @@ class DropFirst:
 async def test_idempotent_call_is_retried_once_on_a_new_connection(tmp_path):
     fake = FakeAgent()
     drop = DropFirst(str(tmp_path / "a.sock"), fake)
-    client = AgentClient(AgentAddress(unix_path=str(tmp_path / "a.sock")))
+    client = StubbedClient(AgentAddress(unix_path=str(tmp_path / "a.sock")))
     try:
         details = await client.agent.GetGuestDetails(agent_pb2.GuestDetailsRequest())
         assert details.agent_details.version == "fake"
@@ -169,7 +202,7 @@ async def test_idempotent_call_is_retried_once_on_a_new_connection(tmp_path):
 async def test_non_idempotent_call_is_not_retried(tmp_path):
     fake = FakeAgent()
     drop = DropFirst(str(tmp_path / "a.sock"), fake)
-    client = AgentClient(AgentAddress(unix_path=str(tmp_path / "a.sock")))
+    client = StubbedClient(AgentAddress(unix_path=str(tmp_path / "a.sock")))
     try:
         with pytest.raises(ttrpc.TTRPCError) as err:
             await client.agent.CreateContainer(agent_pb2.CreateContainerRequest(container_id="c1"))

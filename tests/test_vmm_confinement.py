@@ -378,8 +378,8 @@ LOWERED = ConfinementFloor(qemu_sandbox=False, virtiofsd_sandbox="chroot", virti
 
 
 async def test_start_vm_refuses_virtiofsd_below_the_floor(tmp_path):
-    from shim.vmm.config import VMConfig
     from shim.vmm.vm import _virtiofsd_confinement
+    from shim.vmm.vm_config import VMConfig
 
     path = fake_virtiofsd(tmp_path, fail_sandbox=("namespace",))
     cache = HostCapsCache(tmp_path / "cache")
@@ -397,8 +397,8 @@ async def test_start_vm_refuses_virtiofsd_below_the_floor(tmp_path):
 async def test_start_vm_logs_and_passes_the_probed_modes_of_a_lowered_floor(tmp_path):
     from structlog.testing import capture_logs
 
-    from shim.vmm.config import VMConfig
     from shim.vmm.vm import _virtiofsd_confinement
+    from shim.vmm.vm_config import VMConfig
 
     path = fake_virtiofsd(tmp_path, fail_sandbox=("namespace",))
     cache = HostCapsCache(tmp_path / "cache")
@@ -422,8 +422,8 @@ async def test_start_vm_logs_and_passes_the_probed_modes_of_a_lowered_floor(tmp_
 
 
 async def test_no_probe_when_the_user_sets_both(tmp_path):
-    from shim.vmm.config import VMConfig
     from shim.vmm.vm import _virtiofsd_confinement
+    from shim.vmm.vm_config import VMConfig
 
     path = fake_virtiofsd(tmp_path)
     (tmp_path / "fail-all").touch()  # a probe would find nothing
@@ -438,8 +438,8 @@ async def test_no_probe_when_the_user_sets_both(tmp_path):
 
 
 async def test_start_vm_refuses_a_qemu_without_seccomp(tmp_path):
-    from shim.vmm.config import VMConfig
     from shim.vmm.vm import _qemu_sandbox
+    from shim.vmm.vm_config import VMConfig
 
     qemu = tmp_path / "qemu"
     qemu.write_text("#!/bin/sh\necho 'seccomp support is disabled' >&2\nexit 1\n")
@@ -456,7 +456,7 @@ async def test_start_vm_refuses_a_qemu_without_seccomp(tmp_path):
 async def test_a_refused_pod_leaves_nothing_behind(tmp_path):
     """start_vm itself: the refusal comes before anything is started, and says why."""
     from shim.vmm import start_vm
-    from shim.vmm.config import VMConfig
+    from shim.vmm.vm_config import VMConfig
 
     path = fake_virtiofsd(tmp_path, fail_sandbox=("namespace",))
     kernel = tmp_path / "vmlinuz"

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from shim.vmm import factory
-from shim.vmm.config import VMConfig
 from shim.vmm.confinement import ConfinementError
 from shim.vmm.errors import VMStartError
 from shim.vmm.vm import RestoreFailed
+from shim.vmm.vm_config import VMConfig
 
 STATE, SHARED = Path("/nonexistent/state"), Path("/nonexistent/shared")
 

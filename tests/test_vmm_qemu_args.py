@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from shim.vmm.config import TCG_CPU_MODEL, NicSpec, VMConfig
 from shim.vmm.layout import VMPaths
 from shim.vmm.qemu_args import (
     SerialChannel,
@@ -16,6 +15,7 @@ from shim.vmm.qemu_args import (
     passed_fds,
     q,
 )
+from shim.vmm.vm_config import TCG_CPU_MODEL, NicSpec, VMConfig
 
 STATE = Path("/run/pykata/default/sb1")
 PATHS = VMPaths(STATE)

@@ -218,9 +218,11 @@ async def test_start_check_stop(tmp_path, files):
         assert record["processes"]["qemu"]["start_time"] == procs.start_time(vm.pid)
         assert record["agent"]["address"] == f"unix://{files['state']}/agent.sock"
         assert (await vm.agent.check()).status == 1
+        from integration.agent_stubs import stubs_of
         from protos.kata import agent_pb2
 
-        details = await vm.agent.agent.GetGuestDetails(agent_pb2.GuestDetailsRequest())
+        details = await stubs_of(vm.agent.transport).agent.GetGuestDetails(
+            agent_pb2.GuestDetailsRequest())
         assert details.agent_details.version == "fake-qemu"
         assert set(vm.timings) >= {"qemu_launched", "qmp_ready", "port_open", "agent_ready"}
         assert "fake kernel: booting" in vm.console_log.read_text()

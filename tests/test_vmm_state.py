@@ -12,7 +12,7 @@ import pytest
 
 from shim.vmm import kill_from_state, procs
 from shim.vmm.layout import VMPaths
-from shim.vmm.state import StateWriter, load_record
+from shim.vmm.vm_record import StateWriter, load_record
 
 
 @pytest.fixture

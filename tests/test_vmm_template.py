@@ -12,7 +12,6 @@ import pytest
 
 from shim.config import ConfigError, parse_config
 from shim.vmm import template
-from shim.vmm.config import TCG_CPU_MODEL, NicSpec, VMConfig
 from shim.vmm.factory import Clone, _open_clone, key, template_config
 from shim.vmm.hotplug import clone_steps, nic_steps, shared_fs_steps
 from shim.vmm.layout import VMPaths
@@ -24,6 +23,7 @@ from shim.vmm.qemu_args import (
     passed_fds,
 )
 from shim.vmm.template import BOOT, REBUILD, RESTORE, TemplateDir
+from shim.vmm.vm_config import TCG_CPU_MODEL, NicSpec, VMConfig
 
 
 def files(tmp_path: Path) -> VMConfig:

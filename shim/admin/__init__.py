@@ -22,7 +22,7 @@ import argparse
 import sys
 
 from shim.admin import (
-    factory,
+    factory_command,
     host,
     node_monitor,
     overhead,
@@ -40,7 +40,8 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     top.add_argument("--config", default="", help="configuration file (else the search order)")
     sub = top.add_subparsers(dest="command", required=True)
-    for module in (host, sandboxes, sandbox_calls, volumes, node_monitor, overhead, factory):
+    commands = (host, sandboxes, sandbox_calls, volumes, node_monitor, overhead, factory_command)
+    for module in commands:
         module.register(sub)
     return top
 

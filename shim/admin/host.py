@@ -120,7 +120,7 @@ def _template(config: Any) -> Finding:
     pods boot without one)."""
     if not config.factory.enable_template:
         return Finding("VM template", INFO, "off ([factory] enable_template = false)")
-    from shim.admin.factory import verdict
+    from shim.admin.factory_command import verdict
 
     judged, _ = verdict(config)
     status = OK if judged.action == "restore" else INFO
@@ -152,7 +152,7 @@ def env(args: argparse.Namespace) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 1
     document = asdict(config)
-    from shim.admin.factory import verdict
+    from shim.admin.factory_command import verdict
 
     judged, facts = verdict(config)
     document["factory"]["template"] = {**facts, "action": judged.action, "reason": judged.reason}

@@ -31,9 +31,9 @@ def sandbox_pids(state_dir: Path) -> dict[str, list[int]]:
     Trusts a pid only while its /proc start time is the one recorded (a recycled
     pid is not the sandbox's).
     """
-    from shim.sandbox.state import SandboxRecord
+    from shim.sandbox.record import SandboxRecord
     from shim.vmm import procs
-    from shim.vmm.state import load_record
+    from shim.vmm.vm_record import load_record
 
     record = SandboxRecord.load(state_dir)
     if record is None:

@@ -19,7 +19,7 @@ from shim.netns.model import (
     Redirect,
     Skipped,
 )
-from shim.vmm.config import NicSpec
+from shim.vmm.vm_config import NicSpec
 
 MARKER_PREFIX = "pykata:"
 MAX_QUEUES = 16

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 import ttrpc
-from protos.kata import agent_pb2
 from shim.netns.apply import NetworkSetupError, apply_plan, close_fds
 from shim.netns.guest import GuestNetwork, guest_network
 from shim.netns.journal import Journal
@@ -22,9 +22,11 @@ from shim.netns.model import Model, NetnsScan, NetworkPlan
 from shim.netns.nsenter import in_own_thread
 from shim.netns.plan import build_plan, fallbacks, marker, nic_specs
 
+if TYPE_CHECKING:
+    from shim.guest_agent import GuestAgent
+
 log = structlog.get_logger(__name__)
 VHOST_NET = "/dev/vhost-net"
-AGENT_CALL_TIMEOUT = 30.0
 NIC_WAIT = 10.0  # seconds the guest may take to show a NIC (NOT_FOUND is retried)
 
 
@@ -52,7 +54,7 @@ class PodNetwork:
             close_fds(fds)
         self.fds = {}
 
-    async def configure_guest(self, agent: Any) -> None:
+    async def configure_guest(self, agent: GuestAgent) -> None:
         """UpdateInterface for each NIC, then UpdateRoutes and AddARPNeighbors."""
         if self.guest.empty:
             return
@@ -60,15 +62,9 @@ class PodNetwork:
         for iface in [*self.guest.renames, *self.guest.interfaces]:
             await _update_interface(agent, iface)
         if self.guest.routes:
-            request = agent_pb2.UpdateRoutesRequest(
-                routes=agent_pb2.Routes(Routes=self.guest.routes)
-            )
-            await _call(agent.UpdateRoutes, request, "UpdateRoutes")
+            await _call(agent.update_routes(list(self.guest.routes)), "UpdateRoutes")
         if self.guest.neighbors:
-            request = agent_pb2.AddARPNeighborsRequest(
-                neighbors=agent_pb2.ARPNeighbors(ARPNeighbors=self.guest.neighbors)
-            )
-            await _call(agent.AddARPNeighbors, request, "AddARPNeighbors")
+            await _call(agent.add_arp_neighbors(list(self.guest.neighbors)), "AddARPNeighbors")
         log.info(
             "guest network configured",
             interfaces=[f"{i.name} {i.hwAddr} mtu {i.mtu}" for i in self.guest.interfaces],
@@ -78,19 +74,18 @@ class PodNetwork:
         )
 
 
-async def _call(method: Any, request: Any, what: str) -> Any:
+async def _call(call: Awaitable[None], what: str) -> None:
     try:
-        return await method(request, timeout=AGENT_CALL_TIMEOUT)
+        await call
     except ttrpc.TTRPCError as exc:
         raise NetworkSetupError(f"agent {what} failed: {exc}") from exc
 
 
-async def _update_interface(agent: Any, iface: Any) -> None:
-    request = agent_pb2.UpdateInterfaceRequest(interface=iface)
+async def _update_interface(agent: GuestAgent, iface: Any) -> None:
     deadline = time.monotonic() + NIC_WAIT
     while True:
         try:
-            await agent.UpdateInterface(request, timeout=AGENT_CALL_TIMEOUT)
+            await agent.update_interface(iface)
             return
         except ttrpc.TTRPCError as exc:
             if exc.code != ttrpc.Code.NOT_FOUND or time.monotonic() > deadline:

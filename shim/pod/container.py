@@ -10,15 +10,16 @@ from typing import Any, Protocol
 
 import structlog
 
-from protos.containerd.types import mount_pb2
 from shim.oci import SpecError, spec_to_kata
 from shim.paths import CONTAINER_TYPE_ANNOTATION
-from shim.task_service.process import Process
+from shim.pod.errors import NotFound
+from shim.pod.process import Process
+from shim.sandbox.mounts import MountSpec
 
 log = structlog.get_logger(__name__)
 
 
-class UnknownExec(LookupError):
+class UnknownExec(NotFound):
     """An exec id the container does not have."""
 
 
@@ -54,7 +55,7 @@ class Container:
     spec: dict[str, Any]
     init: Process
     execs: dict[str, Process] = field(default_factory=dict)
-    rootfs: list[mount_pb2.Mount] = field(default_factory=list)
+    rootfs: list[MountSpec] = field(default_factory=list)  # mounted by the host, shared
     # host source of each shared bind mount -> its path in the guest
     shared_sources: dict[str, str] = field(default_factory=dict)
 
@@ -66,6 +67,16 @@ class Container:
         if found is None:
             raise UnknownExec(f"exec {exec_id} of container {self.id} not found")
         return found
+
+    def processes(self) -> list[Process]:
+        """The init and every exec."""
+        return [self.init, *self.execs.values()]
+
+    @property
+    def is_sandbox(self) -> bool:
+        """CRI's sandbox (pause) container: the one that holds the pod."""
+        annotations = self.spec.get("annotations") or {}
+        return annotations.get(CONTAINER_TYPE_ANNOTATION) == "sandbox"
 
     @property
     def shares_pod_pidns(self) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -14,16 +13,15 @@ import ttrpc
 from protos.kata import agent_pb2
 from pykata_common.contract import GUEST_SHARED_DIR, SHARED_FS_TAG
 from shim.config import Config
+from shim.guest_agent import GuestAgent
 from shim.paths import sandbox_dir
 from shim.sandbox import teardown
 from shim.sandbox.mounts import MountSpec, mount_all
+from shim.sandbox.record import ContainerRecord, SandboxRecord
 from shim.sandbox.shared_fs import SharedDir
-from shim.sandbox.state import ContainerRecord, SandboxRecord
 from shim.vmm import procs
 
 log = structlog.get_logger(__name__)
-AGENT_CALL_TIMEOUT = 60.0
-DESTROY_TIMEOUT = 5.0
 
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -76,7 +74,7 @@ class Sandbox:
             namespace, sandbox_id, os.getpid(), procs.start_time(os.getpid()) or 0
         )
         self.vm: Any = None
-        self.agent: Any = None  # ttrpc.Stub for grpc.AgentService
+        self.agent: GuestAgent | None = None  # the VM's, once it answered
         self.network: Any = None  # shim.netns.pod.PodNetwork
         self.cgroup: Any = None  # shim.sandbox.cgroup.PodCgroup the daemon joined
         self._stopped = False
@@ -137,7 +135,7 @@ class Sandbox:
                 )
             finally:
                 self.network.release_fds()  # QEMU has its own copies of the macvtap queues
-            self.agent = self.vm.agent.agent
+            self.agent = self.vm.agent
             await self.network.configure_guest(self.agent)
             await self._create_agent_sandbox(hostname, dns or [], sandbox_pidns)
         except BaseException:
@@ -158,15 +156,15 @@ class Sandbox:
                     options=[],
                 )
             )
-        request = agent_pb2.CreateSandboxRequest(
-            hostname=hostname,
-            dns=dns,
-            storages=storages,
-            sandbox_id=self.id,
-            sandbox_pidns=sandbox_pidns,
-        )
+        assert self.agent is not None
         try:
-            await self.agent.CreateSandbox(request, timeout=AGENT_CALL_TIMEOUT)
+            await self.agent.create_sandbox(
+                self.id,
+                hostname=hostname,
+                dns=dns,
+                storages=storages,
+                sandbox_pidns=sandbox_pidns,
+            )
         except ttrpc.TTRPCError as exc:
             raise SandboxError(f"agent CreateSandbox failed: {exc}") from exc
 
@@ -213,9 +211,7 @@ class Sandbox:
         self._stopped = True
         if self.agent is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    self.agent.DestroySandbox(agent_pb2.DestroySandboxRequest()), DESTROY_TIMEOUT
-                )
+                await self.agent.destroy_sandbox()
         if self.vm is not None:
             try:
                 await self.vm.stop()

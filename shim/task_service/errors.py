@@ -16,10 +16,17 @@ from typing import Any, TypeVar
 from shim.config import ConfigError
 from shim.netns.nsenter import NetnsRefused
 from shim.paths import InvalidIdentifier
-from shim.pod.container import UnknownExec
+from shim.pod.errors import (
+    AlreadyExists,
+    HostFailure,
+    InvalidRequest,
+    NotFound,
+    NotReady,
+    StartFailed,
+)
+from shim.pod.process import ProcessStateError
 from shim.sandbox.cgroup import CgroupError, CgroupPathError
 from shim.spec_support import SpecError
-from shim.task_service.process import ProcessStateError
 from shim.vmm.confinement import ConfinementError
 from ttrpc import Code, TTRPCError
 
@@ -29,7 +36,12 @@ _CODES: tuple[tuple[type[Exception], Code, str], ...] = (
     (CgroupPathError, Code.INVALID_ARGUMENT, ""),
     (CgroupError, Code.FAILED_PRECONDITION, ""),
     (ProcessStateError, Code.FAILED_PRECONDITION, ""),
-    (UnknownExec, Code.NOT_FOUND, ""),
+    (NotFound, Code.NOT_FOUND, ""),
+    (AlreadyExists, Code.ALREADY_EXISTS, ""),
+    (NotReady, Code.FAILED_PRECONDITION, ""),
+    (StartFailed, Code.UNAVAILABLE, ""),
+    (InvalidRequest, Code.INVALID_ARGUMENT, ""),
+    (HostFailure, Code.INTERNAL, ""),
     (InvalidIdentifier, Code.INVALID_ARGUMENT, ""),
     (NetnsRefused, Code.INVALID_ARGUMENT, ""),
     (SpecError, Code.INVALID_ARGUMENT, ""),

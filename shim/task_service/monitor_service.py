@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import structlog
 
 import ttrpc
-from protos.kata import agent_pb2
 from pykata_common.exposition import CONTENT_TYPE
+from shim.guest_agent import GuestAgent, timeout_of
 from shim.monitor.http import MonitorServer, Request
 from shim.monitor.overhead import PodOverhead
 from shim.monitor.page import metrics_page, sandbox_labels
@@ -30,12 +30,10 @@ from shim.paths import MONITOR_SOCKET
 from shim.vmm import procs
 
 if TYPE_CHECKING:
+    from shim.pod.pod import Pod
     from shim.sandbox.sandbox import Sandbox
-    from shim.task_service.service import TaskService
 
 log = structlog.get_logger(__name__)
-AGENT_METRICS_TIMEOUT = 2.0
-AGENT_CALL_TIMEOUT = 10.0
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
 CRI_LABEL_ANNOTATIONS = {
@@ -69,8 +67,8 @@ def _error(exc: ttrpc.TTRPCError) -> Reply:
 class SandboxMonitor:
     """The monitor socket of the daemon's one pod, open while its VM runs."""
 
-    def __init__(self, tasks: TaskService, rpc: RpcMetrics) -> None:
-        self.tasks = tasks
+    def __init__(self, pod: Pod, rpc: RpcMetrics) -> None:
+        self.pod = pod
         self.rpc = rpc
         self.overhead = PodOverhead()
         # CRI's pod metadata when the Sandbox API gave it (else read from annotations)
@@ -78,6 +76,10 @@ class SandboxMonitor:
         self._server: MonitorServer | None = None
         self._guest: GuestReading | None = None  # the agent's page and the containers' usage
         self._refresh: asyncio.Task[GuestReading] | None = None
+
+    def observe_agent(self, agent: GuestAgent) -> None:
+        """Time every call the pod makes to its agent (/metrics' RPC durations)."""
+        agent.observer = self.rpc.observe_agent
 
     async def open(self, sandbox: Sandbox) -> None:
         """Serve the routes on the sandbox's monitor socket."""
@@ -104,10 +106,15 @@ class SandboxMonitor:
 
     # -- helpers -----------------------------------------------------------------
     def _sandbox(self) -> Sandbox:
-        sandbox = self.tasks.sandbox
+        sandbox = self.pod.sandbox
         if sandbox is None or sandbox.vm is None:
             raise ttrpc.TTRPCError(ttrpc.Code.UNAVAILABLE, "the pod's VM is not running")
         return sandbox
+
+    def _agent(self) -> GuestAgent:
+        agent = self._sandbox().agent
+        assert agent is not None
+        return agent
 
     def _processes(self, sandbox: Sandbox) -> list[tuple[str, int | None, int | None]]:
         from shim.vmm.hostcaps import virtiofsd_serving_pid
@@ -125,7 +132,7 @@ class SandboxMonitor:
 
     def _labels(self, sandbox: Sandbox) -> dict[str, str]:
         found = dict(self.pod_metadata)
-        for container in self.tasks.containers.values():
+        for container in self.pod.containers.values():
             annotations = container.spec.get("annotations") or {}
             for label, key in CRI_LABEL_ANNOTATIONS.items():
                 if annotations.get(key):
@@ -140,13 +147,10 @@ class SandboxMonitor:
 
     async def _agent_page(self, sandbox: Sandbox) -> str | None:
         try:
-            answer = await sandbox.agent.GetMetrics(
-                agent_pb2.GetMetricsRequest(), timeout=AGENT_METRICS_TIMEOUT
-            )
+            return await sandbox.agent.get_metrics()
         except ttrpc.TTRPCError as exc:
             log.debug("the agent gave no metrics", error=str(exc))
             return None
-        return answer.metrics
 
     async def _guest_reading(self, sandbox: Sandbox) -> GuestReading:
         """The guest's figures: those read for the previous scrape, while a new reading
@@ -162,11 +166,10 @@ class SandboxMonitor:
     async def _guest_usage(self, sandbox: Sandbox) -> tuple[int, int]:
         """The containers' CPU time (ns) and memory (bytes) in the guest, from their stats."""
         cpu = memory = 0
-        for container_id in list(self.tasks.containers):
+        for container_id in list(self.pod.containers):
             try:
-                stats = await sandbox.agent.StatsContainer(
-                    agent_pb2.StatsContainerRequest(container_id=container_id),
-                    timeout=AGENT_METRICS_TIMEOUT,
+                stats = await sandbox.agent.stats_container(
+                    container_id, timeout=timeout_of("GetMetrics")  # a scrape's deadline
                 )
             except ttrpc.TTRPCError:
                 continue
@@ -178,7 +181,7 @@ class SandboxMonitor:
     def _guest_path(self, volume_path: str) -> str | None:
         """Where a host volume (a bind source of a container) is seen in the guest."""
         wanted = os.path.realpath(volume_path)
-        for container in self.tasks.containers.values():
+        for container in self.pod.containers.values():
             for source, guest in container.shared_sources.items():
                 if os.path.realpath(source) == wanted:
                     return guest
@@ -190,7 +193,7 @@ class SandboxMonitor:
             sandbox = self._sandbox()
         except ttrpc.TTRPCError as exc:
             return _error(exc)
-        return 200, TEXT, f"{sandbox.vm.agent.address}\n"
+        return 200, TEXT, f"{sandbox.agent.address}\n"
 
     async def _metrics(self, request: Request) -> Reply:
         try:
@@ -219,9 +222,7 @@ class SandboxMonitor:
         if guest is None:
             return 404, TEXT, f"no container of this pod mounts {volume}\n"
         try:
-            stats = await self._sandbox().agent.GetVolumeStats(
-                agent_pb2.VolumeStatsRequest(volume_guest_path=guest), timeout=AGENT_CALL_TIMEOUT
-            )
+            stats = await self._agent().volume_stats(guest)
         except ttrpc.TTRPCError as exc:
             return _error(exc)
         return 200, JSON, MessageToJson(stats, preserving_proto_field_name=True)
@@ -236,10 +237,7 @@ class SandboxMonitor:
         if guest is None:
             return 404, TEXT, f"no container of this pod mounts {volume}\n"
         try:
-            await self._sandbox().agent.ResizeVolume(
-                agent_pb2.ResizeVolumeRequest(volume_guest_path=guest, size=size),
-                timeout=AGENT_CALL_TIMEOUT,
-            )
+            await self._agent().resize_volume(guest, size)
         except ttrpc.TTRPCError as exc:
             return _error(exc)
         return 200, TEXT, ""
@@ -252,16 +250,11 @@ class SandboxMonitor:
 
     async def _iptables(self, request: Request, *, ipv6: bool) -> Reply:
         try:
-            agent = self._sandbox().agent
+            agent = self._agent()
             if request.method == "GET":
-                answer = await agent.GetIPTables(
-                    agent_pb2.GetIPTablesRequest(is_ipv6=ipv6), timeout=AGENT_CALL_TIMEOUT
-                )
+                rules = await agent.get_iptables(ipv6)
             else:
-                answer = await agent.SetIPTables(
-                    agent_pb2.SetIPTablesRequest(is_ipv6=ipv6, data=request.body),
-                    timeout=AGENT_CALL_TIMEOUT,
-                )
+                rules = await agent.set_iptables(ipv6, request.body)
         except ttrpc.TTRPCError as exc:
             return _error(exc)
-        return 200, TEXT, answer.data
+        return 200, TEXT, rules

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from shim.vmm.config import NicSpec, VMConfig
     from shim.vmm.errors import (
         AgentTimeoutError,
         QemuExitedError,
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
         VMStartError,
     )
     from shim.vmm.vm import RunningVM
+    from shim.vmm.vm_config import NicSpec, VMConfig
 
 __all__ = [
     "AgentTimeoutError",
@@ -37,8 +37,8 @@ __all__ = [
 ]
 
 _LAZY = {
-    "VMConfig": "shim.vmm.config",
-    "NicSpec": "shim.vmm.config",
+    "VMConfig": "shim.vmm.vm_config",
+    "NicSpec": "shim.vmm.vm_config",
     "VMError": "shim.vmm.errors",
     "VMStartError": "shim.vmm.errors",
     "QemuExitedError": "shim.vmm.errors",
@@ -65,7 +65,7 @@ def kill_from_state(state_dir: Path | str, grace: float = 2.0) -> list[str]:
     """Crash cleanup from another process: kill the recorded QEMU/virtiofsd (if their
     start times still match; SIGTERM, SIGKILL after `grace` s), remove sockets, pid
     files and vm.json. Idempotent; returns one line per action."""
-    from shim.vmm.state import kill_from_state as _kill
+    from shim.vmm.vm_record import kill_from_state as _kill
 
     return _kill(state_dir, grace)
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from shim.vmm.config import TCG_CPU_MODEL
 from shim.vmm.hostcaps import HostCapsCache, file_identity
+from shim.vmm.vm_config import TCG_CPU_MODEL
 
 log = structlog.get_logger(__name__)
 

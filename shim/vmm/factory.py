@@ -22,10 +22,10 @@ from pykata_common.contract import PREWARM_PARAM
 from shim.vmm import template
 from shim.vmm.accel import AccelChoice
 from shim.vmm.clone import Clone
-from shim.vmm.config import VMConfig
 from shim.vmm.hostcaps import DEFAULT_CACHE_DIR
 from shim.vmm.template import REBUILD, RESTORE, TemplateDir, Verdict
 from shim.vmm.vm import RestoreFailed, RunningVM, channel_kind, launch_vm, resolve_firmware
+from shim.vmm.vm_config import VMConfig
 
 log = structlog.get_logger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from pykata_common.contract import SHARED_FS_TAG
-from shim.vmm.config import NicSpec
 from shim.vmm.qemu_args import SHARED_FS_PORT, nic_properties
+from shim.vmm.vm_config import NicSpec
 
 
 @dataclass

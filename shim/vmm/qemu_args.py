@@ -12,8 +12,8 @@ from pykata_common.contract import (
     DEBUG_CONSOLE_PORT_NAME,
     SHARED_FS_TAG,
 )
-from shim.vmm.config import NicSpec, VMConfig
 from shim.vmm.layout import VMPaths
+from shim.vmm.vm_config import NicSpec, VMConfig
 
 AGENT_PORT_ID = "channel0"  # QMP VSERPORT_CHANGE names the port by this id
 DEBUG_CONSOLE_PORT_ID = "dbgcon0"

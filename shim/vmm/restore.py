@@ -7,11 +7,14 @@ import asyncio
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shim.vmm.errors import VMStartError
 from shim.vmm.hotplug import Step
 from shim.vmm.qmp import QMP
+
+if TYPE_CHECKING:
+    from shim.guest_agent import GuestAgent
 
 STATE_FD_NAME = "template-state"
 IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
@@ -62,18 +65,11 @@ async def hotplug(qmp: QMP, steps: list[Step]) -> None:
         await qmp.execute(step.command, step.arguments)
 
 
-async def give_identity(agent: Any, timeout: float = 10.0) -> None:
+async def give_identity(agent: GuestAgent) -> None:
     """A clone's wall clock is the template's; its RNG state is every other clone's:
     set the clock and reseed the kernel's RNG from the host's."""
-    from protos.kata import agent_pb2
-
     now = time.time_ns()
     await asyncio.gather(  # one round trip: the agent answers them in order
-        agent.SetGuestDateTime(
-            agent_pb2.SetGuestDateTimeRequest(Sec=now // 10**9, Usec=(now // 1000) % 10**6),
-            timeout=timeout,
-        ),
-        agent.ReseedRandomDev(
-            agent_pb2.ReseedRandomDevRequest(data=os.urandom(RESEED_BYTES)), timeout=timeout
-        ),
+        agent.set_guest_time(now // 10**9, (now // 1000) % 10**6),
+        agent.reseed_random(os.urandom(RESEED_BYTES)),
     )

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from shim.paths import private_dir
-from shim.vmm.config import VMConfig
 from shim.vmm.qemu_args import HOTPLUG_PORTS, kernel_cmdline
+from shim.vmm.vm_config import VMConfig
 
 # bump when the template's command line or what a clone does after restore changes
 TEMPLATE_FORMAT = 1

@@ -20,11 +20,11 @@ import structlog
 import ttrpc
 from pykata_common.contract import AGENT_VSOCK_PORT
 from shim.agent_client import AgentAddress, AgentClient
+from shim.guest_agent import GuestAgent
 from shim.vmm import hotplug, procs, qemu_args, restore
 from shim.vmm.accel import AccelChoice, choose_accel
 from shim.vmm.child import ChildProcess
 from shim.vmm.clone import Clone
-from shim.vmm.config import QBOOT, VMConfig
 from shim.vmm.confinement import QEMU_KEY, ConfinementError, refuse
 from shim.vmm.errors import AgentTimeoutError, QemuExitedError, VMError, VMStartError
 from shim.vmm.hostcaps import (
@@ -37,8 +37,9 @@ from shim.vmm.hostcaps import (
 from shim.vmm.layout import VMPaths
 from shim.vmm.qemu import launch, tail
 from shim.vmm.qmp import QMP, port_open_event
-from shim.vmm.state import StateWriter, kill_from_state, load_record
 from shim.vmm.virtiofsd import exit_reason, option_value, start_virtiofsd
+from shim.vmm.vm_config import QBOOT, VMConfig
+from shim.vmm.vm_record import StateWriter, kill_from_state, load_record
 from shim.vmm.vsock import open_vhost_vsock, vsock_available
 
 log = structlog.get_logger(__name__)
@@ -64,7 +65,7 @@ class RunningVM:
         qemu: ChildProcess,
         virtiofsd: ChildProcess | None,
         qmp: QMP,
-        agent: AgentClient,
+        agent: GuestAgent,
         accel: AccelChoice,
         timings: dict[str, float],
         restored: bool = False,
@@ -553,7 +554,7 @@ async def launch_vm(
         st.mark("agent_ready")
         if clone is not None:
             await st.guard(
-                restore.give_identity(st.agent.agent), "setting the clone's clock and RNG"
+                restore.give_identity(GuestAgent(st.agent)), "setting the clone's clock and RNG"
             )
             st.mark("identity_given")
         confinement = _check_confinement(st, seccomp, virtiofsd_args)
@@ -579,7 +580,7 @@ async def launch_vm(
         qemu=st.qemu,
         virtiofsd=st.virtiofsd,
         qmp=st.qmp,
-        agent=st.agent,
+        agent=GuestAgent(st.agent),
         accel=accel,
         timings=st.timings,
         restored=clone is not None,

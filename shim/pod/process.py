@@ -24,7 +24,7 @@ from enum import Enum
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from shim.task_service.stdio import InputCopier, OutputCopier
+from shim.pod.stdio import InputCopier, OutputCopier
 from shim.task_service.timestamps import timestamp
 
 log = structlog.get_logger(__name__)
