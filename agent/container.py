@@ -19,7 +19,7 @@ from typing import Any
 
 from agent.children import Reaper
 from agent.process import Process
-from agent.runtime import Runc, RuncError
+from agent.runtime import OciRuntime, OciRuntimeError
 from agent.stdio import ConsoleSocket, PipeSet
 from ttrpc.codes import Code
 from ttrpc.errors import TTRPCError
@@ -47,7 +47,7 @@ class Container:
         bundle: str,
         config: dict[str, Any],
         *,
-        runc: Runc,
+        runc: OciRuntime,
         reaper: Reaper,
         output_limit: int,
         consoles: str,
@@ -128,7 +128,7 @@ class Container:
         began = time.monotonic()
         try:
             await self._launch(self.init, launch, terminal=self.init.terminal)
-        except RuncError as exc:
+        except OciRuntimeError as exc:
             raise internal(f"container {self.id}: {exc}") from None
         took = time.monotonic() - began
         log.debug("container %s: %s create took %.3fs", self.id, self.runc.name, took)
@@ -140,7 +140,7 @@ class Container:
             began = time.monotonic()
             try:
                 await self.runc.start(self.id)
-            except RuncError as exc:
+            except OciRuntimeError as exc:
                 raise internal(f"container {self.id}: {exc}") from None
             self._state = RUNNING
             self.init.started = True
@@ -169,7 +169,7 @@ class Container:
 
             try:
                 await self._launch(process, launch, terminal=process.terminal)
-            except RuncError as exc:
+            except OciRuntimeError as exc:
                 raise internal(f"container {self.id}: exec {exec_id}: {exc}") from None
             finally:
                 for suffix in (".json", ".pid", ".log"):
@@ -191,7 +191,7 @@ class Container:
         log.debug("container %s: signal %d to %r (pid %d)", self.id, sig, exec_id, process.pid)
         await process.signal(sig)
         if not exec_id and self.status != STOPPED:
-            with contextlib.suppress(RuncError):
+            with contextlib.suppress(OciRuntimeError):
                 await self.runc.kill(self.id, sig, all=True)
 
     # -- whole container -------------------------------------------------------------
@@ -201,7 +201,7 @@ class Container:
                 raise precondition(f"cannot pause container {self.id}: it is {self.status}")
             try:
                 await self.runc.pause(self.id)
-            except RuncError as exc:
+            except OciRuntimeError as exc:
                 raise internal(str(exc)) from None
             self._state = PAUSED
 
@@ -211,7 +211,7 @@ class Container:
                 raise precondition(f"cannot resume container {self.id}: it is {self.status}")
             try:
                 await self.runc.resume(self.id)
-            except RuncError as exc:
+            except OciRuntimeError as exc:
                 raise internal(str(exc)) from None
             self._state = RUNNING
 
@@ -221,7 +221,7 @@ class Container:
                 raise precondition(f"cannot update container {self.id}: it is stopped")
             try:
                 await self.runc.update(self.id, resources)
-            except RuncError as exc:
+            except OciRuntimeError as exc:
                 raise internal(str(exc)) from None
 
     async def stats(self) -> dict[str, Any]:
@@ -237,10 +237,10 @@ class Container:
         ends next), close stdio, remove the bundle."""
         async with self.lock:
             if self._state == PAUSED and not self.init.has_exited:
-                with contextlib.suppress(RuncError):
+                with contextlib.suppress(OciRuntimeError):
                     await self.runc.resume(self.id)  # frozen tasks cannot die
             if not self.init.has_exited:
-                with contextlib.suppress(RuncError):
+                with contextlib.suppress(OciRuntimeError):
                     await self.runc.kill(self.id, signals.SIGKILL, all=True)
                 await self.init.signal(signals.SIGKILL)
                 if self.init.exited is not None:
@@ -254,7 +254,7 @@ class Container:
             try:
                 if runtime_records:
                     await self.runc.delete(self.id, force=True)
-            except RuncError as exc:
+            except OciRuntimeError as exc:
                 if "does not exist" not in str(exc):
                     log.warning("container %s: %s", self.id, exc)
             for process in (self.init, *self.execs.values()):

@@ -172,19 +172,53 @@ def container_config(
     return config
 
 
-def take_pod_sysctls(config: dict[str, Any]) -> dict[str, str]:
-    """Remove the `net.*` sysctls from config and return them.
+# sysctls the kernel keeps per IPC namespace (runc's and Kubernetes' list)
+IPC_SYSCTLS = frozenset({
+    "kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+    "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced",
+})
+UTS_SYSCTLS = frozenset({"kernel.hostname", "kernel.domainname"})
 
-    The network namespace is the VM's own (container_config drops the spec's),
-    shared by every container of the pod, so a network sysctl is a pod setting
-    the agent writes there itself: crun refuses `net.*` sysctls for a container
-    without a network namespace of its own (containerd 2.x's CRI sets
-    `net.ipv4.ip_unprivileged_port_start` on every pod container).
+
+def sysctl_namespace(key: str) -> str | None:
+    """The namespace a sysctl belongs to ("net", "ipc", "uts"), None: not namespaced."""
+    if key.startswith("net."):
+        return "net"
+    if key in IPC_SYSCTLS or key.startswith("fs.mqueue."):
+        return "ipc"
+    if key in UTS_SYSCTLS:
+        return "uts"
+    return None
+
+
+def take_pod_sysctls(config: dict[str, Any]) -> dict[str, str]:
+    """Remove the pod's sysctls from config and return them; refuse one that is not
+    namespaced (it would set the whole guest, agent included), as runc does.
+
+    The pod's sysctls are those of the namespaces the container shares with the agent,
+    so with every container of the pod: the network namespace is always the VM's own
+    (container_config drops the spec's; crun refuses `net.*` sysctls for a container
+    without a network namespace of its own, and containerd 2.x's CRI sets
+    `net.ipv4.ip_unprivileged_port_start` on every pod container), and the IPC
+    namespace is the VM's unless the spec asks for one of the container's own (a CRI
+    pod's containers share the VM's). The agent writes those itself; crun sets the rest
+    in the container's own namespaces.
     """
-    sysctls = config.get("linux", {}).get("sysctl") or {}
-    taken = {key: value for key, value in sysctls.items() if key.startswith("net.")}
-    for key in taken:
-        del sysctls[key]
+    linux = config.get("linux", {})
+    sysctls = linux.get("sysctl") or {}
+    own = {namespace.get("type") for namespace in linux.get("namespaces") or ()}
+    shared = {"net"} | ({"ipc"} if "ipc" not in own else set())
+    taken = {}
+    for key in list(sysctls):
+        kind = sysctl_namespace(key)
+        if kind is None:
+            raise invalid(
+                f"sysctl {key} is not namespaced: it would change the whole VM, not the "
+                "pod; only net.*, IPC (kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*) "
+                "and UTS sysctls can be set"
+            )
+        if kind in shared:
+            taken[key] = sysctls.pop(key)
     return taken
 
 

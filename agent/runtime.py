@@ -32,7 +32,7 @@ log = logging.getLogger("agent.runtime")
 RUNTIME_ENV = "PYKATA_OCI_RUNTIME"
 
 
-class RuncError(Exception):
+class OciRuntimeError(Exception):
     """The runtime failed; the message is the runtime's own."""
 
 
@@ -128,7 +128,7 @@ def sealed_copy(binary: str, folder: str) -> tuple[str, int] | None:
     return link, fd
 
 
-class Runc:
+class OciRuntime:
     """Runs an OCI runtime with runc's command line (runc or crun) and one state root."""
 
     def __init__(self, reaper: Reaper, binary: str, root: str, timeout: float = 60.0) -> None:
@@ -165,7 +165,7 @@ class Runc:
     async def _run(self, *args: str, input: bytes | None = None) -> Completed:
         done = await run(self.reaper, self._argv(*args), input=input, timeout=self.timeout)
         if done.status != 0:
-            raise RuncError(f"{self.name} {args[0]}: {done.error_text}")
+            raise OciRuntimeError(f"{self.name} {args[0]}: {done.error_text}")
         return done
 
     async def _detached(
@@ -182,7 +182,7 @@ class Runc:
         status = await self.reaper.watch(pid)
         if status != 0:
             error = last_error(log_path) or f"exit status {status}"
-            raise RuncError(f"{self.name} {args[0]}: {error}")
+            raise OciRuntimeError(f"{self.name} {args[0]}: {error}")
         with open(pid_file) as text:
             return int(text.read().strip())
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from agent.container import Container
     from agent.oom import OomWatcher
     from agent.pidns import PodPidNamespace
-    from agent.runtime import Runc
+    from agent.runtime import OciRuntime
     from agent.storage import Storages
 
 log = logging.getLogger("agent.sandbox")
@@ -51,7 +51,7 @@ class Sandbox:
     def __init__(self, config: Config, reaper: Reaper) -> None:
         self.config = config
         self.reaper = reaper
-        self._runc: Runc | None = None
+        self._runc: OciRuntime | None = None
         self.id = ""
         self.created = False
         self.containers: dict[str, Container] = {}
@@ -64,11 +64,11 @@ class Sandbox:
         self._consoles = os.path.join(config.run_dir, ".consoles")  # console sockets
 
     @property
-    def runc(self) -> Runc:
+    def runc(self) -> OciRuntime:
         if self._runc is None:
-            from agent.runtime import Runc
+            from agent.runtime import OciRuntime
 
-            self._runc = Runc(self.reaper, self.config.runc, self.config.runc_root)
+            self._runc = OciRuntime(self.reaper, self.config.runc, self.config.runc_root)
         return self._runc
 
     @property
@@ -210,7 +210,7 @@ class Sandbox:
 
         from agent import oci
         from agent.container import Container
-        from agent.runtime import RuncError
+        from agent.runtime import OciRuntimeError
 
         cid = oci.check_id("container id", request.container_id)
         if cid in self.containers or cid in self._reserved:
@@ -243,7 +243,7 @@ class Sandbox:
                 cgroup_root=self.config.cgroup_root,
             )
             if os.path.exists(container.bundle):  # left by an agent that crashed
-                with contextlib.suppress(RuncError):
+                with contextlib.suppress(OciRuntimeError):
                     await self.runc.delete(cid, force=True)
                 shutil.rmtree(container.bundle, ignore_errors=True)
             await container.create(request.exec_id or cid)

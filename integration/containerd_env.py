@@ -142,6 +142,7 @@ class PrivateContainerd:
         cwd: str | os.PathLike[str] | None = None,
         env: dict[str, str] | None = None,
         bare_python_first: bool = True,
+        config_version: int = 2,
     ) -> None:
         """``wrapper`` prefixes the command (e.g. ``["nsenter", "--net=/run/netns/x"]``);
         ``extra_toml`` is appended to config.toml (e.g. a CRI or runtime section).
@@ -173,6 +174,7 @@ class PrivateContainerd:
         self.cwd = Path(cwd) if cwd is not None else self.dir / "cwd"
         self.extra_env = dict(env or {})
         self.bare_python_first = bare_python_first
+        self.config_version = config_version  # 3: containerd 2.x's own format
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_seconds: float | None = None
         self._log_file: io.BufferedWriter | None = None
@@ -182,12 +184,13 @@ class PrivateContainerd:
     # ------------------------------------------------------------------ config
 
     def config_text(self) -> str:
-        """The config.toml (version 2) this instance runs with."""
+        """The config.toml this instance runs with (version 2, or 3 for 2.x's format:
+        these keys read the same in both)."""
         disabled = list(_UNUSED_PLUGINS)
         if not self.enable_cri:
             disabled.append(CRI_PLUGIN)
         lines = [
-            "version = 2",
+            f"version = {self.config_version}",
             f"root = {_toml_str(str(self.root))}",
             f"state = {_toml_str(str(self.state))}",
             f"temp = {_toml_str(str(self.dir / 'tmp'))}",

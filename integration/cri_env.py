@@ -119,13 +119,26 @@ class CriNode:
     """The node netns + a CRI-enabled private containerd inside it + images."""
 
     def __init__(
-        self, *, restrict_oom_score_adj: bool = True, line: str = "1.6", sandboxer: str = ""
+        self,
+        *,
+        restrict_oom_score_adj: bool = True,
+        line: str = "1.6",
+        sandboxer: str = "",
+        runtime_options: dict[str, str] | None = None,
+        runtime_toml: str = "",
+        config_version: int = 2,
     ) -> None:
         """restrict_oom_score_adj=False: CRI asks the guest for negative scores (-998 for
         the pause container), which runc on this host could not apply. ``line``: the
         containerd to run ("1.6", "1.7", "2"; 2.x migrates this version 2 config).
         ``sandboxer``: 2.x's per-runtime choice, "podsandbox" (a pause container, the
-        default) or "shim" (the pod through the shim's Sandbox API)."""
+        default) or "shim" (the pod through the shim's Sandbox API). ``runtime_options``:
+        the pykata runtime's options table (e.g. ConfigPath). ``runtime_toml``: the
+        pykata runtime's tables as given (the README's snippets), instead of ours.
+        ``config_version``: 3 writes containerd 2.x's own format (2.x migrates 2)."""
+        self.runtime_options = dict(runtime_options or {})
+        self.runtime_toml = runtime_toml
+        self.config_version = config_version
         self.restrict_oom_score_adj = restrict_oom_score_adj
         self.line = line
         self.sandboxer = sandboxer
@@ -139,7 +152,21 @@ class CriNode:
         self.images: dict[str, str] = {}
         self._netns_made = False
 
+    def pykata_toml(self, runtimes: str) -> list[str]:
+        """The pykata runtime's tables under `runtimes` (a table name less its "]")."""
+        if self.runtime_toml:
+            return [self.runtime_toml.strip()]
+        return [
+            f"{runtimes}.{RUNTIME_HANDLER}]",
+            '  runtime_type = "io.containerd.pykata.v2"',
+            *([f"  sandboxer = {_toml_str(self.sandboxer)}"] if self.sandboxer else []),
+            *([f"{runtimes}.{RUNTIME_HANDLER}.options]"] if self.runtime_options else []),
+            *[f"  {key} = {_toml_str(value)}" for key, value in self.runtime_options.items()],
+        ]
+
     def extra_toml(self) -> str:
+        if self.config_version == 3:
+            return self.extra_toml_v3()
         cri = '[plugins."io.containerd.grpc.v1.cri"]'
         runtimes = '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes'
         return "\n".join([
@@ -156,13 +183,40 @@ class CriNode:
             '  runtime_type = "io.containerd.runc.v2"',
             f"{runtimes}.runc.options]",
             f"  Root = {_toml_str(str(self.dir / 'runc'))}",
-            f"{runtimes}.{RUNTIME_HANDLER}]",
-            '  runtime_type = "io.containerd.pykata.v2"',
-            *([f"  sandboxer = {_toml_str(self.sandboxer)}"] if self.sandboxer else []),
             f'{cri[:-1]}.cni]',
             f"  bin_dir = {_toml_str(CNI_BIN_DIR)}",
             f"  conf_dir = {_toml_str(str(self.cni_conf))}",
             "  max_conf_num = 1",
+            *self.pykata_toml(runtimes),
+            "",
+        ])
+
+    def extra_toml_v3(self) -> str:
+        """The same node in containerd 2.x's `version = 3` names."""
+        images = '[plugins."io.containerd.cri.v1.images"]'
+        cri = '[plugins."io.containerd.cri.v1.runtime"]'
+        runtimes = '[plugins."io.containerd.cri.v1.runtime".containerd.runtimes'
+        return "\n".join([
+            images,
+            '  snapshotter = "overlayfs"',
+            f'{images[:-1]}.pinned_images]',
+            f"  sandbox = {_toml_str(PAUSE_IMAGE)}",
+            cri,
+            f"  restrict_oom_score_adj = {str(self.restrict_oom_score_adj).lower()}",
+            "  netns_mounts_under_state_dir = true",
+            "  disable_apparmor = true",
+            "  enable_selinux = false",
+            f'{cri[:-1]}.containerd]',
+            '  default_runtime_name = "runc"',
+            f"{runtimes}.runc]",
+            '  runtime_type = "io.containerd.runc.v2"',
+            f"{runtimes}.runc.options]",
+            f"  Root = {_toml_str(str(self.dir / 'runc'))}",
+            f'{cri[:-1]}.cni]',
+            f"  bin_dirs = [{_toml_str(CNI_BIN_DIR)}]",
+            f"  conf_dir = {_toml_str(str(self.cni_conf))}",
+            "  max_conf_num = 1",
+            *self.pykata_toml(runtimes),
             "",
         ])
 
@@ -185,6 +239,7 @@ class CriNode:
                 ctr_bin=binaries.ctr,
                 enable_cri=True,
                 extra_toml=self.extra_toml(),
+                config_version=self.config_version,
                 wrapper=["nsenter", f"--net={self.netns_path}", "--"],
                 namespace=CRI_NAMESPACE,
                 log_level="debug",

@@ -38,6 +38,8 @@ class HypervisorConfig:
     kernel_params: str = ""
     default_vcpus: int = 1
     default_memory: int = 512
+    default_maxvcpus: int = 0  # what a pod's limits may grow its VM to (0: the host's CPUs)
+    default_maxmemory: int = 0  # MiB (0: the host's memory)
     shared_fs: str = "virtio-fs"
     virtio_fs_daemon: str = "/usr/share/pykata/virtiofsd/virtiofsd"
     virtio_fs_cache: str = "auto"
@@ -77,6 +79,8 @@ class RuntimeConfig:
     create_container_timeout: float = 60.0  # seconds for the agent's CreateContainer (Kata's)
     # the shim daemon, QEMU and virtiofsd in the sandbox's cgroup (Kata's key)
     sandbox_cgroup_only: bool = True
+    # the VM is sized at creation from the pod's limits, on top of the defaults
+    static_sandbox_resource_mgmt: bool = True
 
 
 @dataclass

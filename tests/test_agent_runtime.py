@@ -86,7 +86,7 @@ def test_runtime_runs_its_sealed_copy_and_falls_back(tmp_path, monkeypatch):
     if binary is None:
         pytest.skip("needs runc or crun")
     monkeypatch.setenv("PYKATA_OCI_RUNTIME", binary)
-    driver = runtime.Runc(None, "runc", str(tmp_path / "state"))  # type: ignore[arg-type]
+    driver = runtime.OciRuntime(None, "runc", str(tmp_path / "state"))  # type: ignore[arg-type]
     assert driver.binary == binary
     assert driver.executable == str(tmp_path / "state.bin" / os.path.basename(binary))
     assert driver._argv("list")[:3] == [driver.executable, "--root", str(tmp_path / "state")]

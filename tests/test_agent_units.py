@@ -302,10 +302,32 @@ async def test_oom_watcher_v2_counts_new_kills(tmp_path, monkeypatch):
     watcher.close()
 
 
+def test_ipc_sysctls_of_a_container_sharing_the_vms_ipc_namespace_are_the_pods():
+    """A CRI pod's containers share the VM's IPC namespace: kernel.shm_rmid_forced set for
+    the pod (on its sandbox container) must hold in every container, so the agent writes
+    it where they all are."""
+    config = {"linux": {"sysctl": {"kernel.shm_rmid_forced": "1", "fs.mqueue.msg_max": "20",
+                                   "kernel.hostname": "x", "net.core.somaxconn": "512"},
+                        "namespaces": [{"type": "uts"}, {"type": "mount"}]}}
+    assert oci.take_pod_sysctls(config) == {"kernel.shm_rmid_forced": "1",
+                                            "fs.mqueue.msg_max": "20",
+                                            "net.core.somaxconn": "512"}
+    assert config["linux"]["sysctl"] == {"kernel.hostname": "x"}  # crun sets it in its uts
+
+
+@pytest.mark.parametrize("key", ["vm.swappiness", "kernel.pid_max", "fs.file-max"])
+def test_a_sysctl_that_is_not_namespaced_is_refused(key):
+    with pytest.raises(TTRPCError) as caught:
+        oci.take_pod_sysctls({"linux": {"sysctl": {key: "1"}}})
+    assert caught.value.code == Code.INVALID_ARGUMENT
+    assert f"sysctl {key} is not namespaced" in caught.value.message
+
+
 def test_network_sysctls_are_the_pods_and_written_by_the_agent(tmp_path):
     """crun refuses net.* sysctls without a netns of the container's own; the VM's is the pod's."""
     config = {"linux": {"sysctl": {"net.ipv4.ip_unprivileged_port_start": "0",
-                                   "kernel.shm_rmid_forced": "1"}}}
+                                   "kernel.shm_rmid_forced": "1"},
+                        "namespaces": [{"type": "ipc"}]}}
     taken = oci.take_pod_sysctls(config)
     assert taken == {"net.ipv4.ip_unprivileged_port_start": "0"}
     assert config["linux"]["sysctl"] == {"kernel.shm_rmid_forced": "1"}

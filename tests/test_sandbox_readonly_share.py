@@ -100,6 +100,41 @@ def test_a_share_is_named_with_safe_characters_only(tmp_path, monkeypatch):
     monkeypatch.setattr(
         sandbox.shared, "share_dir", lambda cid, name, source, readonly: named.append(name)
     )
-    for source in ("/v/a b\tc\\d\ne", "/v/" + "x" * 300, "/", "/v/.."):
+    for source in ("/v/a b\tc\\d\ne", "/v/" + "x" * 300, "/v/.."):
         sandbox.share_mount("c1", 0, source)
-    assert named == ["mount-0-a_b_c_d_e", "mount-0-" + "x" * 64, "mount-0-root", "mount-0-.."]
+    assert named == ["mount-0-a_b_c_d_e", "mount-0-" + "x" * 64, "mount-0-.."]
+    sandbox.share_mount("c1", 0, "/")  # a folder: the pod's, named by a digest + its base
+    assert named[-1].endswith("-root") and set(named[-1][:-5]) <= set("0123456789abcdef")
+
+
+def test_a_folder_is_shared_once_for_the_whole_pod(tmp_path, monkeypatch):
+    """Two containers mounting one emptyDir see one filesystem in the guest (one share,
+    one guest path); read-only and writable mounts of it are two shares; files are each
+    container's own."""
+    from shim import paths
+    from shim.config import Config
+    from shim.sandbox.sandbox import POD_VOLUMES, Sandbox
+
+    monkeypatch.setattr(paths, "STATE_ROOT", tmp_path)
+    sandbox = Sandbox("ns", "pod", Config())
+    shares = []
+
+    def share_dir(cid, name, source, readonly):
+        shares.append((cid, name, readonly))
+        return f"/guest/{cid}/{name}"
+
+    monkeypatch.setattr(sandbox.shared, "share_dir", share_dir)
+    volume = tmp_path / "pods" / "uid" / "volumes" / "kubernetes.io~empty-dir" / "cache"
+    volume.mkdir(parents=True)
+    termination = tmp_path / "termination-log"
+    termination.touch()
+    first = sandbox.share_mount("one", 3, str(volume))
+    second = sandbox.share_mount("two", 5, str(volume) + "/")
+    readonly = sandbox.share_mount("two", 6, str(volume), readonly=True)
+    assert first == second != readonly
+    assert [(cid, ro) for cid, _, ro in shares] == [(POD_VOLUMES, False), (POD_VOLUMES, True)]
+    assert shares[0][1].endswith("-cache")
+    sandbox.share_mount("one", 4, str(termination))
+    sandbox.share_mount("two", 7, str(termination))
+    assert shares[2:] == [("one", "mount-4-termination-log", False),
+                          ("two", "mount-7-termination-log", False)]

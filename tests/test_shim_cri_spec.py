@@ -2,7 +2,7 @@
 (/proc/<sandbox pid>/ns/...) never reach the guest; a pod-shared pid namespace becomes
 the agent's sandbox_pidns."""
 
-from shim.pod.container import Container, shares_pod_pidns
+from shim.pod.container import Container, PodGifts, shares_pod_pidns
 from shim.pod.process import Process, Stdio
 
 SANDBOX = {"io.kubernetes.cri.container-type": "sandbox"}
@@ -25,9 +25,11 @@ def guest_namespaces(spec):
 
 
 def test_the_sandbox_container_keeps_its_new_namespaces_and_holds_the_pidns():
+    """...but the IPC one: the pod's is the VM's, where its apps are (their specs name
+    the sandbox's by a host path), so that the pod's IPC sysctls reach them."""
     spec = cri_spec(SANDBOX, [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
                     + [{"type": "network", "path": "/var/run/netns/cni-1"}])
-    assert guest_namespaces(spec) == [("pid", ""), ("ipc", ""), ("uts", ""), ("mount", "")]
+    assert guest_namespaces(spec) == [("pid", ""), ("uts", ""), ("mount", "")]
     assert shares_pod_pidns(spec)
 
 
@@ -53,5 +55,16 @@ def test_an_app_container_with_its_own_pidns_does_not_join_the_pod_one():
 def test_a_hostname_without_a_uts_namespace_gets_one_in_the_guest():
     spec = cri_spec(SANDBOX, [{"type": "pid"}, {"type": "ipc"}])  # CRI, hostNetwork pod
     spec["hostname"] = "node-1"
-    assert guest_namespaces(spec) == [("pid", ""), ("ipc", ""), ("uts", "")]
+    assert guest_namespaces(spec) == [("pid", ""), ("uts", "")]
     assert guest_namespaces(cri_spec(APP, [{"type": "uts", "path": "/proc/42/ns/uts"}])) == []
+
+
+def test_the_pods_sysctls_are_given_where_the_spec_sets_none():
+    """A Sandbox API pod has no sandbox container to carry them: each container gets them."""
+    spec = cri_spec(APP, [])
+    spec["linux"]["sysctl"] = {"net.ipv4.ping_group_range": "0 0"}
+    container = Container("c1", "/b", spec, Process("c1", "", 1, Stdio("", "", "", False)))
+    gifts = PodGifts(sysctls={"kernel.shm_rmid_forced": "1", "net.ipv4.ping_group_range": "1 1"})
+    guest = container.guest_spec("/rootfs", share=None, given=gifts)
+    assert dict(guest.Linux.Sysctl) == {"kernel.shm_rmid_forced": "1",
+                                        "net.ipv4.ping_group_range": "0 0"}

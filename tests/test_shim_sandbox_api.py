@@ -147,8 +147,42 @@ def test_pod_files_give_containers_a_hostname_hosts_and_resolver(tmp_path):
     assert Path(made["/etc/hostname"]).read_text() == "h1\n"
     assert "127.0.1.1\th1" in Path(made["/etc/hosts"]).read_text()
     assert Path(made["/etc/resolv.conf"]).read_text() == "nameserver 198.18.0.53\n"
-    bare = cri.write_pod_files(tmp_path / "bare", "", [])
+    bare = cri.write_pod_files(tmp_path / "bare", "", [], host_resolv=str(tmp_path / "none"))
     assert sorted(bare) == ["/etc/hosts"]
+
+
+def test_a_pod_without_dns_config_gets_the_hosts_resolver(tmp_path):
+    """As containerd gives a pause-container pod: a copy of the host's resolv.conf."""
+    host = tmp_path / "resolv.conf"
+    host.write_text("nameserver 198.18.0.1\nsearch node.test\n")
+    made = cri.write_pod_files(tmp_path / "pod", "h1", [], host_resolv=str(host))
+    assert Path(made["/etc/resolv.conf"]).read_text() == host.read_text()
+
+
+async def test_a_create_sandbox_that_failed_lets_shutdown_end_the_daemon(services, tmp_path):
+    """containerd calls ShutdownSandbox after a failed CreateSandbox: the daemon must end,
+    or it is left behind forever."""
+    stub, _, _, shutdown = services
+    missing = Any(type_url="runtime.v1.PodSandboxConfig", value=b"\xff\xff")
+    code, _ = await code_of(stub.CreateSandbox(
+        sapi.CreateSandboxRequest(sandbox_id="pod1", options=missing)))
+    assert code == Code.INVALID_ARGUMENT
+    code, _ = await code_of(stub.ShutdownSandbox(sapi.ShutdownSandboxRequest(sandbox_id="pod2")))
+    assert code == Code.NOT_FOUND and not shutdown.is_set()  # another's: not ours to end
+    await stub.ShutdownSandbox(sapi.ShutdownSandboxRequest(sandbox_id="pod1"))
+    assert shutdown.is_set()
+
+
+def test_the_pods_sysctls_and_files_are_given_to_each_container(tmp_path):
+    request = sapi.CreateSandboxRequest(sandbox_id="pod1", options=_pod_options(
+        hostname="h1", linux=cri_pod_pb2.LinuxPodSandboxConfig(
+            sysctls={"kernel.shm_rmid_forced": "1", "net.ipv4.ip_local_port_range": "1 2"})))
+    asked = cri.cri_pod(request, "ns", parse_config(""))
+    gifts = asked.gifts(tmp_path / "pod")
+    assert gifts.sysctls == {"kernel.shm_rmid_forced": "1",
+                             "net.ipv4.ip_local_port_range": "1 2"}
+    assert "/etc/hostname" in gifts.files
+    assert asked.settings.hostname == "h1" and asked.settings.sandbox_id == "pod1"
 
 
 @pytest.mark.parametrize(("pid", "shared"), [

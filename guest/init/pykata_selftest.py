@@ -23,7 +23,8 @@ import os
 import sys
 import time
 
-_SHARE_TAG = "kataShared"
+from pykata_common.contract import SHARED_FS_TAG as _SHARE_TAG  # shipped beside this file
+
 _SHARE_FILE = "pykata-selftest.txt"
 
 

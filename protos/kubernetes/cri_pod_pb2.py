@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/kubernetes/cri_pod.proto\x12\npykata.cri\"S\n\x12PodSandboxMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\"?\n\tDNSConfig\x12\x0f\n\x07servers\x18\x01 \x03(\t\x12\x10\n\x08searches\x18\x02 \x03(\t\x12\x0f\n\x07options\x18\x03 \x03(\t\"\xa0\x01\n\x0fNamespaceOption\x12*\n\x07network\x18\x01 \x01(\x0e\x32\x19.pykata.cri.NamespaceMode\x12&\n\x03pid\x18\x02 \x01(\x0e\x32\x19.pykata.cri.NamespaceMode\x12&\n\x03ipc\x18\x03 \x01(\x0e\x32\x19.pykata.cri.NamespaceMode\x12\x11\n\ttarget_id\x18\x04 \x01(\t\"U\n\x1bLinuxSandboxSecurityContext\x12\x36\n\x11namespace_options\x18\x01 \x01(\x0b\x32\x1b.pykata.cri.NamespaceOption\"\xe2\x01\n\x15LinuxPodSandboxConfig\x12\x15\n\rcgroup_parent\x18\x01 \x01(\t\x12\x41\n\x10security_context\x18\x02 \x01(\x0b\x32\'.pykata.cri.LinuxSandboxSecurityContext\x12?\n\x07sysctls\x18\x03 \x03(\x0b\x32..pykata.cri.LinuxPodSandboxConfig.SysctlsEntry\x1a.\n\x0cSysctlsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xab\x03\n\x10PodSandboxConfig\x12\x30\n\x08metadata\x18\x01 \x01(\x0b\x32\x1e.pykata.cri.PodSandboxMetadata\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x15\n\rlog_directory\x18\x03 \x01(\t\x12)\n\ndns_config\x18\x04 \x01(\x0b\x32\x15.pykata.cri.DNSConfig\x12\x38\n\x06labels\x18\x06 \x03(\x0b\x32(.pykata.cri.PodSandboxConfig.LabelsEntry\x12\x42\n\x0b\x61nnotations\x18\x07 \x03(\x0b\x32-.pykata.cri.PodSandboxConfig.AnnotationsEntry\x12\x30\n\x05linux\x18\x08 \x01(\x0b\x32!.pykata.cri.LinuxPodSandboxConfig\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*=\n\rNamespaceMode\x12\x07\n\x03POD\x10\x00\x12\r\n\tCONTAINER\x10\x01\x12\x08\n\x04NODE\x10\x02\x12\n\n\x06TARGET\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/kubernetes/cri_pod.proto\x12\npykata.cri\"S\n\x12PodSandboxMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\"?\n\tDNSConfig\x12\x0f\n\x07servers\x18\x01 \x03(\t\x12\x10\n\x08searches\x18\x02 \x03(\t\x12\x0f\n\x07options\x18\x03 \x03(\t\"\xa0\x01\n\x0fNamespaceOption\x12*\n\x07network\x18\x01 \x01(\x0e\x32\x19.pykata.cri.NamespaceMode\x12&\n\x03pid\x18\x02 \x01(\x0e\x32\x19.pykata.cri.NamespaceMode\x12&\n\x03ipc\x18\x03 \x01(\x0e\x32\x19.pykata.cri.NamespaceMode\x12\x11\n\ttarget_id\x18\x04 \x01(\t\"U\n\x1bLinuxSandboxSecurityContext\x12\x36\n\x11namespace_options\x18\x01 \x01(\x0b\x32\x1b.pykata.cri.NamespaceOption\"s\n\x17LinuxContainerResources\x12\x12\n\ncpu_period\x18\x01 \x01(\x03\x12\x11\n\tcpu_quota\x18\x02 \x01(\x03\x12\x12\n\ncpu_shares\x18\x03 \x01(\x03\x12\x1d\n\x15memory_limit_in_bytes\x18\x04 \x01(\x03\"\xd1\x02\n\x15LinuxPodSandboxConfig\x12\x15\n\rcgroup_parent\x18\x01 \x01(\t\x12\x41\n\x10security_context\x18\x02 \x01(\x0b\x32\'.pykata.cri.LinuxSandboxSecurityContext\x12?\n\x07sysctls\x18\x03 \x03(\x0b\x32..pykata.cri.LinuxPodSandboxConfig.SysctlsEntry\x12\x35\n\x08overhead\x18\x04 \x01(\x0b\x32#.pykata.cri.LinuxContainerResources\x12\x36\n\tresources\x18\x05 \x01(\x0b\x32#.pykata.cri.LinuxContainerResources\x1a.\n\x0cSysctlsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xab\x03\n\x10PodSandboxConfig\x12\x30\n\x08metadata\x18\x01 \x01(\x0b\x32\x1e.pykata.cri.PodSandboxMetadata\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x15\n\rlog_directory\x18\x03 \x01(\t\x12)\n\ndns_config\x18\x04 \x01(\x0b\x32\x15.pykata.cri.DNSConfig\x12\x38\n\x06labels\x18\x06 \x03(\x0b\x32(.pykata.cri.PodSandboxConfig.LabelsEntry\x12\x42\n\x0b\x61nnotations\x18\x07 \x03(\x0b\x32-.pykata.cri.PodSandboxConfig.AnnotationsEntry\x12\x30\n\x05linux\x18\x08 \x01(\x0b\x32!.pykata.cri.LinuxPodSandboxConfig\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*=\n\rNamespaceMode\x12\x07\n\x03POD\x10\x00\x12\r\n\tCONTAINER\x10\x01\x12\x08\n\x04NODE\x10\x02\x12\n\n\x06TARGET\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PODSANDBOXCONFIG_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_PODSANDBOXCONFIG_ANNOTATIONSENTRY']._loaded_options = None
   _globals['_PODSANDBOXCONFIG_ANNOTATIONSENTRY']._serialized_options = b'8\001'
-  _globals['_NAMESPACEMODE']._serialized_start=1106
-  _globals['_NAMESPACEMODE']._serialized_end=1167
+  _globals['_NAMESPACEMODE']._serialized_start=1334
+  _globals['_NAMESPACEMODE']._serialized_end=1395
   _globals['_PODSANDBOXMETADATA']._serialized_start=47
   _globals['_PODSANDBOXMETADATA']._serialized_end=130
   _globals['_DNSCONFIG']._serialized_start=132
@@ -47,14 +47,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NAMESPACEOPTION']._serialized_end=358
   _globals['_LINUXSANDBOXSECURITYCONTEXT']._serialized_start=360
   _globals['_LINUXSANDBOXSECURITYCONTEXT']._serialized_end=445
-  _globals['_LINUXPODSANDBOXCONFIG']._serialized_start=448
-  _globals['_LINUXPODSANDBOXCONFIG']._serialized_end=674
-  _globals['_LINUXPODSANDBOXCONFIG_SYSCTLSENTRY']._serialized_start=628
-  _globals['_LINUXPODSANDBOXCONFIG_SYSCTLSENTRY']._serialized_end=674
-  _globals['_PODSANDBOXCONFIG']._serialized_start=677
-  _globals['_PODSANDBOXCONFIG']._serialized_end=1104
-  _globals['_PODSANDBOXCONFIG_LABELSENTRY']._serialized_start=1007
-  _globals['_PODSANDBOXCONFIG_LABELSENTRY']._serialized_end=1052
-  _globals['_PODSANDBOXCONFIG_ANNOTATIONSENTRY']._serialized_start=1054
-  _globals['_PODSANDBOXCONFIG_ANNOTATIONSENTRY']._serialized_end=1104
+  _globals['_LINUXCONTAINERRESOURCES']._serialized_start=447
+  _globals['_LINUXCONTAINERRESOURCES']._serialized_end=562
+  _globals['_LINUXPODSANDBOXCONFIG']._serialized_start=565
+  _globals['_LINUXPODSANDBOXCONFIG']._serialized_end=902
+  _globals['_LINUXPODSANDBOXCONFIG_SYSCTLSENTRY']._serialized_start=856
+  _globals['_LINUXPODSANDBOXCONFIG_SYSCTLSENTRY']._serialized_end=902
+  _globals['_PODSANDBOXCONFIG']._serialized_start=905
+  _globals['_PODSANDBOXCONFIG']._serialized_end=1332
+  _globals['_PODSANDBOXCONFIG_LABELSENTRY']._serialized_start=1235
+  _globals['_PODSANDBOXCONFIG_LABELSENTRY']._serialized_end=1280
+  _globals['_PODSANDBOXCONFIG_ANNOTATIONSENTRY']._serialized_start=1282
+  _globals['_PODSANDBOXCONFIG_ANNOTATIONSENTRY']._serialized_end=1332
 # @@protoc_insertion_point(module_scope)

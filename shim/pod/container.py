@@ -46,6 +46,16 @@ def shares_pod_pidns(spec: dict[str, Any]) -> bool:
     return any(ns.get("type") == "pid" and ns.get("path") for ns in namespaces)
 
 
+@dataclass(frozen=True)
+class PodGifts:
+    """What a pod without a pause container (the Sandbox API's) gives each container
+    that does not set it itself: files (destination -> host file, bound in: the pod's
+    hostname, hosts and resolver) and the pod's sysctls."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    sysctls: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class Container:
     """A container of the sandbox, with its init process and its execs."""
@@ -83,12 +93,13 @@ class Container:
         return shares_pod_pidns(self.spec)
 
     def guest_spec(
-        self, guest_root: str, share: Share | None, pod_files: dict[str, str] | None = None
+        self, guest_root: str, share: Share | None, given: PodGifts | None = None
     ) -> Any:
         """The container's OCI spec as the guest must see it (Kata's grpc.Spec); its bind
-        sources are shared on the way (read-only where the mount is). `pod_files`:
-        destination -> host file, bound where the spec has no such mount. SpecError for
-        a spec the guest cannot be given."""
+        sources are shared on the way (read-only where the mount is). `given`: what the
+        pod gives every container that does not set it itself. SpecError for a spec the
+        guest cannot be given."""
+        given = given or PodGifts()
         spec = json.loads(json.dumps(self.spec))  # deep copy
         spec.setdefault("root", {})["path"] = guest_root
         spec.pop("hooks", None)  # host hooks cannot run in the guest
@@ -97,12 +108,18 @@ class Container:
         # given by path names a host process's (CRI: /proc/<sandbox pid>/ns/ipc, which is
         # QEMU's): ipc and uts are then the VM's own, shared by every container of the
         # pod; a pod-shared pid namespace is the sandbox container's in the guest
-        # (CreateContainerRequest.sandbox_pidns, see shares_pod_pidns).
+        # (CreateContainerRequest.sandbox_pidns, see shares_pod_pidns). CRI's sandbox
+        # container shares the VM's IPC namespace too, so that the pod's IPC sysctls,
+        # which CRI sets on it, hold in every container (the agent writes them there).
         linux["namespaces"] = [
             ns
             for ns in linux.get("namespaces") or []
-            if ns.get("type") != "network" and not ns.get("path")
+            if ns.get("type") != "network"
+            and not ns.get("path")
+            and not (ns.get("type") == "ipc" and self.is_sandbox)
         ]
+        if given.sysctls:
+            linux["sysctl"] = {**given.sysctls, **(linux.get("sysctl") or {})}
         if spec.get("hostname") and not any(ns["type"] == "uts" for ns in linux["namespaces"]):
             # CRI's host-network sandbox names the node's UTS namespace by leaving it out,
             # yet sets a hostname: in the guest that needs a UTS namespace of its own
@@ -111,7 +128,7 @@ class Container:
             self._shared_mount(index, entry, share)
             for index, entry in enumerate(spec.get("mounts") or [])
         ]
-        for destination, source in (pod_files or {}).items():
+        for destination, source in given.files.items():
             if not any(entry.get("destination") == destination for entry in mounts):
                 assert share is not None
                 shared = share.share_mount(self.id, len(mounts), source)

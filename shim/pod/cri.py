@@ -11,10 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from protos.kubernetes import cri_pod_pb2
+from shim.config import Config
+from shim.pod import sizing
+from shim.pod.container import PodGifts
 from shim.pod.errors import InvalidRequest
+from shim.pod.pod import PodSettings
 from shim.sandbox.cgroup import sandbox_cgroup_path
 
 POD_CONFIG_TYPE = "runtime.v1.PodSandboxConfig"
+HOST_RESOLV_CONF = "/etc/resolv.conf"
+MAX_RESOLV_CONF = 64 << 10
 
 
 def pod_cgroup_path(cgroup_parent: str, namespace: str, sandbox_id: str) -> str:
@@ -66,18 +72,31 @@ def dns_lines(config: cri_pod_pb2.PodSandboxConfig) -> list[str]:
     return lines
 
 
+def pod_limits(request: Any, config: cri_pod_pb2.PodSandboxConfig) -> sizing.PodLimits | None:
+    """The pod's totals: the sandbox annotations containerd may pass, else kubelet's
+    PodSandboxConfig.linux.resources."""
+    found = sizing.from_annotations(dict(request.annotations))
+    if found is None and config.linux.HasField("resources"):
+        found = sizing.from_cri(config.linux.resources)
+    return found
+
+
 def pod_labels(config: cri_pod_pb2.PodSandboxConfig) -> dict[str, str]:
     """kata-monitor's labels for the pod's metrics."""
     meta = config.metadata
     return {"cri_name": meta.name, "cri_namespace": meta.namespace, "cri_uid": meta.uid}
 
 
-def write_pod_files(folder: Path, hostname: str, dns: list[str]) -> dict[str, str]:
-    """/etc/hostname, /etc/hosts and (with DNS) /etc/resolv.conf for the pod's containers.
+def write_pod_files(
+    folder: Path, hostname: str, dns: list[str], host_resolv: str = HOST_RESOLV_CONF
+) -> dict[str, str]:
+    """/etc/hostname, /etc/hosts and /etc/resolv.conf for the pod's containers.
 
     containerd 2.x's shim sandboxer makes none of the files its pause-container
     sandboxer makes under CRI's sandbox dir, so the containers of such a pod
-    would have no resolver: the shim writes them and binds them into each one.
+    would have no resolver: the shim writes them and binds them into each one. A pod
+    without a DNS config gets a copy of the host's resolv.conf, as containerd gives
+    one (none if the host has none).
     """
     folder.mkdir(mode=0o755, parents=True, exist_ok=True)
     files = {"/etc/hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"}
@@ -86,12 +105,50 @@ def write_pod_files(folder: Path, hostname: str, dns: list[str]) -> dict[str, st
         files["/etc/hosts"] += f"127.0.1.1\t{hostname}\n"
     if dns:
         files["/etc/resolv.conf"] = "\n".join(dns) + "\n"
+    else:
+        try:
+            with open(host_resolv, encoding="utf-8", errors="replace") as f:
+                files["/etc/resolv.conf"] = f.read(MAX_RESOLV_CONF)
+        except OSError:
+            pass
     made = {}
     for destination, text in files.items():
         path = folder / os.path.basename(destination)
         path.write_text(text)
         made[destination] = str(path)
     return made
+
+
+@dataclass(frozen=True)
+class CriPod:
+    """What CreateSandbox asked for: the VM's settings and what the containers get."""
+
+    settings: PodSettings
+    labels: dict[str, str]  # kata-monitor's, for the pod's metrics
+    sysctls: dict[str, str]
+
+    def gifts(self, folder: Path) -> PodGifts:
+        """What each of the pod's containers gets (written under `folder`)."""
+        files = write_pod_files(folder, self.settings.hostname, list(self.settings.dns))
+        return PodGifts(files=files, sysctls=dict(self.sysctls))
+
+
+def cri_pod(
+    request: Any, namespace: str, config: Config
+) -> CriPod:
+    """The pod a Sandbox API CreateSandboxRequest asks for, under `config`."""
+    cri = pod_config(request.options)
+    settings = PodSettings(
+        sandbox_id=request.sandbox_id,
+        config=config,
+        netns=request.netns_path or None,
+        hostname=cri.hostname,
+        dns=tuple(dns_lines(cri)),
+        cgroup_path=pod_cgroup_path(cri.linux.cgroup_parent, namespace, request.sandbox_id),
+        sandbox_pidns=shares_pid_namespace(request.options, cri),
+        limits=pod_limits(request, cri),
+    )
+    return CriPod(settings, pod_labels(cri), dict(cri.linux.sysctls))
 
 
 @dataclass

@@ -23,8 +23,8 @@ from shim.guest_agent import GuestAgent
 from shim.netns.nsenter import NetnsRefused
 from shim.oci import SpecError, process_to_kata, resources_to_kata
 from shim.paths import CONTAINER_TYPE_ANNOTATION, check_identifier, group_of
-from shim.pod import process_io
-from shim.pod.container import Container
+from shim.pod import process_io, sizing
+from shim.pod.container import Container, PodGifts
 from shim.pod.errors import (
     AlreadyExists,
     HostFailure,
@@ -35,6 +35,7 @@ from shim.pod.errors import (
 )
 from shim.pod.events import DEAD_VM_STATUS, PodDied, ProcessExited, Report
 from shim.pod.process import NEVER_STARTED_STATUS, Process, ProcessStateError, State, Stdio
+from shim.pod.sizing import PodLimits, VMSize, vm_size
 from shim.pod.watch import PodWatchers
 from shim.sandbox.cgroup import CgroupError, sandbox_cgroup_path
 from shim.sandbox.mounts import MountError, MountSpec
@@ -68,6 +69,12 @@ class PodSettings:
     dns: tuple[str, ...] = ()
     cgroup_path: str | None = None
     sandbox_pidns: bool = False  # the agent makes the pod's pid namespace (no pause)
+    limits: PodLimits | None = None  # what the pod is limited to: the VM grows by it
+
+    def vm_size(self) -> VMSize:
+        runtime = self.config.runtime
+        return vm_size(self.config.hypervisor, self.limits,
+                       static=runtime.static_sandbox_resource_mgmt)
 
 
 def settings_from_spec(
@@ -75,6 +82,10 @@ def settings_from_spec(
 ) -> PodSettings:
     """A pod booted for its first container (a pause container, or a lone `ctr run`)."""
     sandbox_id = group_of(spec, container_id)
+    annotations = spec.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise SpecError("annotations must be an object")
+    limits = sizing.from_annotations(annotations) or sizing.from_spec(spec)
     return PodSettings(
         sandbox_id=sandbox_id,
         config=load_config(*options),
@@ -84,6 +95,7 @@ def settings_from_spec(
             (spec.get("linux") or {}).get("cgroupsPath"),
             default=f"/pykata/{namespace}/{sandbox_id}",
         ),
+        limits=limits,
     )
 
 
@@ -98,9 +110,9 @@ class Pod:
         # True when containerd's Sandbox API made the pod (CRI `sandboxer = "shim"`):
         # then it outlives its containers and only the Sandbox API ends it
         self.owned_by_sandbox_api = False
-        # destination -> host file, bound into every container that has no such mount:
-        # what kubelet's files under CRI's sandbox dir are to a pause-container pod
-        self.pod_files: dict[str, str] = {}
+        # what the Sandbox API's pod gives each container (a pause container's pod has
+        # kubelet's files and CRI's sysctls on its sandbox container instead)
+        self.gifts = PodGifts()
         # containers deleted lately: an OOM kill the guest reports after containerd
         # deleted the task (its exit and the OOM event race) still reaches containerd
         self.recently_deleted: collections.deque[str] = collections.deque(maxlen=64)
@@ -142,17 +154,19 @@ class Pod:
         if self.monitor is not None:
             self.monitor.pod_metadata = dict(labels)
 
-    def bind_pod_files(self, files: dict[str, str]) -> None:
-        """Bind these host files (destination -> file) into every later container that has
-        no mount there: the pod's hostname, hosts and resolver without a pause container."""
-        self.pod_files = dict(files)
+    def give_containers(self, gifts: PodGifts) -> None:
+        """Give every later container these files and sysctls where it sets none itself:
+        what a pod without a pause container has for its hostname, resolver and
+        sysctls."""
+        self.gifts = gifts
 
     # -- the VM ------------------------------------------------------------------------
     async def boot(self, settings: PodSettings) -> Sandbox:
         """Boot the pod's VM (for its first container, or for the Sandbox API)."""
         sandbox = Sandbox(self.namespace, settings.sandbox_id, settings.config)
+        size = settings.vm_size()
         log.info("starting sandbox VM", sandbox=settings.sandbox_id,
-                 config=settings.config.source)
+                 config=settings.config.source, vcpus=size.vcpus, memory_mib=size.memory_mib)
         try:
             await sandbox.start(
                 netns=settings.netns,
@@ -160,6 +174,7 @@ class Pod:
                 dns=list(settings.dns),
                 cgroup_path=settings.cgroup_path,
                 sandbox_pidns=settings.sandbox_pidns,
+                size=(size.vcpus, size.memory_mib),
             )
         except (NetnsRefused, ConfinementError, CgroupError):
             raise  # the edge gives them their own codes
@@ -250,7 +265,7 @@ class Pod:
         assert sandbox is not None and sandbox.agent is not None
         try:
             guest_root = sandbox.add_container(container.id, container.bundle, container.rootfs)
-            guest_spec = container.guest_spec(guest_root, sandbox, self.pod_files)
+            guest_spec = container.guest_spec(guest_root, sandbox, self.gifts)
         except MountError as exc:
             sandbox.remove_container(container.id)
             raise InvalidRequest(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 from typing import Any
@@ -25,14 +26,22 @@ log = structlog.get_logger(__name__)
 
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+# the share's folder for the pod's volumes: no container id starts with a dot
+POD_VOLUMES = ".volumes"
 
 
 class SandboxError(Exception):
     """Starting or changing the sandbox failed; the message names the cause."""
 
 
-def vm_config(config: Config, netns: str | None, nics: list[Any] | None = None) -> Any:
-    """The vmm layer's VMConfig from our configuration (and the pod network's NICs)."""
+def vm_config(
+    config: Config,
+    netns: str | None,
+    nics: list[Any] | None = None,
+    size: tuple[int, int] | None = None,
+) -> Any:
+    """The vmm layer's VMConfig from our configuration (and the pod network's NICs, and
+    the VM's (vcpus, memory MiB) when the pod's limits sized it)."""
     from shim.vmm import VMConfig
 
     hv = config.hypervisor
@@ -42,8 +51,8 @@ def vm_config(config: Config, netns: str | None, nics: list[Any] | None = None) 
         initrd=hv.initrd,
         image=hv.image or None,
         machine_type=hv.machine_type,
-        vcpus=hv.default_vcpus,
-        memory_mib=hv.default_memory,
+        vcpus=size[0] if size else hv.default_vcpus,
+        memory_mib=size[1] if size else hv.default_memory,
         kernel_params=hv.kernel_params.split(),
         debug=hv.enable_debug or config.agent.enable_debug,
         shared_fs=hv.shared_fs,
@@ -78,6 +87,7 @@ class Sandbox:
         self.network: Any = None  # shim.netns.pod.PodNetwork
         self.cgroup: Any = None  # shim.sandbox.cgroup.PodCgroup the daemon joined
         self._stopped = False
+        self._volumes: dict[tuple[str, bool], str] = {}  # (host folder, ro) -> guest path
 
     @property
     def pid(self) -> int:
@@ -92,6 +102,7 @@ class Sandbox:
         dns: list[str] | None = None,
         cgroup_path: str | None = None,
         sandbox_pidns: bool = False,
+        size: tuple[int, int] | None = None,
     ) -> None:
         """Boot the VM and create the agent's sandbox; on failure undo everything.
 
@@ -100,7 +111,8 @@ class Sandbox:
         cgroup, which this daemon joins before starting virtiofsd and QEMU when
         [runtime] sandbox_cgroup_only is on (None: they stay where the daemon is);
         sandbox_pidns: the agent makes the pod-shared pid namespace itself (no pause
-        container will hold one: the Sandbox API).
+        container will hold one: the Sandbox API); size: (vcpus, memory MiB), else the
+        configured defaults.
         """
         if netns is not None:
             from shim.netns.nsenter import check_pod_netns
@@ -125,11 +137,11 @@ class Sandbox:
                 netns=netns,
                 state_dir=self.state_dir,
                 sandbox_id=self.id,
-                vcpus=self.config.hypervisor.default_vcpus,
+                vcpus=size[0] if size else self.config.hypervisor.default_vcpus,
             )
             try:
                 self.vm = await start_vm(
-                    vm_config(self.config, netns, self.network.nics),
+                    vm_config(self.config, netns, self.network.nics, size),
                     self.state_dir,
                     self.shared.shared,
                 )
@@ -187,11 +199,26 @@ class Sandbox:
         self, container_id: str, index: int, source: str, *, readonly: bool = False
     ) -> str:
         """Share a bind mount's host source with the guest (read-only on the host when
-        the mount is); its guest path."""
+        the mount is); its guest path.
+
+        A folder is the pod's: shared once, however many of its containers mount it (a
+        kubelet emptyDir, any volume), so that it is one filesystem in the guest and a
+        socket, a lock or an inotify watch works across them. It stays until the pod
+        ends. A file is each container's own (termination logs, /etc/hosts)."""
         # the name is the spec's: only safe characters, short enough for any filesystem
         base = _UNSAFE_NAME.sub("_", os.path.basename(source.rstrip("/")))[:64] or "root"
-        name = f"mount-{index}-{base}"
-        return self.shared.share_dir(container_id, name, source, readonly=readonly)
+        if not os.path.isdir(source):
+            name = f"mount-{index}-{base}"
+            return self.shared.share_dir(container_id, name, source, readonly=readonly)
+        key = (os.path.realpath(source), readonly)
+        shared = self._volumes.get(key)
+        if shared is None:
+            digest = hashlib.sha256(f"{key[0]}\0{readonly}".encode()).hexdigest()[:12]
+            shared = self.shared.share_dir(
+                POD_VOLUMES, f"{digest}-{base}", source, readonly=readonly
+            )
+            self._volumes[key] = shared
+        return shared
 
     def _join_cgroup(self, path: str) -> None:
         from shim.sandbox.cgroup import PodCgroup

@@ -62,7 +62,8 @@ class SandboxService:
         self.pod = pod
         self._shutdown = shutdown
         self._options = start_options()
-        self._settings: PodSettings | None = None  # what CreateSandbox asked for
+        self._asked: cri.CriPod | None = None  # what CreateSandbox asked for
+        self._failed: str = ""  # the id of a CreateSandbox that failed
         self._life = cri.PodLife()
         self._lock = asyncio.Lock()
 
@@ -72,35 +73,31 @@ class SandboxService:
 
     def _known(self, sandbox_id: str) -> PodSettings:
         check_identifier("sandbox id", sandbox_id)
-        if self._settings is None or self._settings.sandbox_id != sandbox_id:
+        if self._asked is None or self._asked.settings.sandbox_id != sandbox_id:
             raise TTRPCError(Code.NOT_FOUND, f"sandbox {sandbox_id} not found")
-        return self._settings
+        return self._asked.settings
 
     def _running(self) -> bool:
         sandbox = self.pod.sandbox
-        return (sandbox is not None and self._settings is not None
-                and sandbox.id == self._settings.sandbox_id and not self._life.stopped.is_set())
+        return (sandbox is not None and self._asked is not None
+                and sandbox.id == self._asked.settings.sandbox_id
+                and not self._life.stopped.is_set())
 
     async def CreateSandbox(self, request: api.CreateSandboxRequest, context) -> Any:
         check_identifier("sandbox id", request.sandbox_id)
         async with self._lock:
-            if self._settings is not None or self.pod.sandbox is not None:
+            if self._asked is not None or self.pod.sandbox is not None:
                 raise TTRPCError(Code.ALREADY_EXISTS, "this shim already serves a sandbox")
-            config = cri.pod_config(request.options)
-            self._settings = PodSettings(
-                sandbox_id=request.sandbox_id,
-                config=load_config(*self._options),
-                netns=request.netns_path or None,
-                hostname=config.hostname,
-                dns=tuple(cri.dns_lines(config)),
-                cgroup_path=cri.pod_cgroup_path(
-                    config.linux.cgroup_parent, self.pod.namespace, request.sandbox_id
-                ),
-                sandbox_pidns=cri.shares_pid_namespace(request.options, config),
-            )
-            self.pod.owned_by(cri.pod_labels(config))
+            try:
+                asked = cri.cri_pod(request, self.pod.namespace, load_config(*self._options))
+            except BaseException:
+                # containerd shuts the sandbox down next: then this daemon must end
+                self._failed = request.sandbox_id
+                raise
+            self._asked = asked
+            self.pod.owned_by(asked.labels)
         log.info("sandbox created", sandbox=request.sandbox_id, netns=request.netns_path,
-                 pod=config.metadata.name, pod_namespace=config.metadata.namespace)
+                 **asked.labels)
         return api.CreateSandboxResponse()
 
     async def StartSandbox(self, request: api.StartSandboxRequest, context) -> Any:
@@ -112,9 +109,8 @@ class SandboxService:
             if self.pod.sandbox is None:
                 sandbox = await self.pod.boot(settings)
                 self._life.started()
-                self.pod.bind_pod_files(cri.write_pod_files(
-                    sandbox.state_dir / "pod", settings.hostname, list(settings.dns)
-                ))
+                assert self._asked is not None
+                self.pod.give_containers(self._asked.gifts(sandbox.state_dir / "pod"))
         return api.StartSandboxResponse(pid=self.pod.pid,
                                         created_at=timestamp(self._life.created_ns))
 
@@ -163,6 +159,10 @@ class SandboxService:
         return api.PingResponse()
 
     async def ShutdownSandbox(self, request: api.ShutdownSandboxRequest, context) -> Any:
+        if self._asked is None and self._failed and request.sandbox_id == self._failed:
+            log.info("sandbox never created: shutting down", sandbox=self._failed)
+            self._shutdown.set()  # nothing to stop, nobody else to serve
+            return api.ShutdownSandboxResponse()
         settings = self._known(request.sandbox_id)
         async with self._lock:
             self._life.stop(self._life.exit_status)

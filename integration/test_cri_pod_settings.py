@@ -1,0 +1,123 @@
+"""What a Kubernetes pod asks for as a whole reaches each of its containers in the VM,
+through both of containerd's doors (a pause container, and 2.x's `sandboxer = "shim"`):
+its size (a pod limited to 2 CPUs and 1 GiB got a 1-vCPU, 470 MiB VM), its namespaced
+sysctls (net, and IPC: kernel.shm_rmid_forced was 0 in the containers), its volumes as
+one filesystem (a unix socket in an emptyDir was refused from the other container) and,
+without a DNS config, the host's resolver; and a pod whose sandbox cannot be created
+leaves no shim daemon behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from integration.containerd_env import BUSYBOX_IMAGE
+from integration.cri_env import CriClient, CriNode
+from integration.pykata_env import ensure_guest_assets, ensure_shim_on_path, leftovers
+from integration.test_cri import CALL_TIMEOUT, assert_pod_gone, exec_sync
+from integration.unixsock.build import build_unixsock
+
+SYSCTLS = {"kernel.shm_rmid_forced": "1", "net.ipv4.ip_local_port_range": "40000 50000"}
+DOORS = [("1.7", ""), ("2", ""), ("2", "shim")]
+
+
+def pod_limits(api):
+    """kubelet's pod totals (PodSandboxConfig.linux.resources): 2 CPUs, 1 GiB."""
+    return api.LinuxContainerResources(cpu_period=100000, cpu_quota=200000,
+                                       memory_limit_in_bytes=1 << 30)
+
+
+@pytest.fixture(autouse=True)
+def assets():
+    ensure_shim_on_path()
+    ensure_guest_assets()
+    if not os.path.exists("/usr/lib/cni/bridge"):
+        pytest.fail("CNI plugins missing: apt-get install containernetworking-plugins")
+
+
+@pytest.mark.parametrize(("line", "sandboxer"), DOORS,
+                         ids=[f"containerd-{line}-{door or 'pause'}" for line, door in DOORS])
+def test_the_pods_size_sysctls_and_the_hosts_resolver_reach_every_container(line, sandboxer):
+    with open("/etc/resolv.conf") as f:
+        host_resolv = f.read()
+    with CriNode(line=line, sandboxer=sandboxer) as node, CriClient(node.address) as cri:
+        api = cri.api
+        # kubelet's emptyDir layout; the socket tool rides in it (busybox has none)
+        empty_dir = node.dir / "pods" / node.tag / "volumes" / "kubernetes.io~empty-dir" / "x"
+        empty_dir.mkdir(parents=True)
+        shutil.copy2(build_unixsock(), empty_dir / "unixsock")
+        pod_config = api.PodSandboxConfig(  # no dns_config: the host's resolver
+            metadata=api.PodSandboxMetadata(name="settings", namespace="default",
+                                            uid=f"uid-{node.tag}", attempt=0),
+            hostname="settings-pod",
+            log_directory=str(node.dir / "logs"),
+            linux=api.LinuxPodSandboxConfig(sysctls=SYSCTLS, resources=pod_limits(api)),
+        )
+        pod_id = cri.run_pod(pod_config)
+        try:
+            ids = [
+                cri.start_container(pod_id, pod_config, api.ContainerConfig(
+                    metadata=api.ContainerMetadata(name=name, attempt=0),
+                    image=api.ImageSpec(image=BUSYBOX_IMAGE),
+                    command=(["/data/unixsock", "serve", "/data/sock"] if name == "one"
+                             else ["sleep", "600"]),
+                    log_path=f"{name}.log",
+                    mounts=[api.Mount(container_path="/data", host_path=str(empty_dir))],
+                    linux=api.LinuxContainerConfig(),
+                ))
+                for name in ("one", "two")
+            ]
+            # one filesystem in the guest: the socket "one" bound answers "two"
+            deadline = time.monotonic() + 60
+            while True:
+                code, out, err = exec_sync(cri, ids[1], "/data/unixsock", "dial", "/data/sock")
+                if code == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            assert (code, out) == (0, "hello over /data/sock\n"), err
+            devices = {exec_sync(cri, cid, "stat", "-c", "%d", "/data")[1] for cid in ids}
+            assert len(devices) == 1, devices
+            for cid in ids:
+                code, out, err = exec_sync(
+                    cri, cid, "cat", "/proc/sys/kernel/shm_rmid_forced",
+                    "/proc/sys/net/ipv4/ip_local_port_range")
+                assert code == 0, err
+                assert out.split() == ["1", "40000", "50000"], (cid, out)
+                code, out, err = exec_sync(cri, cid, "cat", "/etc/resolv.conf")
+                assert (code, out) == (0, host_resolv), err
+                code, out, err = exec_sync(cri, cid, "sh", "-c",
+                                           "nproc; grep MemTotal /proc/meminfo")
+                assert code == 0, err
+                cpus, memory = out.splitlines()
+                assert int(cpus) >= 2, out  # the defaults (1 vCPU) + the pod's 2, within
+                assert int(memory.split()[1]) >= 1 << 20, out  # the host's CPUs; 512 + 1024
+        finally:
+            cri.remove_pod(pod_id)
+        assert_pod_gone(node, pod_id)
+
+
+def test_a_sandbox_that_cannot_be_created_leaves_no_shim_behind():
+    """containerd 2.x, `sandboxer = "shim"`: CreateSandbox fails (the configuration file
+    is missing); the ShutdownSandbox that follows must end the shim's daemon."""
+    options = {"ConfigPath": "/nonexistent/pykata/configuration.toml"}
+    with CriNode(line="2", sandboxer="shim", runtime_options=options) as node, \
+            CriClient(node.address) as cri:
+        api = cri.api
+        pod_config = api.PodSandboxConfig(
+            metadata=api.PodSandboxMetadata(name="broken", namespace="default",
+                                            uid=f"uid-{node.tag}", attempt=0),
+            log_directory=str(node.dir / "logs"),
+            linux=api.LinuxPodSandboxConfig(),
+        )
+        with pytest.raises(Exception) as caught:
+            cri.runtime.RunPodSandbox(
+                api.RunPodSandboxRequest(config=pod_config, runtime_handler="pykata"),
+                timeout=CALL_TIMEOUT)
+        assert "/nonexistent/pykata/configuration.toml" in str(caught.value)
+        deadline = time.monotonic() + 30
+        while leftovers() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not leftovers(), f"a failed RunPodSandbox left: {leftovers()}"
