@@ -9,6 +9,7 @@ scalars, empty lists and empty maps are left out, which is what the OCI's
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from typing import Any
@@ -220,6 +221,25 @@ def take_pod_sysctls(config: dict[str, Any]) -> dict[str, str]:
         if kind in shared:
             taken[key] = sysctls.pop(key)
     return taken
+
+
+def mount_shared_sources(config: dict[str, Any], shared_dir: str) -> None:
+    """Reach every bind source under the shared folder from the agent's own mount
+    namespace before the runtime makes the container's.
+
+    virtiofs shows each host mount in the share as a submount that the guest kernel
+    mounts on first use, as a new filesystem, in the mount namespace that used it. Used
+    first from a container's namespace, a pod volume would be a filesystem of its own
+    in each container (a unix socket bound in one refused from the other); used here
+    first, every container's namespace, a copy of this one, has the same one.
+    """
+    prefix = shared_dir.rstrip("/") + "/"
+    for mount in config.get("mounts", ()):
+        source = mount.get("source", "")
+        if isinstance(source, str) and source.startswith(prefix):
+            # an open mounts it (stat does not: it acts as AT_NO_AUTOMOUNT); folders only
+            with contextlib.suppress(OSError):
+                os.close(os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
 
 
 def apply_sysctls(sysctls: dict[str, str], proc_sys: str = "/proc/sys") -> None:

@@ -232,6 +232,7 @@ class Sandbox:
                 pid_namespace=await self._pid_namespace(request.sandbox_pidns),
             )
             oci.apply_sysctls(oci.take_pod_sysctls(config))
+            oci.mount_shared_sources(config, self.config.shared_dir)
             container = Container(
                 cid,
                 os.path.join(self.config.run_dir, cid),

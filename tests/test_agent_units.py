@@ -340,3 +340,25 @@ def test_network_sysctls_are_the_pods_and_written_by_the_agent(tmp_path):
     assert caught.value.code == Code.INVALID_ARGUMENT and "no_such_knob" in caught.value.message
     with pytest.raises(TTRPCError, match="not valid"):
         oci.apply_sysctls({"net/../../etc": "1"}, proc_sys=str(tmp_path))
+
+
+def test_shared_bind_sources_are_reached_from_the_agents_namespace_first(tmp_path, monkeypatch):
+    """A pod volume's virtiofs submount must be mounted in the agent's namespace before
+    crun copies it, or each container gets a filesystem of its own: the agent opens each
+    shared folder a container binds (an open mounts it; stat would not)."""
+    shared = tmp_path / "shared"
+    (shared / ".volumes" / "v").mkdir(parents=True)
+    (shared / "c1").mkdir()
+    (shared / "c1" / "hosts").touch()
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(oci.os, "open", lambda path, flags, *a: opened.append(path)
+                        or real_open(path, flags, *a))
+    config = {"mounts": [
+        {"destination": "/data", "source": f"{shared}/.volumes/v", "type": "bind"},
+        {"destination": "/etc/hosts", "source": f"{shared}/c1/hosts", "type": "bind"},
+        {"destination": "/proc", "source": "proc", "type": "proc"},
+        {"destination": "/x", "source": "/elsewhere", "type": "bind"},
+    ]}
+    oci.mount_shared_sources(config, str(shared))
+    assert opened == [f"{shared}/.volumes/v", f"{shared}/c1/hosts"]  # the file: ENOTDIR
