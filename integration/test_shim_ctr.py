@@ -7,6 +7,7 @@ guest kernel + initrd and agent. After every test nothing of pykata is left.
 
 from __future__ import annotations
 
+import io
 import os
 import platform
 import re
@@ -336,3 +337,32 @@ def test_memory_limit_oom_kill_is_reported(pykata):
     finally:
         watcher.kill()
         watcher.wait()
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["writable", "read-only"])
+def test_a_rootfs_given_as_a_folder_is_shared_as_it_is(pykata, tmp_path, readonly):
+    """Docker's graph drivers (and `ctr run --rootfs`) mount the root themselves and give
+    it as an absolute root.path with no rootfs mounts: pykata shared the bundle's empty
+    rootfs/ instead ("executable file 'sh' not found"). root.readonly holds on the host."""
+    import tarfile
+
+    from integration.containerd_env import BUSYBOX_BINARY, _rootfs_layer
+
+    cd, _ = pykata
+    root = tmp_path / "root"
+    root.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(_rootfs_layer(BUSYBOX_BINARY))) as tar:
+        tar.extractall(root, filter="fully_trusted")
+    cid = name()
+    # no image, so no image config: PATH is the caller's to give (Docker always does)
+    extra = ["--rootfs", "--env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+             *(["--read-only"] if readonly else [])]
+    script = "uname -r; touch /written && echo wrote || echo refused"
+    result = cd.ctr("run", "--runtime", RUNTIME, "--rm", *extra, str(root), cid,
+                    "sh", "-c", script, timeout=RUN_TIMEOUT)
+    assert result.returncode == 0, result.stderr + cd.log_tail()
+    kernel, outcome = result.stdout.split()[0], result.stdout.split()[-1]
+    assert kernel != platform.release()
+    assert outcome == ("refused" if readonly else "wrote"), result.stdout
+    assert (root / "written").exists() is not readonly  # the folder itself was the root
+    assert_nothing_left()

@@ -138,3 +138,30 @@ def test_a_folder_is_shared_once_for_the_whole_pod(tmp_path, monkeypatch):
     sandbox.share_mount("two", 7, str(termination))
     assert shares[2:] == [("one", "mount-4-termination-log", False),
                           ("two", "mount-7-termination-log", False)]
+
+
+def test_a_root_given_as_a_folder_is_shared_as_it_is_and_read_only_when_asked(
+    tmp_path, monkeypatch
+):
+    """Docker's graph drivers and `ctr run --rootfs` give root.path absolute, no mounts."""
+    from shim import paths
+    from shim.config import Config
+    from shim.sandbox.sandbox import Sandbox
+    from shim.spec_support import SpecError
+
+    monkeypatch.setattr(paths, "STATE_ROOT", tmp_path / "state")
+    sandbox = Sandbox("ns", "pod", Config())
+    sandbox.state_dir.mkdir(parents=True)
+    shares = []
+    monkeypatch.setattr(sandbox.shared, "share_dir",
+                        lambda cid, name, source, readonly: shares.append((source, readonly)))
+    root = tmp_path / "graph" / "merged"
+    root.mkdir(parents=True)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    sandbox.add_container("c1", str(bundle), [], str(root), readonly=True)
+    (bundle / "rootfs").mkdir()  # containerd's: relative to the bundle
+    sandbox.add_container("c2", str(bundle), [], "rootfs")
+    assert shares == [(str(root), True), (str(bundle / "rootfs"), False)]
+    with pytest.raises(SpecError, match="not a folder"):
+        sandbox.add_container("c3", str(bundle), [], str(tmp_path / "missing"))

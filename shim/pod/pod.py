@@ -264,7 +264,14 @@ class Pod:
         sandbox = self.sandbox
         assert sandbox is not None and sandbox.agent is not None
         try:
-            guest_root = sandbox.add_container(container.id, container.bundle, container.rootfs)
+            root = container.spec.get("root") or {}
+            guest_root = sandbox.add_container(
+                container.id,
+                container.bundle,
+                container.rootfs,
+                str(root.get("path") or "rootfs"),
+                readonly=root.get("readonly") is True,
+            )
             guest_spec = container.guest_spec(guest_root, sandbox, self.gifts)
         except MountError as exc:
             sandbox.remove_container(container.id)

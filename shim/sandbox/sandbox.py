@@ -20,6 +20,7 @@ from shim.sandbox import teardown
 from shim.sandbox.mounts import MountSpec, mount_all
 from shim.sandbox.record import ContainerRecord, SandboxRecord
 from shim.sandbox.shared_fs import SharedDir
+from shim.spec_support import SpecError
 from shim.vmm import procs
 
 log = structlog.get_logger(__name__)
@@ -180,12 +181,25 @@ class Sandbox:
         except ttrpc.TTRPCError as exc:
             raise SandboxError(f"agent CreateSandbox failed: {exc}") from exc
 
-    def add_container(self, container_id: str, bundle: str, rootfs: list[MountSpec]) -> str:
-        """Mount a container's rootfs and share it; returns its root path in the guest."""
+    def add_container(
+        self,
+        container_id: str,
+        bundle: str,
+        rootfs: list[MountSpec],
+        root_path: str = "rootfs",
+        *,
+        readonly: bool = False,
+    ) -> str:
+        """Mount a container's rootfs and share it; returns its root path in the guest.
+
+        root_path is the spec's root.path: relative to the bundle (containerd's "rootfs",
+        where the rootfs mounts go), or a folder the caller prepared and gives with no
+        mounts (Docker's graph drivers, `ctr run --rootfs`), shared as it is. readonly
+        (root.readonly): read-only on the host too, not only in the guest."""
         record = ContainerRecord(bundle=bundle)
         self.record.containers[container_id] = record
         self.record.save(self.state_dir)
-        rootfs_path = os.path.join(bundle, "rootfs")
+        rootfs_path = os.path.join(bundle, root_path)  # an absolute root_path stays itself
         if rootfs:
             os.makedirs(rootfs_path, exist_ok=True)
             mount_all(rootfs, rootfs_path)
@@ -193,7 +207,12 @@ class Sandbox:
             self.record.save(self.state_dir)
         if self.config.hypervisor.shared_fs != "virtio-fs":
             raise SandboxError("shared_fs = none cannot carry a container rootfs yet")
-        return self.shared.share_dir(container_id, "rootfs", rootfs_path)
+        if not os.path.isdir(rootfs_path):
+            raise SpecError(
+                f"the container's root {rootfs_path} is not a folder (the spec's root.path, "
+                "with no rootfs mounts in the request)"
+            )
+        return self.shared.share_dir(container_id, "rootfs", rootfs_path, readonly=readonly)
 
     def share_mount(
         self, container_id: str, index: int, source: str, *, readonly: bool = False
