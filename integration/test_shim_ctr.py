@@ -343,7 +343,8 @@ def test_memory_limit_oom_kill_is_reported(pykata):
 def test_a_rootfs_given_as_a_folder_is_shared_as_it_is(pykata, tmp_path, readonly):
     """Docker's graph drivers (and `ctr run --rootfs`) mount the root themselves and give
     it as an absolute root.path with no rootfs mounts: pykata shared the bundle's empty
-    rootfs/ instead ("executable file 'sh' not found"). root.readonly holds on the host."""
+    rootfs/ instead ("executable file 'sh' not found"). root.readonly holds in the
+    container."""
     import tarfile
 
     from integration.containerd_env import BUSYBOX_BINARY, _rootfs_layer

@@ -140,7 +140,7 @@ def test_a_folder_is_shared_once_for_the_whole_pod(tmp_path, monkeypatch):
                           ("two", "mount-7-termination-log", False)]
 
 
-def test_a_root_given_as_a_folder_is_shared_as_it_is_and_read_only_when_asked(
+def test_a_root_given_as_a_folder_is_shared_as_it_is(
     tmp_path, monkeypatch
 ):
     """Docker's graph drivers and `ctr run --rootfs` give root.path absolute, no mounts."""
@@ -154,14 +154,14 @@ def test_a_root_given_as_a_folder_is_shared_as_it_is_and_read_only_when_asked(
     sandbox.state_dir.mkdir(parents=True)
     shares = []
     monkeypatch.setattr(sandbox.shared, "share_dir",
-                        lambda cid, name, source, readonly: shares.append((source, readonly)))
+                        lambda cid, name, source: shares.append(source))
     root = tmp_path / "graph" / "merged"
     root.mkdir(parents=True)
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    sandbox.add_container("c1", str(bundle), [], str(root), readonly=True)
+    sandbox.add_container("c1", str(bundle), [], str(root))
     (bundle / "rootfs").mkdir()  # containerd's: relative to the bundle
     sandbox.add_container("c2", str(bundle), [], "rootfs")
-    assert shares == [(str(root), True), (str(bundle / "rootfs"), False)]
+    assert shares == [str(root), str(bundle / "rootfs")]
     with pytest.raises(SpecError, match="not a folder"):
         sandbox.add_container("c3", str(bundle), [], str(tmp_path / "missing"))

@@ -266,11 +266,7 @@ class Pod:
         try:
             root = container.spec.get("root") or {}
             guest_root = sandbox.add_container(
-                container.id,
-                container.bundle,
-                container.rootfs,
-                str(root.get("path") or "rootfs"),
-                readonly=root.get("readonly") is True,
+                container.id, container.bundle, container.rootfs, str(root.get("path") or "rootfs")
             )
             guest_spec = container.guest_spec(guest_root, sandbox, self.gifts)
         except MountError as exc:

@@ -187,15 +187,15 @@ class Sandbox:
         bundle: str,
         rootfs: list[MountSpec],
         root_path: str = "rootfs",
-        *,
-        readonly: bool = False,
     ) -> str:
         """Mount a container's rootfs and share it; returns its root path in the guest.
 
         root_path is the spec's root.path: relative to the bundle (containerd's "rootfs",
         where the rootfs mounts go), or a folder the caller prepared and gives with no
-        mounts (Docker's graph drivers, `ctr run --rootfs`), shared as it is. readonly
-        (root.readonly): read-only on the host too, not only in the guest."""
+        mounts (Docker's graph drivers, `ctr run --rootfs`), shared as it is. It is
+        shared writable even when root.readonly is set: the runtime in the guest creates
+        the mount points the spec needs in it (as runc does on a host), then mounts it
+        read-only for the container."""
         record = ContainerRecord(bundle=bundle)
         self.record.containers[container_id] = record
         self.record.save(self.state_dir)
@@ -212,7 +212,7 @@ class Sandbox:
                 f"the container's root {rootfs_path} is not a folder (the spec's root.path, "
                 "with no rootfs mounts in the request)"
             )
-        return self.shared.share_dir(container_id, "rootfs", rootfs_path, readonly=readonly)
+        return self.shared.share_dir(container_id, "rootfs", rootfs_path)
 
     def share_mount(
         self, container_id: str, index: int, source: str, *, readonly: bool = False
