@@ -19,6 +19,7 @@ from integration.pykata_env import (
 )
 from pykata_common.contract import GUEST_SHARED_DIR
 from shim.sandbox.mounts import MS_BIND, mount, unmount_all_under
+from shim.sandbox.sandbox import POD_VOLUMES
 
 pytestmark = pytest.mark.integration
 MARK = "host-data-" + uuid.uuid4().hex[:8]
@@ -65,8 +66,9 @@ def pod(containerd, busybox_image, tmp_path_factory):
 
 
 def share_of(cid: str, volume: str) -> str:
-    """The guest path of a volume's share, as a shell glob."""
-    return f"{GUEST_SHARED_DIR}/{cid}/mount-*-{volume}"
+    """The guest path of a volume's share, as a shell glob (a folder is the pod's, shared
+    once under .volumes: shim.sandbox.sandbox.POD_VOLUMES)."""
+    return f"{GUEST_SHARED_DIR}/{POD_VOLUMES}/*-{volume}"
 
 
 def test_guest_root_cannot_write_into_a_read_only_volume(pod):
