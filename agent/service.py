@@ -131,6 +131,24 @@ class AgentService:
         log.debug("ReseedRandomDev: %d bytes (%s)", len(request.data), how)
         return Empty()
 
+    async def OnlineCPUMem(self, request: Any, context: Any) -> Empty:
+        from agent.hotplug import online
+
+        if request.nb_cpus > 4096:
+            raise TTRPCError(Code.INVALID_ARGUMENT, f"nb_cpus {request.nb_cpus} is too many")
+        try:
+            cpus, blocks = await online(request.nb_cpus, wait=request.wait,
+                                        cpu_only=request.cpu_only)
+        except TimeoutError as exc:
+            raise TTRPCError(Code.DEADLINE_EXCEEDED, str(exc)) from None
+        if cpus:
+            from agent.hotplug import widen_cpusets
+
+            widen_cpusets(os.path.join(self.config.cgroup_root, "cpuset"),
+                          self.config.cgroup_parent)
+        log.info("OnlineCPUMem: %d CPUs and %d memory blocks online", cpus, blocks)
+        return Empty()
+
     # -- observability ---------------------------------------------------------------
     async def GetMetrics(self, request: Any, context: Any) -> Any:
         if self._metrics is None:

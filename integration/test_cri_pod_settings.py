@@ -121,3 +121,56 @@ def test_a_sandbox_that_cannot_be_created_leaves_no_shim_behind():
         while leftovers() and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not leftovers(), f"a failed RunPodSandbox left: {leftovers()}"
+
+
+@pytest.mark.parametrize("sandboxer", ["", "shim"], ids=["pause", "shim"])
+def test_raising_a_containers_limits_grows_the_running_vm(sandboxer):
+    """UpdateContainerResources (in-place pod resize): +1 CPU and +512 MiB for a running
+    container hot-plug a vCPU and a DIMM before its cgroup is raised; the guest's online
+    CPUs and MemTotal follow. Past default_maxvcpus (0: the host's CPUs) it is refused,
+    the VM as it was."""
+    host_cpus = len(os.sched_getaffinity(0))
+    with CriNode(line="2", sandboxer=sandboxer) as node, CriClient(node.address) as cri:
+        api = cri.api
+
+        def limits(cpus: int, memory_mib: int):
+            return api.LinuxContainerResources(cpu_period=100000, cpu_quota=cpus * 100000,
+                                               memory_limit_in_bytes=memory_mib << 20)
+
+        pod_config = api.PodSandboxConfig(
+            metadata=api.PodSandboxMetadata(name="resize", namespace="default",
+                                            uid=f"uid-{node.tag}", attempt=0),
+            log_directory=str(node.dir / "logs"),
+            linux=api.LinuxPodSandboxConfig(resources=limits(0, 256)),
+        )
+        pod_id = cri.run_pod(pod_config)
+        try:
+            cid = cri.start_container(pod_id, pod_config, api.ContainerConfig(
+                metadata=api.ContainerMetadata(name="app", attempt=0),
+                image=api.ImageSpec(image=BUSYBOX_IMAGE),
+                command=["sleep", "600"],
+                log_path="app.log",
+                linux=api.LinuxContainerConfig(resources=limits(0, 256)),
+            ))
+
+            def guest() -> tuple[int, int]:
+                code, out, err = exec_sync(cri, cid, "sh", "-c",
+                                           "nproc; grep MemTotal /proc/meminfo")
+                assert code == 0, err
+                cpus, memory = out.splitlines()
+                return int(cpus), int(memory.split()[1]) >> 10
+
+            cpus, memory = guest()
+            assert cpus == 1  # the default vCPU; the pod has no CPU limit yet
+            cri.runtime.UpdateContainerResources(api.UpdateContainerResourcesRequest(
+                container_id=cid, linux=limits(1, 768)), timeout=CALL_TIMEOUT)
+            grown_cpus, grown_memory = guest()
+            assert grown_cpus == cpus + 1, (cpus, grown_cpus)
+            assert grown_memory >= memory + 500, (memory, grown_memory)
+            with pytest.raises(Exception, match="default_maxvcpus"):
+                cri.runtime.UpdateContainerResources(api.UpdateContainerResourcesRequest(
+                    container_id=cid, linux=limits(host_cpus, 768)), timeout=CALL_TIMEOUT)
+            assert guest() == (grown_cpus, grown_memory)
+        finally:
+            cri.remove_pod(pod_id)
+        assert_pod_gone(node, pod_id)

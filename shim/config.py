@@ -52,6 +52,17 @@ class HypervisorConfig:
     virtio_fs_sandbox_floor: str = "namespace"
     virtio_fs_seccomp_floor: str = "kill"
 
+    def maxima(self) -> tuple[int, int]:
+        """(vCPUs, MiB) a pod's VM may grow to: default_maxvcpus and default_maxmemory,
+        or the host's CPUs and memory where they are 0, never below the defaults."""
+        import os
+
+        cpus = self.default_maxvcpus or len(os.sched_getaffinity(0)) or 1
+        memory = self.default_maxmemory or (
+            os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+        )
+        return max(cpus, self.default_vcpus), max(memory, self.default_memory)
+
     def confinement_floor(self) -> ConfinementFloor:
         """The floor these keys set."""
         return ConfinementFloor(

@@ -40,6 +40,7 @@ TIMEOUTS: dict[str, float | None] = {
     "AddARPNeighbors": 30.0,
     "SetGuestDateTime": 10.0,
     "ReseedRandomDev": 10.0,
+    "OnlineCPUMem": 30.0,  # the agent waits up to 10 s for the new CPUs
     "GetMetrics": 2.0,  # the monitor's scrape; a slow guest gives an older page
     "GetVolumeStats": 10.0,
     "ResizeVolume": 10.0,
@@ -241,6 +242,11 @@ class GuestAgent:
 
     async def reseed_random(self, data: bytes) -> None:
         await self._call("ReseedRandomDev", agent_pb2.ReseedRandomDevRequest(data=data), Empty)
+
+    async def online_cpu_mem(self, nb_cpus: int, *, cpu_only: bool) -> None:
+        """After a hot-plug: bring the nb_cpus new CPUs (and new memory) online."""
+        request = agent_pb2.OnlineCPUMemRequest(wait=True, nb_cpus=nb_cpus, cpu_only=cpu_only)
+        await self._call("OnlineCPUMem", request, Empty)
 
     async def get_metrics(self) -> str:
         """The agent's own Prometheus page."""

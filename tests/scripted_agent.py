@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import ttrpc
+from shim.config import Config
 from shim.guest_agent import GuestAgent
 from shim.pod.container import Container
 from shim.pod.pod import Pod
@@ -121,6 +122,8 @@ class ScriptedSandbox:
 
     def __init__(self, agent: ScriptedAgent) -> None:
         self.agent = GuestAgent(agent)
+        self.config = Config()  # the defaults: 1 vCPU, 512 MiB
+        self.vm = SimpleNamespace(vcpus=1, memory_mib=512)
         self.pid = 4242
         self.id = "c1"
         self.stopped = False

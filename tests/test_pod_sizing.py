@@ -1,7 +1,7 @@
 """A pod's VM is the configured size plus the pod's limits (Kata's
 static_sandbox_resource_mgmt), within the maxima; the limits are the spec's, so checked."""
 
-from types import SimpleNamespace
+import os
 
 import pytest
 
@@ -22,8 +22,10 @@ POD_2_CPUS_1_GIB = {
 
 
 def hypervisor(**keys):
-    return SimpleNamespace(**{"default_vcpus": 1, "default_memory": 512,
-                              "default_maxvcpus": 8, "default_maxmemory": 8192, **keys})
+    from shim.config import HypervisorConfig
+
+    return HypervisorConfig(**{"default_vcpus": 1, "default_memory": 512,
+                               "default_maxvcpus": 8, "default_maxmemory": 8192, **keys})
 
 
 def test_a_pod_limited_to_2_cpus_and_1_gib_gets_them_on_top_of_the_defaults():
@@ -46,8 +48,14 @@ def test_the_maxima_bound_the_vm_and_static_off_keeps_the_defaults():
     huge = PodLimits(cpu_quota=64 * 100000, cpu_period=100000, memory_bytes=64 * GIB)
     assert vm_size(hypervisor(), huge) == VMSize(vcpus=8, memory_mib=8192)
     assert vm_size(hypervisor(), huge, static=False) == VMSize(1, 512)
-    host = vm_size(hypervisor(default_maxvcpus=0, default_maxmemory=0), huge)
-    assert host.vcpus == sizing.host_cpus() and host.memory_mib == sizing.host_memory_mib()
+    host = hypervisor(default_maxvcpus=0, default_maxmemory=0)
+    assert vm_size(host, huge) == VMSize(*host.maxima())
+    assert host.maxima()[0] == len(os.sched_getaffinity(0))
+
+
+def test_the_containers_limits_add_up_at_one_period():
+    assert sizing.total([PodLimits(50000, 100000, 1 << 20), PodLimits(),
+                         PodLimits(30000, 20000, 2 << 20)]) == PodLimits(200000, 100000, 3 << 20)
 
 
 @pytest.mark.parametrize("bad", ["lots", "1e9", "-5", str(1 << 63), True])

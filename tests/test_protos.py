@@ -149,6 +149,7 @@ AGENT_METHODS = {
     "SetGuestDateTime": ("SetGuestDateTimeRequest", EMPTY),
     "CopyFile": ("CopyFileRequest", EMPTY),
     "ReseedRandomDev": ("ReseedRandomDevRequest", EMPTY),
+    "OnlineCPUMem": ("OnlineCPUMemRequest", EMPTY),
     "GetVolumeStats": ("VolumeStatsRequest", "VolumeStatsResponse"),
     "ResizeVolume": ("ResizeVolumeRequest", EMPTY),
 }
@@ -315,6 +316,9 @@ FIELDS = [
     (agent.SetIPTablesRequest, "data", 2, FD.TYPE_BYTES),
     (agent.SetIPTablesResponse, "data", 1, FD.TYPE_BYTES),
     (agent.ReseedRandomDevRequest, "data", 2, FD.TYPE_BYTES),
+    (agent.OnlineCPUMemRequest, "wait", 1, FD.TYPE_BOOL),
+    (agent.OnlineCPUMemRequest, "nb_cpus", 2, FD.TYPE_UINT32),
+    (agent.OnlineCPUMemRequest, "cpu_only", 3, FD.TYPE_BOOL),
     (agent.VolumeStatsRequest, "volume_guest_path", 1, FD.TYPE_STRING),
     (agent.ResizeVolumeRequest, "volume_guest_path", 1, FD.TYPE_STRING),
     (agent.ResizeVolumeRequest, "size", 2, FD.TYPE_UINT64),

@@ -185,3 +185,17 @@ def test_debug_console_port_and_kernel_parameter():
         assert "agent.debug_console" in cmdline and cmdline[-1] == "x=1"  # theirs last
     assert PATHS.debug_console_socket in PATHS.sockets()
     assert PATHS.too_long() == []
+
+
+def test_a_vm_that_may_grow_has_room_for_cpus_and_dimms():
+    from shim.vmm.qemu_args import kernel_cmdline, memory_arg, smp_arg
+
+    fixed = VMConfig(vcpus=1, memory_mib=512)
+    assert (smp_arg(fixed), memory_arg(fixed)) == ("1", "512M")
+    assert "memhp_default_state" not in kernel_cmdline(fixed)
+    growing = VMConfig(vcpus=1, memory_mib=512, max_vcpus=4, max_memory_mib=4096)
+    assert smp_arg(growing) == "1,maxcpus=4"
+    assert memory_arg(growing) == "512M,slots=8,maxmem=4096M"
+    assert "memhp_default_state=online" in kernel_cmdline(growing).split()
+    with_image = VMConfig(vcpus=1, memory_mib=512, max_memory_mib=1024, image="/i.img")
+    assert memory_arg(with_image, image_bytes=128 << 20) == "512M,slots=9,maxmem=1152M"

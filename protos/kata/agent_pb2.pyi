@@ -590,6 +590,16 @@ class ReseedRandomDevRequest(_message.Message):
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
+class OnlineCPUMemRequest(_message.Message):
+    __slots__ = ("wait", "nb_cpus", "cpu_only")
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    NB_CPUS_FIELD_NUMBER: _ClassVar[int]
+    CPU_ONLY_FIELD_NUMBER: _ClassVar[int]
+    wait: bool
+    nb_cpus: int
+    cpu_only: bool
+    def __init__(self, wait: _Optional[bool] = ..., nb_cpus: _Optional[int] = ..., cpu_only: _Optional[bool] = ...) -> None: ...
+
 class VolumeStatsRequest(_message.Message):
     __slots__ = ("volume_guest_path",)
     VOLUME_GUEST_PATH_FIELD_NUMBER: _ClassVar[int]

@@ -14,6 +14,7 @@ from shim.oci import SpecError, spec_to_kata
 from shim.paths import CONTAINER_TYPE_ANNOTATION
 from shim.pod.errors import NotFound
 from shim.pod.process import Process
+from shim.pod.sizing import PodLimits
 from shim.sandbox.mounts import MountSpec
 
 log = structlog.get_logger(__name__)
@@ -66,6 +67,7 @@ class Container:
     init: Process
     execs: dict[str, Process] = field(default_factory=dict)
     rootfs: list[MountSpec] = field(default_factory=list)  # mounted by the host, shared
+    limits: PodLimits = field(default_factory=PodLimits)  # its CPU quota and memory limit
     # host source of each shared bind mount -> its path in the guest
     shared_sources: dict[str, str] = field(default_factory=dict)
 

@@ -30,3 +30,7 @@ class InvalidRequest(PodError):
 
 class HostFailure(PodError):
     """The host could not prepare what the guest needs (INTERNAL)."""
+
+
+class TooBig(PodError):
+    """The pod asks for more than its VM can grow to (RESOURCE_EXHAUSTED)."""

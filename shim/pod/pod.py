@@ -32,6 +32,7 @@ from shim.pod.errors import (
     NotFound,
     NotReady,
     StartFailed,
+    TooBig,
 )
 from shim.pod.events import DEAD_VM_STATUS, PodDied, ProcessExited, Report
 from shim.pod.process import NEVER_STARTED_STATUS, Process, ProcessStateError, State, Stdio
@@ -41,6 +42,7 @@ from shim.sandbox.cgroup import CgroupError, sandbox_cgroup_path
 from shim.sandbox.mounts import MountError, MountSpec
 from shim.sandbox.sandbox import Sandbox, SandboxError, network_namespace
 from shim.vmm.confinement import ConfinementError
+from shim.vmm.resize import ResizeError
 
 log = structlog.get_logger(__name__)
 IO_DRAIN_TIMEOUT = 10.0  # after an exit, how long output may still arrive
@@ -249,6 +251,7 @@ class Pod:
                 spec=spec,
                 init=Process(container_id, "", self.pid, stdio),
                 rootfs=rootfs,
+                limits=sizing.from_spec(spec),
             )
             try:
                 await self._create_in_guest(container)
@@ -451,12 +454,39 @@ class Pod:
         return await self.agent.stats_container(container.id)
 
     async def update(self, container: Container, resources_json: bytes) -> None:
-        """Apply new OCI resources (JSON) to the container in the guest."""
+        """Apply new OCI resources (JSON) to the container in the guest; the VM grows
+        first when the pod's containers now ask for more than it has."""
         try:
-            resources = resources_to_kata(json.loads(resources_json or b"{}"))
+            raw = json.loads(resources_json or b"{}")
+            resources = resources_to_kata(raw)
+            limits = sizing.from_spec({"linux": {"resources": raw}})
         except (ValueError, SpecError) as exc:
             raise InvalidRequest(f"resources: {exc}") from None
+        await self._grow_for(container, limits)
         await self.agent.update_container(container.id, resources)
+        container.limits = limits
+
+    async def _grow_for(self, container: Container, limits: sizing.PodLimits) -> None:
+        sandbox = self.sandbox
+        if sandbox is None or sandbox.vm is None:
+            raise NotReady("the sandbox VM is not running")
+        others = [c.limits for c in self.containers.values() if c is not container]
+        hypervisor = sandbox.config.hypervisor
+        want = sizing.wanted(hypervisor, sizing.total([*others, limits]))
+        if want.vcpus <= sandbox.vm.vcpus and want.memory_mib <= sandbox.vm.memory_mib:
+            return
+        max_vcpus, max_memory = hypervisor.maxima()
+        if want.vcpus > max_vcpus or want.memory_mib > max_memory:
+            raise TooBig(
+                f"the pod's containers ask for {want.vcpus} vCPUs and {want.memory_mib} MiB "
+                f"with this update; its VM can grow to {max_vcpus} vCPUs and {max_memory} MiB "
+                "([hypervisor.qemu] default_maxvcpus, default_maxmemory; 0: the host's)"
+            )
+        try:
+            await sandbox.grow(max(want.vcpus, sandbox.vm.vcpus),
+                               max(want.memory_mib, sandbox.vm.memory_mib))
+        except ResizeError as exc:
+            raise TooBig(f"the pod's VM cannot grow: {exc}") from None
 
     # -- exits -------------------------------------------------------------------------
     async def wait_for_exit(self, process: Process) -> None:

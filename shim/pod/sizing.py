@@ -11,7 +11,6 @@ non-negative integer, and the VM never grows past `default_maxvcpus` /
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,24 +97,26 @@ def from_cri(resources: Any) -> PodLimits:
     )
 
 
-def host_cpus() -> int:
-    return len(os.sched_getaffinity(0)) or os.cpu_count() or 1
-
-
-def host_memory_mib() -> int:
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // MIB
-
-
 def vm_size(hypervisor: Any, limits: PodLimits | None, *, static: bool = True) -> VMSize:
     """The pod's VM: the defaults, plus the pod's limits when sized statically, within
-    the maxima (0: the host's)."""
+    the maxima (HypervisorConfig.maxima: the configured, else the host's)."""
     vcpus, memory = hypervisor.default_vcpus, hypervisor.default_memory
     if static and limits is not None:
         vcpus += limits.cpus
         memory += limits.memory_mib
-    max_vcpus = hypervisor.default_maxvcpus or host_cpus()
-    max_memory = hypervisor.default_maxmemory or host_memory_mib()
-    return VMSize(
-        vcpus=max(hypervisor.default_vcpus, min(vcpus, max_vcpus)),
-        memory_mib=max(hypervisor.default_memory, min(memory, max_memory)),
-    )
+    max_vcpus, max_memory = hypervisor.maxima()
+    return VMSize(vcpus=min(vcpus, max_vcpus), memory_mib=min(memory, max_memory))
+
+
+def wanted(hypervisor: Any, limits: PodLimits) -> VMSize:
+    """The defaults plus these limits, unbounded (what a resize asks for)."""
+    return VMSize(hypervisor.default_vcpus + limits.cpus,
+                  hypervisor.default_memory + limits.memory_mib)
+
+
+def total(limits: list[PodLimits]) -> PodLimits:
+    """The sum of the containers' limits, as CFS quota at a 100 ms period."""
+    period = 100_000
+    quota = sum(-(-item.cpu_quota * period // item.cpu_period)
+                for item in limits if item.cpu_quota > 0 and item.cpu_period > 0)
+    return PodLimits(quota, period, sum(item.memory_bytes for item in limits))

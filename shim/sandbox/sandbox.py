@@ -54,6 +54,8 @@ def vm_config(
         machine_type=hv.machine_type,
         vcpus=size[0] if size else hv.default_vcpus,
         memory_mib=size[1] if size else hv.default_memory,
+        max_vcpus=hv.maxima()[0],
+        max_memory_mib=hv.maxima()[1],
         kernel_params=hv.kernel_params.split(),
         debug=hv.enable_debug or config.agent.enable_debug,
         shared_fs=hv.shared_fs,
@@ -245,6 +247,15 @@ class Sandbox:
         self.cgroup = PodCgroup.join(path, os.getpid())
         self.cgroup.save(self.state_dir)
         log.info("sandbox cgroup joined", sandbox=self.id, cgroup=path, made=self.cgroup.made)
+
+    async def grow(self, vcpus: int, memory_mib: int) -> None:
+        """Hot-plug the VM up to (vcpus, memory_mib) and have the guest bring it online.
+        ResizeError (shim.vmm.resize) naming the limit it would pass; then nothing
+        changed."""
+        assert self.vm is not None and self.agent is not None
+        added_cpus, added_memory = await self.vm.grow(vcpus, memory_mib)
+        if added_cpus or added_memory:
+            await self.agent.online_cpu_mem(added_cpus, cpu_only=not added_memory)
 
     def remove_container(self, container_id: str) -> None:
         """Unshare and unmount a container's rootfs; forget it."""

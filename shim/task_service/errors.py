@@ -23,6 +23,7 @@ from shim.pod.errors import (
     NotFound,
     NotReady,
     StartFailed,
+    TooBig,
 )
 from shim.pod.process import ProcessStateError
 from shim.sandbox.cgroup import CgroupError, CgroupPathError
@@ -42,6 +43,7 @@ _CODES: tuple[tuple[type[Exception], Code, str], ...] = (
     (StartFailed, Code.UNAVAILABLE, ""),
     (InvalidRequest, Code.INVALID_ARGUMENT, ""),
     (HostFailure, Code.INTERNAL, ""),
+    (TooBig, Code.RESOURCE_EXHAUSTED, ""),
     (InvalidIdentifier, Code.INVALID_ARGUMENT, ""),
     (NetnsRefused, Code.INVALID_ARGUMENT, ""),
     (SpecError, Code.INVALID_ARGUMENT, ""),

@@ -76,15 +76,45 @@ def q(value: object) -> str:
     return str(value).replace(",", ",,")
 
 
+HOTPLUG_MEMORY_SLOTS = 8  # DIMMs a VM can be given after boot
+
+
+def hotplugs_memory(config: VMConfig) -> bool:
+    return config.max_memory_mib > config.memory_mib
+
+
+def memory_arg(config: VMConfig, image_bytes: int = 0) -> str:
+    """-m: the boot memory, and room for memory devices (the image, hot-plugged DIMMs)."""
+    slots, maxmem = 0, config.memory_mib
+    if config.image:
+        slots, maxmem = slots + 1, maxmem + -(-image_bytes // 2**20)
+    if hotplugs_memory(config):
+        slots += HOTPLUG_MEMORY_SLOTS
+        maxmem += config.max_memory_mib - config.memory_mib
+    if not slots:
+        return f"{config.memory_mib}M"
+    return f"{config.memory_mib}M,slots={slots},maxmem={maxmem}M"
+
+
+def smp_arg(config: VMConfig) -> str:
+    """-smp: the boot vCPUs, and how many may be hot-plugged."""
+    if config.max_vcpus > config.vcpus:
+        return f"{config.vcpus},maxcpus={config.max_vcpus}"
+    return str(config.vcpus)
+
+
 def kernel_cmdline(config: VMConfig) -> str:
     """The guest kernel command line: console, panic behaviour, speed-ups, knobs."""
     # oops=panic: a guest kernel that hit a BUG is in no state to go on (a container it
     # was ending may never be reported); the panic ends QEMU and the pod learns why
     params = ["console=ttyS0", "panic=-1", "oops=panic", *FAST_BOOT_PARAMS]
-    if config.image:
-        # the image's memory-device space lies above 4 GiB, which makes the kernel set
-        # 64 MiB aside for bounce buffers (swiotlb) that virtio never uses
+    if config.image or hotplugs_memory(config):
+        # the memory-device space (the image's, hot-plugged memory's) lies above 4 GiB,
+        # which makes the kernel set 64 MiB aside for bounce buffers (swiotlb) that
+        # virtio never uses
         params.append("swiotlb=noforce")
+    if hotplugs_memory(config):
+        params.append("memhp_default_state=online")  # hot-plugged memory: online at once
     # pykata.debug=1: /init traces and kernel messages; agent.log=debug: Kata's agent knob
     params += ["pykata.debug=1", "agent.log=debug"] if config.debug else ["quiet"]
     if config.debug_console:
@@ -171,12 +201,10 @@ def build_argv(
     """
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"accel must be kvm or tcg here, not {accel!r}")
+    if config.image and image_bytes <= 0:
+        raise ValueError("a guest image needs its size (image_bytes)")
     mem = f"{config.memory_mib}M"
-    memory = mem
-    if config.image:
-        if image_bytes <= 0:
-            raise ValueError("a guest image needs its size (image_bytes)")
-        memory = f"{mem},slots=1,maxmem={config.memory_mib + -(-image_bytes // 2**20)}M"
+    memory = memory_arg(config, image_bytes)
     machine = ",".join([config.machine_type, f"accel={accel}", *MACHINE_TRIMS])
     argv = [
         config.qemu_path,
@@ -189,7 +217,7 @@ def build_argv(
         "-m",
         memory,
         "-smp",
-        str(config.vcpus),
+        smp_arg(config),
         "-nodefaults",
         "-nographic",
         "-no-user-config",

@@ -85,6 +85,8 @@ def shape(config: VMConfig, *, accel: str, cpu: str, firmware: str | None, chann
         "machine_type": config.machine_type,
         "vcpus": config.vcpus,
         "memory_mib": config.memory_mib,
+        "max_vcpus": config.max_vcpus,
+        "max_memory_mib": config.max_memory_mib,
         "accel": accel,
         "cpu": cpu,
         "firmware": firmware or "",

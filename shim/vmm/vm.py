@@ -79,6 +79,9 @@ class RunningVM:
         self.accel = accel
         self.timings = timings
         self.restored = restored  # a clone of a template, not booted
+        self.vcpus = config.vcpus  # now, with what was hot-plugged
+        self.memory_mib = config.memory_mib
+        self._dimms = 0
         self._stopping: asyncio.Task[None] | None = None
         qemu.exited.add_done_callback(self._on_qemu_exit)
 
@@ -108,6 +111,33 @@ class RunningVM:
                 status=fut.result(),
                 stderr=tail(self.paths.qemu_stderr, max_lines=5),
             )
+
+    async def grow(self, vcpus: int, memory_mib: int) -> tuple[int, int]:
+        """Hot-plug vCPUs and memory up to (vcpus, memory_mib), within maxcpus/maxmem;
+        (vCPUs, MiB) added. ResizeError, naming the limit, when it would pass one."""
+        from shim.vmm import resize
+
+        max_vcpus = max(self.config.max_vcpus, self.config.vcpus)
+        max_memory = max(self.config.max_memory_mib, self.config.memory_mib)
+        if vcpus > max_vcpus:
+            raise resize.ResizeError(f"{vcpus} vCPUs asked, at most {max_vcpus}")
+        added_memory = 0
+        if memory_mib > self.memory_mib:
+            added_memory = resize.dimm_mib(memory_mib - self.memory_mib)
+            if self.memory_mib + added_memory > max_memory:
+                raise resize.ResizeError(
+                    f"{memory_mib} MiB of memory asked, at most {max_memory} MiB"
+                )
+        added_cpus = 0
+        if vcpus > self.vcpus:
+            added_cpus = await resize.add_cpus(self.qmp, vcpus - self.vcpus)
+            self.vcpus += added_cpus
+        if added_memory:
+            await resize.add_memory(self.qmp, self._dimms, added_memory)
+            self._dimms += 1
+            self.memory_mib += added_memory
+        log.info("vm grown", pid=self.pid, vcpus=self.vcpus, memory_mib=self.memory_mib)
+        return added_cpus, added_memory
 
     async def wait_death(self) -> str | None:
         """Wait until QEMU or virtiofsd ends by itself; why, or None when stop() ended it.

@@ -48,6 +48,10 @@ class VMConfig:
     machine_type: str = "q35"
     vcpus: int = 1
     memory_mib: int = 2048
+    # what the VM may grow to by hot-plug (QEMU's maxcpus and maxmem); at or below
+    # vcpus / memory_mib: no hot-plug
+    max_vcpus: int = 0
+    max_memory_mib: int = 0
     kernel_params: list[str] = field(default_factory=list)  # appended after ours
     debug: bool = False
     shared_fs: SharedFS = "virtio-fs"

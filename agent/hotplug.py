@@ -1,0 +1,115 @@
+"""Bring hot-plugged CPUs and memory online (the host's OnlineCPUMem after a resize).
+
+The guest kernel adds a CPU the host plugged in (ACPI) offline, and there is no udev
+in the guest to online it; memory blocks come online by themselves with the kernel
+parameter memhp_default_state=online, and are onlined here too in case they did not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+
+CPU_ROOT = "/sys/devices/system/cpu"
+MEMORY_ROOT = "/sys/devices/system/memory"
+ONLINE_WAIT = 10.0  # seconds the new CPUs may take to appear after the plug
+
+
+def _write(path: str, value: str) -> bool:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+        return True
+    except OSError:
+        return False
+
+
+def online_cpus(root: str = CPU_ROOT) -> int:
+    """Online every offline CPU; how many were brought online."""
+    onlined = 0
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        if not re.fullmatch(r"cpu\d+", name):
+            continue
+        path = os.path.join(root, name, "online")
+        try:
+            with open(path) as f:
+                if f.read().strip() != "0":
+                    continue
+        except OSError:
+            continue  # cpu0 has no online file: it is always online
+        if _write(path, "1"):
+            onlined += 1
+    return onlined
+
+
+def online_memory(root: str = MEMORY_ROOT) -> int:
+    """Online every offline memory block; how many were brought online."""
+    onlined = 0
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        if not re.fullmatch(r"memory\d+", name):
+            continue
+        path = os.path.join(root, name, "state")
+        try:
+            with open(path) as f:
+                if f.read().strip() != "offline":
+                    continue
+        except OSError:
+            continue
+        if _write(path, "online"):
+            onlined += 1
+    return onlined
+
+
+def widen_cpusets(cpuset_root: str, parent: str) -> int:
+    """Give the new CPUs to the containers' cpusets (cgroup v1 keeps a cpuset as it was
+    made, so a container would never run on a CPU plugged in after it started): the
+    parent, then every cgroup under it that still has what it inherited; one whose
+    cpuset was set on purpose keeps it. How many cpusets were widened."""
+    try:
+        with open(os.path.join(cpuset_root, "cpuset.cpus")) as f:
+            online = f.read().strip()  # the root cpuset follows the online CPUs
+    except OSError:
+        return 0  # cgroup v2 (an empty cpuset.cpus inherits), or no cpuset controller
+    folder = os.path.join(cpuset_root, parent.strip("/"))
+
+    def widen(path: str, inherited: str | None) -> int:
+        try:
+            with open(os.path.join(path, "cpuset.cpus")) as f:
+                current = f.read().strip()
+        except OSError:
+            return 0
+        if inherited is not None and current != inherited:
+            return 0
+        changed = current != online and _write(os.path.join(path, "cpuset.cpus"), online)
+        count = int(changed)
+        for entry in os.scandir(path):
+            if entry.is_dir(follow_symlinks=False):
+                count += widen(entry.path, current)
+        return count
+
+    return widen(folder, None) if os.path.isdir(folder) else 0
+
+
+async def online(nb_cpus: int, *, wait: bool, cpu_only: bool,
+                 cpu_root: str = CPU_ROOT, memory_root: str = MEMORY_ROOT) -> tuple[int, int]:
+    """Online new CPUs (waiting, with `wait`, until nb_cpus of them were) and memory;
+    (cpus, memory blocks) brought online. TimeoutError if the CPUs never came."""
+    cpus = online_cpus(cpu_root)
+    deadline = time.monotonic() + ONLINE_WAIT
+    while wait and cpus < nb_cpus:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{cpus} of {nb_cpus} new CPUs came online in {ONLINE_WAIT:g} s")
+        await asyncio.sleep(0.05)
+        cpus += online_cpus(cpu_root)
+    blocks = 0 if cpu_only else online_memory(memory_root)
+    return cpus, blocks
