@@ -336,7 +336,7 @@ def test_reseed_names_an_unusable_device(tmp_path):
 # -- what stays unimplemented --------------------------------------------------------------
 async def test_other_methods_stay_unimplemented(served):
     _, client = served
-    for method in ("OnlineCPUMem", "AddSwap", "SetPolicy", "MemHotplugByProbe"):
+    for method in ("UpdateEphemeralMounts", "AddSwap", "SetPolicy", "MemHotplugByProbe"):
         with pytest.raises(TTRPCError) as caught:
             await client.call("grpc.AgentService", method, b"", timeout=5)
         assert caught.value.code == Code.UNIMPLEMENTED, method
