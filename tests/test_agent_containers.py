@@ -49,7 +49,9 @@ async def test_health_check_and_version(agent):
     assert version.grpc_version
 
 
-@pytest.mark.parametrize("method", ["UpdateEphemeralMounts", "AddSwap", "SetPolicy", "MemHotplugByProbe"])
+@pytest.mark.parametrize(
+    "method", ["UpdateEphemeralMounts", "AddSwap", "SetPolicy", "MemHotplugByProbe"]
+)
 async def test_methods_we_do_not_have_are_unimplemented(agent, method):
     with pytest.raises(TTRPCError) as caught:
         await agent.client.call("grpc.AgentService", method, b"")
