@@ -174,3 +174,45 @@ def test_raising_a_containers_limits_grows_the_running_vm(sandboxer):
         finally:
             cri.remove_pod(pod_id)
         assert_pod_gone(node, pod_id)
+
+
+def test_a_memory_emptydir_is_one_tmpfs_in_the_guest_for_the_whole_pod(tmp_path):
+    """kubelet mounts a tmpfs on the host for an emptyDir of `medium: Memory`; the pod's
+    containers get one tmpfs in the guest instead (the host's stays untouched)."""
+    from shim.sandbox.mounts import mount, unmount_all_under
+
+    with CriNode(line="2") as node, CriClient(node.address) as cri:
+        api = cri.api
+        memory = node.dir / "pods" / node.tag / "volumes" / "kubernetes.io~empty-dir" / "mem"
+        memory.mkdir(parents=True)
+        mount("tmpfs", str(memory), "tmpfs", 0, "size=32m")
+        try:
+            pod_config = api.PodSandboxConfig(
+                metadata=api.PodSandboxMetadata(name="memvol", namespace="default",
+                                                uid=f"uid-{node.tag}", attempt=0),
+                log_directory=str(node.dir / "logs"),
+                linux=api.LinuxPodSandboxConfig(),
+            )
+            pod_id = cri.run_pod(pod_config)
+            try:
+                ids = [cri.start_container(pod_id, pod_config, api.ContainerConfig(
+                    metadata=api.ContainerMetadata(name=name, attempt=0),
+                    image=api.ImageSpec(image=BUSYBOX_IMAGE),
+                    command=["sleep", "600"],
+                    log_path=f"{name}.log",
+                    mounts=[api.Mount(container_path="/cache", host_path=str(memory))],
+                    linux=api.LinuxContainerConfig(),
+                )) for name in ("one", "two")]
+                code, out, err = exec_sync(cri, ids[0], "sh", "-c",
+                                           "echo kept > /cache/x; stat -f -c %T /cache; "
+                                           "df -k /cache | tail -1")
+                assert code == 0, err
+                fstype, usage = out.splitlines()
+                assert fstype == "tmpfs" and usage.split()[1] == str(32 * 1024), out
+                assert exec_sync(cri, ids[1], "cat", "/cache/x")[1] == "kept\n"
+                assert list(memory.iterdir()) == []  # in the guest's memory, not the host's
+            finally:
+                cri.remove_pod(pod_id)
+            assert_pod_gone(node, pod_id)
+        finally:
+            unmount_all_under(str(memory))

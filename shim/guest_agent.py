@@ -127,10 +127,21 @@ class GuestAgent:
 
     # -- containers --------------------------------------------------------------------
     async def create_container(
-        self, container_id: str, spec: oci.Spec, *, sandbox_pidns: bool, timeout: float
+        self,
+        container_id: str,
+        spec: oci.Spec,
+        *,
+        sandbox_pidns: bool,
+        timeout: float,
+        storages: list[agent_pb2.Storage] | None = None,
     ) -> None:
+        """storages: what the guest mounts for it first (a memory emptyDir's tmpfs)."""
         request = agent_pb2.CreateContainerRequest(
-            container_id=container_id, exec_id=container_id, OCI=spec, sandbox_pidns=sandbox_pidns
+            container_id=container_id,
+            exec_id=container_id,
+            OCI=spec,
+            sandbox_pidns=sandbox_pidns,
+            storages=storages or [],
         )
         await self._call("CreateContainer", request, Empty, timeout)
 

@@ -68,3 +68,31 @@ def test_the_pods_sysctls_are_given_where_the_spec_sets_none():
     guest = container.guest_spec("/rootfs", share=None, given=gifts)
     assert dict(guest.Linux.Sysctl) == {"kernel.shm_rmid_forced": "1",
                                         "net.ipv4.ping_group_range": "0 0"}
+
+
+def test_a_memory_emptydir_becomes_the_pods_tmpfs_in_the_guest(tmp_path):
+    """kubelet mounts a tmpfs for `medium: Memory`: the guest gets a tmpfs of that size
+    (Kata's ephemeral storage), not a virtiofs share of the host's RAM."""
+    from shim.pod.container import memory_volume
+    from shim.sandbox.mounts import mount, unmount_all_under
+
+    volumes = tmp_path / "pods" / "uid" / "volumes" / "kubernetes.io~empty-dir"
+    memory, disk = volumes / "cache", volumes / "scratch"
+    memory.mkdir(parents=True)
+    disk.mkdir()
+    mount("tmpfs", str(memory), "tmpfs", 0, "size=64m")
+    try:
+        spec = cri_spec(APP, [])
+        spec["mounts"] = [{"destination": "/cache", "type": "bind", "source": str(memory),
+                           "options": ["rbind", "rw"]}]
+        container = Container("c1", "/b", spec, Process("c1", "", 1, Stdio("", "", "", False)))
+        guest = container.guest_spec("/rootfs", share=None)
+        [storage] = container.storages
+        assert (storage.driver, storage.fstype, list(storage.options)) == (
+            "ephemeral", "tmpfs", [f"size={64 << 20}"])
+        assert storage.mount_point == "/run/kata-containers/sandbox/ephemeral/cache"
+        assert guest.Mounts[0].source == storage.mount_point
+        assert memory_volume(str(disk)) is None  # a folder on disk is shared as it is
+        assert memory_volume(str(tmp_path)) is None  # not kubelet's layout
+    finally:
+        unmount_all_under(str(memory))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,6 +19,9 @@ from shim.pod.sizing import PodLimits
 from shim.sandbox.mounts import MountSpec
 
 log = structlog.get_logger(__name__)
+# kubelet's emptyDir layout; the name is a Kubernetes volume name (a DNS label)
+EMPTY_DIR = re.compile(r"/volumes/kubernetes\.io~empty-dir/([a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)$")
+GUEST_EPHEMERAL_DIR = "/run/kata-containers/sandbox/ephemeral"  # Kata's place for them
 
 
 class UnknownExec(NotFound):
@@ -68,6 +72,8 @@ class Container:
     execs: dict[str, Process] = field(default_factory=dict)
     rootfs: list[MountSpec] = field(default_factory=list)  # mounted by the host, shared
     limits: PodLimits = field(default_factory=PodLimits)  # its CPU quota and memory limit
+    # what the guest mounts for it first (a memory emptyDir's tmpfs: agent Storage)
+    storages: list[Any] = field(default_factory=list)
     # host source of each shared bind mount -> its path in the guest
     shared_sources: dict[str, str] = field(default_factory=dict)
 
@@ -146,7 +152,8 @@ class Container:
         return spec_to_kata(spec)
 
     def _shared_mount(self, index: int, entry: dict[str, Any], share: Share | None) -> dict:
-        """A mount of the spec as the guest sees it: a bind of a host path is shared."""
+        """A mount of the spec as the guest sees it: a bind of a host path is shared; a
+        kubelet emptyDir of `medium: Memory` becomes the pod's tmpfs in the guest."""
         options = entry.get("options") or []
         is_bind = entry.get("type") == "bind" or "bind" in options or "rbind" in options
         source = entry.get("source", "")
@@ -154,12 +161,40 @@ class Container:
             return entry
         if not os.path.exists(source):
             raise SpecError(f"bind mount source {source} does not exist")
+        memory = memory_volume(source)
+        if memory is not None:
+            self.storages.append(memory)
+            return dict(entry, source=memory.mount_point)
         if share is None:
             raise SpecError(f"bind mount {source}: this pod shares no files with its VM")
         guest_path = share.share_mount(self.id, index, source, readonly="ro" in options)
         self.shared_sources[source] = guest_path
         _note_direct_volume(share.id, source)
         return dict(entry, source=guest_path)
+
+
+def memory_volume(source: str) -> Any:
+    """The guest tmpfs (an agent Storage, Kata's "ephemeral" driver) standing for a kubelet
+    emptyDir of `medium: Memory`: a tmpfs that kubelet mounted at
+    .../volumes/kubernetes.io~empty-dir/NAME. None for any other source. Its size is the
+    host tmpfs's (kubelet's sizeLimit); the pod's memory pays for it either way."""
+    match = EMPTY_DIR.search(source.rstrip("/"))
+    if match is None or not os.path.ismount(source):
+        return None
+    from shim.mountinfo import fstype_of
+
+    if fstype_of(source) != "tmpfs":
+        return None
+    from protos.kata import agent_pb2
+
+    stat = os.statvfs(source)
+    return agent_pb2.Storage(
+        driver="ephemeral",
+        source="tmpfs",
+        fstype="tmpfs",
+        options=[f"size={stat.f_blocks * stat.f_frsize}"],
+        mount_point=f"{GUEST_EPHEMERAL_DIR}/{match.group(1)}",
+    )
 
 
 def _note_direct_volume(sandbox_id: str, source: str) -> None:

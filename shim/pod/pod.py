@@ -290,6 +290,7 @@ class Pod:
                 guest_spec,
                 sandbox_pidns=container.shares_pod_pidns,
                 timeout=sandbox.config.runtime.create_container_timeout,
+                storages=container.storages,
             )
         except BaseException:
             sandbox.remove_container(container.id)
