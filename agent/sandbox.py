@@ -148,17 +148,6 @@ class Sandbox:
             raise TTRPCError(Code.INTERNAL, f"cannot make the pod's pid namespace: {exc}") from None
         self._pidns = pidns
 
-    def _add_pod_storage(self, storage: Any) -> None:
-        """A storage that lives as long as the pod (a memory emptyDir's tmpfs): mounted
-        by the first container that has it, kept across container restarts, unmounted
-        with the sandbox."""
-        point = os.path.normpath(storage.mount_point)
-        if point in self._sandbox_mounts:
-            return
-        mounted = self._add_storage(storage)
-        if mounted:
-            self._sandbox_mounts.append(mounted)
-
     def _add_storage(self, storage: Any) -> str | None:
         try:
             return self.storages.add(storage)
@@ -233,9 +222,6 @@ class Sandbox:
         container: Container | None = None
         try:
             for storage in request.storages:
-                if storage.driver == "ephemeral":  # a pod's memory volume: the pod's
-                    self._add_pod_storage(storage)
-                    continue
                 point = self._add_storage(storage)
                 if point:
                     mounts.append(point)
