@@ -26,48 +26,36 @@ def _write(path: str, value: str) -> bool:
         return False
 
 
-def online_cpus(root: str = CPU_ROOT) -> int:
-    """Online every offline CPU; how many were brought online."""
-    onlined = 0
+def _online_all(root: str, pattern: str, attribute: str, offline: str, online: str) -> int:
+    """Write `online` to <root>/<entry>/<attribute> of every entry matching `pattern`
+    whose attribute reads `offline`; how many were written."""
     try:
         names = os.listdir(root)
     except OSError:
         return 0
+    onlined = 0
     for name in names:
-        if not re.fullmatch(r"cpu\d+", name):
+        if not re.fullmatch(pattern, name):
             continue
-        path = os.path.join(root, name, "online")
+        path = os.path.join(root, name, attribute)
         try:
             with open(path) as f:
-                if f.read().strip() != "0":
+                if f.read().strip() != offline:
                     continue
         except OSError:
             continue  # cpu0 has no online file: it is always online
-        if _write(path, "1"):
-            onlined += 1
+        onlined += _write(path, online)
     return onlined
+
+
+def online_cpus(root: str = CPU_ROOT) -> int:
+    """Online every offline CPU; how many were brought online."""
+    return _online_all(root, r"cpu\d+", "online", "0", "1")
 
 
 def online_memory(root: str = MEMORY_ROOT) -> int:
     """Online every offline memory block; how many were brought online."""
-    onlined = 0
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return 0
-    for name in names:
-        if not re.fullmatch(r"memory\d+", name):
-            continue
-        path = os.path.join(root, name, "state")
-        try:
-            with open(path) as f:
-                if f.read().strip() != "offline":
-                    continue
-        except OSError:
-            continue
-        if _write(path, "online"):
-            onlined += 1
-    return onlined
+    return _online_all(root, r"memory\d+", "state", "offline", "online")
 
 
 def widen_cpusets(cpuset_root: str, parent: str) -> int:

@@ -55,8 +55,6 @@ class HypervisorConfig:
     def maxima(self) -> tuple[int, int]:
         """(vCPUs, MiB) a pod's VM may grow to: default_maxvcpus and default_maxmemory,
         or the host's CPUs and memory where they are 0, never below the defaults."""
-        import os
-
         cpus = self.default_maxvcpus or len(os.sched_getaffinity(0)) or 1
         memory = self.default_maxmemory or (
             os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20

@@ -47,6 +47,7 @@ TIMEOUTS: dict[str, float | None] = {
     "GetIPTables": 10.0,
     "SetIPTables": 10.0,
 }
+TABLE: Any = object()  # "no deadline given": the table's
 REMOVE_GRACE = 10  # seconds the agent gives a removed container's processes
 
 
@@ -72,9 +73,9 @@ class GuestAgent:
         self.transport = transport
 
     async def _call(
-        self, method: str, message: Message, answer: type[M], timeout: float | None = -1.0
+        self, method: str, message: Message, answer: type[M], timeout: Any = TABLE
     ) -> M:
-        deadline = timeout_of(method) if timeout == -1.0 else timeout
+        deadline = timeout_of(method) if timeout is TABLE else timeout
         return await self.transport.request(method, message, answer, deadline)
 
     @property
@@ -162,7 +163,7 @@ class GuestAgent:
         await self._call("ResumeContainer", request, Empty)
 
     async def stats_container(
-        self, container_id: str, timeout: float | None = -1.0
+        self, container_id: str, timeout: Any = TABLE
     ) -> agent_pb2.StatsContainerResponse:
         request = agent_pb2.StatsContainerRequest(container_id=container_id)
         return await self._call(

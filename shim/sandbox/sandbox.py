@@ -46,6 +46,7 @@ def vm_config(
     from shim.vmm import VMConfig
 
     hv = config.hypervisor
+    max_vcpus, max_memory_mib = hv.maxima()
     return VMConfig(
         qemu_path=hv.path,
         kernel=hv.kernel,
@@ -54,8 +55,8 @@ def vm_config(
         machine_type=hv.machine_type,
         vcpus=size[0] if size else hv.default_vcpus,
         memory_mib=size[1] if size else hv.default_memory,
-        max_vcpus=hv.maxima()[0],
-        max_memory_mib=hv.maxima()[1],
+        max_vcpus=max_vcpus,
+        max_memory_mib=max_memory_mib,
         kernel_params=hv.kernel_params.split(),
         debug=hv.enable_debug or config.agent.enable_debug,
         shared_fs=hv.shared_fs,
