@@ -23,6 +23,7 @@ from typing import Any
 
 from integration.containerd_env import (
     BUSYBOX_BINARY,
+    BUSYBOX_IMAGE,
     PrivateContainerd,
     _digest,
     _gzip,
@@ -113,6 +114,26 @@ def _cni_conflist(data_dir: Path) -> dict[str, Any]:
             },
         }],
     }
+
+
+def pod_sandbox_config(api: Any, node: CriNode, name: str, **fields: Any) -> Any:
+    """A PodSandboxConfig as kubelet makes one (metadata, log directory), with `fields`."""
+    fields.setdefault("linux", api.LinuxPodSandboxConfig())
+    return api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name=name, namespace="default", uid=f"uid-{node.tag}",
+                                        attempt=0),
+        log_directory=str(node.dir / "logs"),
+        **fields,
+    )
+
+
+def busybox_container(api: Any, name: str, **fields: Any) -> Any:
+    """A ContainerConfig of the busybox image (`sleep 600` unless `command` is given)."""
+    fields.setdefault("command", ["sleep", "600"])
+    fields.setdefault("log_path", f"{name}.log")
+    fields.setdefault("linux", api.LinuxContainerConfig())
+    return api.ContainerConfig(metadata=api.ContainerMetadata(name=name, attempt=0),
+                               image=api.ImageSpec(image=BUSYBOX_IMAGE), **fields)
 
 
 class CriNode:

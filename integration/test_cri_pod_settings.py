@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from integration.containerd_env import BUSYBOX_IMAGE
-from integration.cri_env import CriClient, CriNode
+from integration.cri_env import CriClient, CriNode, busybox_container, pod_sandbox_config
 from integration.pykata_env import ensure_guest_assets, ensure_shim_on_path, leftovers
 from integration.test_cri import CALL_TIMEOUT, assert_pod_gone, exec_sync
 from integration.unixsock.build import build_unixsock
@@ -49,24 +48,18 @@ def test_the_pods_size_sysctls_and_the_hosts_resolver_reach_every_container(line
         empty_dir = node.dir / "pods" / node.tag / "volumes" / "kubernetes.io~empty-dir" / "x"
         empty_dir.mkdir(parents=True)
         shutil.copy2(build_unixsock(), empty_dir / "unixsock")
-        pod_config = api.PodSandboxConfig(  # no dns_config: the host's resolver
-            metadata=api.PodSandboxMetadata(name="settings", namespace="default",
-                                            uid=f"uid-{node.tag}", attempt=0),
+        pod_config = pod_sandbox_config(  # no dns_config: the host's resolver
+            api, node, "settings",
             hostname="settings-pod",
-            log_directory=str(node.dir / "logs"),
             linux=api.LinuxPodSandboxConfig(sysctls=SYSCTLS, resources=pod_limits(api)),
         )
         pod_id = cri.run_pod(pod_config)
         try:
             ids = [
-                cri.start_container(pod_id, pod_config, api.ContainerConfig(
-                    metadata=api.ContainerMetadata(name=name, attempt=0),
-                    image=api.ImageSpec(image=BUSYBOX_IMAGE),
+                cri.start_container(pod_id, pod_config, busybox_container(api, name,
                     command=(["/data/unixsock", "serve", "/data/sock"] if name == "one"
                              else ["sleep", "600"]),
-                    log_path=f"{name}.log",
                     mounts=[api.Mount(container_path="/data", host_path=str(empty_dir))],
-                    linux=api.LinuxContainerConfig(),
                 ))
                 for name in ("one", "two")
             ]
@@ -106,12 +99,7 @@ def test_a_sandbox_that_cannot_be_created_leaves_no_shim_behind():
     with CriNode(line="2", sandboxer="shim", runtime_options=options) as node, \
             CriClient(node.address) as cri:
         api = cri.api
-        pod_config = api.PodSandboxConfig(
-            metadata=api.PodSandboxMetadata(name="broken", namespace="default",
-                                            uid=f"uid-{node.tag}", attempt=0),
-            log_directory=str(node.dir / "logs"),
-            linux=api.LinuxPodSandboxConfig(),
-        )
+        pod_config = pod_sandbox_config(api, node, "broken")
         with pytest.raises(Exception) as caught:
             cri.runtime.RunPodSandbox(
                 api.RunPodSandboxRequest(config=pod_config, runtime_handler="pykata"),
@@ -137,19 +125,12 @@ def test_raising_a_containers_limits_grows_the_running_vm(sandboxer):
             return api.LinuxContainerResources(cpu_period=100000, cpu_quota=cpus * 100000,
                                                memory_limit_in_bytes=memory_mib << 20)
 
-        pod_config = api.PodSandboxConfig(
-            metadata=api.PodSandboxMetadata(name="resize", namespace="default",
-                                            uid=f"uid-{node.tag}", attempt=0),
-            log_directory=str(node.dir / "logs"),
+        pod_config = pod_sandbox_config(api, node, "resize",
             linux=api.LinuxPodSandboxConfig(resources=limits(0, 256)),
         )
         pod_id = cri.run_pod(pod_config)
         try:
-            cid = cri.start_container(pod_id, pod_config, api.ContainerConfig(
-                metadata=api.ContainerMetadata(name="app", attempt=0),
-                image=api.ImageSpec(image=BUSYBOX_IMAGE),
-                command=["sleep", "600"],
-                log_path="app.log",
+            cid = cri.start_container(pod_id, pod_config, busybox_container(api, "app",
                 linux=api.LinuxContainerConfig(resources=limits(0, 256)),
             ))
 
@@ -187,21 +168,11 @@ def test_a_memory_emptydir_is_one_tmpfs_in_the_guest_for_the_whole_pod(tmp_path)
         memory.mkdir(parents=True)
         mount("tmpfs", str(memory), "tmpfs", 0, "size=32m")
         try:
-            pod_config = api.PodSandboxConfig(
-                metadata=api.PodSandboxMetadata(name="memvol", namespace="default",
-                                                uid=f"uid-{node.tag}", attempt=0),
-                log_directory=str(node.dir / "logs"),
-                linux=api.LinuxPodSandboxConfig(),
-            )
+            pod_config = pod_sandbox_config(api, node, "memvol")
             pod_id = cri.run_pod(pod_config)
             try:
-                ids = [cri.start_container(pod_id, pod_config, api.ContainerConfig(
-                    metadata=api.ContainerMetadata(name=name, attempt=0),
-                    image=api.ImageSpec(image=BUSYBOX_IMAGE),
-                    command=["sleep", "600"],
-                    log_path=f"{name}.log",
+                ids = [cri.start_container(pod_id, pod_config, busybox_container(api, name,
                     mounts=[api.Mount(container_path="/cache", host_path=str(memory))],
-                    linux=api.LinuxContainerConfig(),
                 )) for name in ("one", "two")]
                 code, out, err = exec_sync(cri, ids[0], "sh", "-c",
                                            "echo kept > /cache/x; stat -f -c %T /cache; "

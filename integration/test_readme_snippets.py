@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.containerd_env import BUSYBOX_IMAGE
-from integration.cri_env import CriClient, CriNode
+from integration.cri_env import CriClient, CriNode, busybox_container, pod_sandbox_config
 from integration.pykata_env import ensure_guest_assets, ensure_shim_on_path
 from integration.test_cri import assert_pod_gone, exec_sync
 
@@ -46,21 +45,10 @@ def test_the_readmes_snippet_runs_a_pod_as_pasted(line, version):
     with CriNode(line=line, config_version=version, runtime_toml=snippet) as node, \
             CriClient(node.address) as cri:
         api = cri.api
-        pod_config = api.PodSandboxConfig(
-            metadata=api.PodSandboxMetadata(name="readme", namespace="default",
-                                            uid=f"uid-{node.tag}", attempt=0),
-            log_directory=str(node.dir / "logs"),
-            linux=api.LinuxPodSandboxConfig(),
-        )
+        pod_config = pod_sandbox_config(api, node, "readme")
         pod_id = cri.run_pod(pod_config)
         try:
-            cid = cri.start_container(pod_id, pod_config, api.ContainerConfig(
-                metadata=api.ContainerMetadata(name="app", attempt=0),
-                image=api.ImageSpec(image=BUSYBOX_IMAGE),
-                command=["sleep", "600"],
-                log_path="app.log",
-                linux=api.LinuxContainerConfig(),
-            ))
+            cid = cri.start_container(pod_id, pod_config, busybox_container(api, "app"))
             code, out, err = exec_sync(cri, cid, "uname", "-r")
             assert code == 0, err
             assert out.strip() != os.uname().release, "the container ran on the host"
