@@ -8,6 +8,7 @@ parameter memhp_default_state=online, and are onlined here too in case they did 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
@@ -15,6 +16,7 @@ import time
 CPU_ROOT = "/sys/devices/system/cpu"
 MEMORY_ROOT = "/sys/devices/system/memory"
 ONLINE_WAIT = 10.0  # seconds the new CPUs may take to appear after the plug
+MAX_CGROUPS = 4096  # cpusets widened after a plug, at most
 
 
 def _write(path: str, value: str) -> bool:
@@ -69,23 +71,27 @@ def widen_cpusets(cpuset_root: str, parent: str) -> int:
     except OSError:
         return 0  # cgroup v2 (an empty cpuset.cpus inherits), or no cpuset controller
     folder = os.path.join(cpuset_root, parent.strip("/"))
-
-    def widen(path: str, inherited: str | None) -> int:
+    if not os.path.isdir(folder):
+        return 0
+    # a walk of our own, not recursion: a container may nest cgroups under its own as
+    # deep as it likes, and only so many are looked at
+    widened, pending = 0, [(folder, None)]
+    for _ in range(MAX_CGROUPS):
+        if not pending:
+            break
+        path, inherited = pending.pop()
         try:
             with open(os.path.join(path, "cpuset.cpus")) as f:
                 current = f.read().strip()
         except OSError:
-            return 0
+            continue
         if inherited is not None and current != inherited:
-            return 0
-        changed = current != online and _write(os.path.join(path, "cpuset.cpus"), online)
-        count = int(changed)
-        for entry in os.scandir(path):
-            if entry.is_dir(follow_symlinks=False):
-                count += widen(entry.path, current)
-        return count
-
-    return widen(folder, None) if os.path.isdir(folder) else 0
+            continue  # set on purpose: it and what is under it keep theirs
+        if current != online:
+            widened += _write(os.path.join(path, "cpuset.cpus"), online)
+        with contextlib.suppress(OSError), os.scandir(path) as entries:
+            pending += [(e.path, current) for e in entries if e.is_dir(follow_symlinks=False)]
+    return widened
 
 
 async def online(nb_cpus: int, *, wait: bool, cpu_only: bool,
