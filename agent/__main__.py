@@ -49,10 +49,13 @@ async def serve(config: Config) -> int:
 
     from agent import channel
     from agent.children import Reaper
+    from agent.forward import Forwards
+    from agent.forward_service import PortForwardService
     from agent.health import HealthService
     from agent.sandbox import Sandbox
     from agent.service import AgentService
     from protos.kata import agent_pb2, health_pb2
+    from protos.pykata import forward_pb2
     from ttrpc.server import Server
 
     log = logging.getLogger("agent")
@@ -73,6 +76,10 @@ async def serve(config: Config) -> int:
     server.register(health_pb2.DESCRIPTOR.services_by_name["Health"], HealthService())
     server.register(
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"], AgentService(sandbox, config)
+    )
+    forwards = Forwards()
+    server.register(
+        forward_pb2.DESCRIPTOR.services_by_name["PortForward"], PortForwardService(forwards)
     )
 
     if config.prewarm:
@@ -99,6 +106,7 @@ async def serve(config: Config) -> int:
     stopping.cancel()
     if console is not None:
         console.cancel()
+    forwards.close_all()
     await sandbox.destroy()
     await server.shutdown(grace=1.0)
     reaper.uninstall()

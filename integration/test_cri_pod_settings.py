@@ -3,13 +3,16 @@ through both of containerd's doors (a pause container, and 2.x's `sandboxer = "s
 its size (a pod limited to 2 CPUs and 1 GiB got a 1-vCPU, 470 MiB VM), its namespaced
 sysctls (net, and IPC: kernel.shm_rmid_forced was 0 in the containers), its volumes as
 one filesystem (a unix socket in an emptyDir was refused from the other container) and,
-without a DNS config, the host's resolver; and a pod whose sandbox cannot be created
-leaves no shim daemon behind."""
+without a DNS config, the host's resolver; its ports, as containerd's port-forward dials
+them (localhost in the pod's netns on the host, where nothing listened); and a pod whose
+sandbox cannot be created leaves no shim daemon behind."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
+import threading
 import time
 
 import pytest
@@ -18,9 +21,65 @@ from integration.cri_env import CriClient, CriNode, busybox_container, pod_sandb
 from integration.pykata_env import ensure_guest_assets, ensure_shim_on_path, leftovers
 from integration.test_cri import CALL_TIMEOUT, assert_pod_gone, exec_sync
 from integration.unixsock.build import build_unixsock
+from shim.netns.nsenter import in_netns
 
 SYSCTLS = {"kernel.shm_rmid_forced": "1", "net.ipv4.ip_local_port_range": "40000 50000"}
 DOORS = [("1.7", ""), ("2", ""), ("2", "shim")]
+# container "two" serves a page on the guest's loopback (8080) and on every address (8081)
+PAGE = "served-in-the-vm"
+SERVE = (f"mkdir -p /tmp/www && echo {PAGE} > /tmp/www/index.html && "
+         "httpd -p 127.0.0.1:8080 -h /tmp/www && exec httpd -f -p 8081 -h /tmp/www")
+
+
+def http_get_in_netns(netns: str, port: int) -> str:
+    """What containerd's PortForward does: dial localhost:PORT inside the pod's netns
+    (on the host); here with an HTTP GET over it."""
+    result: list[object] = []
+
+    def body() -> None:
+        try:
+            with in_netns(netns):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            with sock:
+                sock.settimeout(30)
+                sock.connect(("127.0.0.1", port))
+                sock.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+                answer = b""
+                while chunk := sock.recv(4096):
+                    answer += chunk
+            result.append(answer.decode(errors="replace"))
+        except OSError as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    if isinstance(result[0], OSError):
+        raise result[0]
+    return str(result[0])
+
+
+def assert_ports_forwarded(node: CriNode) -> None:
+    """Both servers answer through the pod netns' loopback; a port nothing listens on in
+    the guest is refused there."""
+    netns_files = node.pod_netns_files()
+    assert len(netns_files) == 1, netns_files
+    deadline = time.monotonic() + 60
+    for port in (8080, 8081):
+        while True:
+            try:
+                answer = http_get_in_netns(netns_files[0], port)
+                break
+            except ConnectionRefusedError:  # the mirror follows the guest within seconds
+                assert time.monotonic() < deadline, f"nothing listens on port {port}"
+                time.sleep(1)
+        assert answer.startswith("HTTP/1.") and PAGE in answer, answer
+    try:
+        http_get_in_netns(netns_files[0], 8082)
+    except ConnectionRefusedError:
+        pass
+    else:
+        raise AssertionError("port 8082 answered: nothing listens on it in the guest")
 
 
 def pod_limits(api):
@@ -39,7 +98,7 @@ def assets():
 
 @pytest.mark.parametrize(("line", "sandboxer"), DOORS,
                          ids=[f"containerd-{line}-{door or 'pause'}" for line, door in DOORS])
-def test_the_pods_size_sysctls_and_the_hosts_resolver_reach_every_container(line, sandboxer):
+def test_the_pods_size_sysctls_resolver_and_ports_reach_every_container(line, sandboxer):
     with open("/etc/resolv.conf") as f:
         host_resolv = f.read()
     with CriNode(line=line, sandboxer=sandboxer) as node, CriClient(node.address) as cri:
@@ -58,7 +117,7 @@ def test_the_pods_size_sysctls_and_the_hosts_resolver_reach_every_container(line
             ids = [
                 cri.start_container(pod_id, pod_config, busybox_container(api, name,
                     command=(["/data/unixsock", "serve", "/data/sock"] if name == "one"
-                             else ["sleep", "600"]),
+                             else ["sh", "-c", SERVE]),
                     mounts=[api.Mount(container_path="/data", host_path=str(empty_dir))],
                 ))
                 for name in ("one", "two")
@@ -87,6 +146,7 @@ def test_the_pods_size_sysctls_and_the_hosts_resolver_reach_every_container(line
                 cpus, memory = out.splitlines()
                 assert int(cpus) >= 2, out  # the defaults (1 vCPU) + the pod's 2, within
                 assert int(memory.split()[1]) >= 1 << 20, out  # the host's CPUs; 512 + 1024
+            assert_ports_forwarded(node)
         finally:
             cri.remove_pod(pod_id)
         assert_pod_gone(node, pod_id)

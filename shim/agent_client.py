@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError, Message
 
 import ttrpc
 from protos.kata import agent_pb2, health_pb2
+from protos.pykata import forward_pb2
 from pykata_common.contract import AGENT_VSOCK_PORT
 from ttrpc.service import Metadata
 
@@ -23,7 +24,13 @@ log = structlog.get_logger(__name__)
 
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
-HEALTH_METHODS = frozenset(method.name for method in HEALTH_SERVICE.methods)
+FORWARD_SERVICE = forward_pb2.DESCRIPTOR.services_by_name["PortForward"]
+# the service of each method that is not grpc.AgentService's (method names are unique)
+SERVICE_OF = {
+    method.name: service
+    for service in (HEALTH_SERVICE, FORWARD_SERVICE)
+    for method in service.methods
+}
 M = TypeVar("M", bound=Message)
 
 # calls that are safe to send again after the connection broke under them
@@ -177,10 +184,10 @@ class AgentClient:
     async def request(
         self, method: str, message: Message, answer: type[M], timeout: float | None
     ) -> M:
-        """Send `message` to `method` (of grpc.Health for Check and Version, else of
-        grpc.AgentService) and decode the answer as `answer`. An answer that does not
+        """Send `message` to `method` (of grpc.Health, pykata.PortForward or
+        grpc.AgentService, by its name) and decode the answer as `answer`. An answer that does not
         decode is a BadAnswer: the guest is not trusted."""
-        service = HEALTH_SERVICE if method in HEALTH_METHODS else AGENT_SERVICE
+        service = SERVICE_OF.get(method, AGENT_SERVICE)
         payload = await self.call(
             service.full_name, method, message.SerializeToString(), timeout=timeout
         )

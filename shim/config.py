@@ -90,6 +90,8 @@ class RuntimeConfig:
     sandbox_cgroup_only: bool = True
     # the VM is sized at creation from the pod's limits, on top of the defaults
     static_sandbox_resource_mgmt: bool = True
+    # the guest's TCP listeners mirrored on the pod netns' loopback (CRI port-forward)
+    port_forward: bool = True
 
 
 @dataclass

@@ -54,7 +54,7 @@ async def serve(args: ShimArgs, readiness: Readiness) -> int:
     import ttrpc
     from protos.containerd.runtime.sandbox.v1 import sandbox_pb2
     from protos.containerd.task.v2 import shim_pb2
-    from shim.agent_client import AGENT_SERVICE, HEALTH_SERVICE
+    from shim.agent_client import AGENT_SERVICE, FORWARD_SERVICE, HEALTH_SERVICE
     from shim.monitor.rpc_metrics import RpcMetrics, request_names
     from shim.pod.pod import Pod
     from shim.reaper import reap_orphans_forever
@@ -74,7 +74,7 @@ async def serve(args: ShimArgs, readiness: Readiness) -> int:
             door.on_pod_event(event)
 
     pod = Pod(args.namespace, report)
-    rpc = RpcMetrics(request_names([AGENT_SERVICE, HEALTH_SERVICE]))
+    rpc = RpcMetrics(request_names([AGENT_SERVICE, HEALTH_SERVICE, FORWARD_SERVICE]))
     pod.use_monitor(SandboxMonitor(pod, rpc))
     tasks = TaskService(pod, publisher, shutdown)
     # containerd 2.x, CRI `sandboxer = "shim"`: the pod itself, on the same socket

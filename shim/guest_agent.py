@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 
 from protos.kata import agent_pb2, health_pb2, types_pb2
 from protos.kata import oci_pb2 as oci
+from protos.pykata import forward_pb2
 
 M = TypeVar("M", bound=Message)
 Empty = empty_pb2.Empty
@@ -46,6 +47,11 @@ TIMEOUTS: dict[str, float | None] = {
     "ResizeVolume": 10.0,
     "GetIPTables": 10.0,
     "SetIPTables": 10.0,
+    "WatchListeners": 90.0,  # the agent answers within WATCH_WAIT
+    "DialPort": 15.0,  # the agent gives a connect 10 s
+    "ReadPort": None,
+    "WritePort": 30.0,
+    "ClosePort": 10.0,
 }
 TABLE: Any = object()  # "no deadline given": the table's
 REMOVE_GRACE = 10  # seconds the agent gives a removed container's processes
@@ -272,3 +278,28 @@ class GuestAgent:
     async def resize_volume(self, guest_path: str, size: int) -> None:
         request = agent_pb2.ResizeVolumeRequest(volume_guest_path=guest_path, size=size)
         await self._call("ResizeVolume", request, Empty)
+
+    # -- port-forward (pykata.PortForward) ---------------------------------------------
+    async def watch_listeners(self, known: list[int], wait: float) -> list[int]:
+        """The guest's listening TCP ports, once they differ from `known` or after `wait`
+        s (the agent caps it at 60). Unchecked: the caller bounds them."""
+        request = forward_pb2.WatchListenersRequest(known=known, wait_ms=int(wait * 1000))
+        return list((await self._call("WatchListeners", request, forward_pb2.Listeners)).ports)
+
+    async def dial_port(self, port: int) -> int:
+        """Connect to the guest's `port`; the connection's number."""
+        request = forward_pb2.DialPortRequest(port=port)
+        return (await self._call("DialPort", request, forward_pb2.DialPortResponse)).connection
+
+    async def read_port(self, connection: int, size: int) -> bytes:
+        """Up to `size` bytes from a connection (b"": its end); unchecked."""
+        request = forward_pb2.ReadPortRequest(connection=connection, len=size)
+        return (await self._call("ReadPort", request, forward_pb2.PortData)).data
+
+    async def write_port(self, connection: int, data: bytes, *, eof: bool = False) -> None:
+        request = forward_pb2.WritePortRequest(connection=connection, data=data, eof=eof)
+        await self._call("WritePort", request, forward_pb2.WritePortResponse)
+
+    async def close_port(self, connection: int) -> None:
+        request = forward_pb2.ClosePortRequest(connection=connection)
+        await self._call("ClosePort", request, Empty)

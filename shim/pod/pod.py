@@ -35,6 +35,7 @@ from shim.pod.errors import (
     TooBig,
 )
 from shim.pod.events import DEAD_VM_STATUS, PodDied, ProcessExited, Report
+from shim.pod.port_forward import PortMirror
 from shim.pod.process import NEVER_STARTED_STATUS, Process, ProcessStateError, State, Stdio
 from shim.pod.sizing import PodLimits, VMSize, vm_size
 from shim.pod.watch import PodWatchers
@@ -120,6 +121,7 @@ class Pod:
         self.recently_deleted: collections.deque[str] = collections.deque(maxlen=64)
         self.monitor: Monitor | None = None
         self.watchers = PodWatchers(self, report)
+        self.ports: PortMirror | None = None  # CRI port-forward, when the pod has a netns
         self._lock = asyncio.Lock()  # the sandbox and the set of containers change one at a time
 
     # -- what the pod is ---------------------------------------------------------------
@@ -191,6 +193,9 @@ class Pod:
             except OSError as exc:  # the pod runs without it; the log says why
                 log.error("cannot serve the monitor socket", error=str(exc), sandbox=sandbox.id)
         self.watchers.start(sandbox)
+        if settings.netns is not None and settings.config.runtime.port_forward:
+            self.ports = PortMirror(settings.netns, sandbox.agent, sandbox.id)
+            self.ports.start()
         return sandbox
 
     async def stop(self) -> None:
@@ -203,6 +208,9 @@ class Pod:
         self.watchers.stop_death_and_console()
         if self.monitor is not None:
             await self.monitor.close()
+        if self.ports is not None:
+            await self.ports.stop()
+            self.ports = None
         if self.sandbox is not None:
             # the OOM watcher goes after DestroySandbox's answer: an OOM event the guest
             # sent before it (a kill reported with the last container's exit) is read first
