@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import struct
 import time
@@ -38,6 +37,8 @@ class ForwardError(Exception):
 
 def _address(hex_text: str) -> str:
     """An address of /proc/net/tcp{,6}: 32-bit words in the host's (little) byte order."""
+    import ipaddress  # here: the agent's start-up path imports this module
+
     words = [int(hex_text[i:i + 8], 16) for i in range(0, len(hex_text), 8)]
     packed = struct.pack(f"<{len(words)}I", *words)
     return str(ipaddress.ip_address(packed))
@@ -67,6 +68,8 @@ def listeners(proc_net: str = "/proc/net") -> dict[int, set[str]]:
 def dial_order(bound: set[str]) -> list[str]:
     """Where to connect for a port bound to these addresses: IPv4 loopback first (what
     containerd dials on a runc host), then IPv6 loopback, then each specific address."""
+    import ipaddress
+
     v4: list[str] = []
     v6: list[str] = []
     specific: list[str] = []
