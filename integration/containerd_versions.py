@@ -4,6 +4,7 @@
 bookworm's libc as they are, so they are downloaded with a private apt set-up
 (its own sources list, lists and cache under the cache dir; the host's apt
 sources are never touched), unpacked with `dpkg-deb -x` and cached.
+`suite_packages` does the same for any packages (Docker's, in docker_env.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +70,9 @@ def _apt(apt_dir: Path, *args: str, cwd: Path | None = None) -> None:
         raise RuntimeError(f"apt-get {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
 
 
-def _fetch(suite: str, dest: Path) -> None:
+def _fetch(suite: str, dest: Path, packages: Sequence[str] = PACKAGES) -> None:
+    """Download `packages` from Debian `suite` with a private apt set-up and unpack them
+    all into `dest` (replaced)."""
     from guest.virtiofsd import debian_mirror
 
     uri, keyring = debian_mirror()
@@ -82,7 +86,7 @@ def _fetch(suite: str, dest: Path) -> None:
         _apt(apt_dir, "update")
         debs = work / "debs"
         debs.mkdir()
-        _apt(apt_dir, "download", *(f"{p}/{suite}" for p in PACKAGES), cwd=debs)
+        _apt(apt_dir, "download", *(f"{p}/{suite}" for p in packages), cwd=debs)
         root = work / "root"
         for deb in sorted(debs.glob("*.deb")):
             subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, timeout=300)
@@ -93,15 +97,29 @@ def _fetch(suite: str, dest: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def suite_packages(
+    suite: str,
+    packages: Sequence[str],
+    folder: str,
+    needed: Sequence[str],
+    cache_dir: Path | None = None,
+) -> Path:
+    """Debian `packages` of `suite`, unpacked once into `<cache>/<folder>/<suite>`; fetched
+    again when a path of `needed` (relative to that root) is missing. Returns the root."""
+    base = (cache_dir or default_cache_dir()) / folder
+    base.mkdir(parents=True, exist_ok=True)
+    dest = base / suite
+    if not all((dest / path).exists() for path in needed):
+        _fetch(suite, dest, packages)
+    return dest
+
+
 def suite_containerd(line: str, cache_dir: Path | None = None) -> ContainerdBinaries:
     """containerd `line` ("1.7" or "2") from its Debian suite, downloaded once and cached."""
     suite = SUITES[line]
-    base = (cache_dir or default_cache_dir()) / "containerd"
-    base.mkdir(parents=True, exist_ok=True)
-    dest = base / suite
+    dest = suite_packages(suite, PACKAGES, "containerd", ("usr/bin/containerd", "usr/bin/ctr"),
+                          cache_dir)
     containerd, ctr = dest / "usr/bin/containerd", dest / "usr/bin/ctr"
-    if not (containerd.exists() and ctr.exists()):
-        _fetch(suite, dest)
     version = _version_of(str(containerd))
     if not version.startswith(line):
         raise RuntimeError(f"{suite} ships containerd {version}, not {line}.x")
