@@ -18,6 +18,7 @@ setup: host-packages venv
 	ln -sf $(PREFIX_VENV)/bin/pykata-runtime $(BIN_DIR)/pykata-runtime
 	$(PREFIX_VENV)/bin/pykata-image build
 	$(PREFIX_VENV)/bin/pykata-image host-virtiofsd
+	$(PREFIX_VENV)/bin/pykata-image host-vhost-vsock
 	$(MAKE) --no-print-directory config
 
 ## config: install the commented default configuration
@@ -50,10 +51,11 @@ dev: host-packages venv
 	ln -sf $(PREFIX_VENV)/bin/pykata-runtime $(BIN_DIR)/pykata-runtime
 	$(MAKE) --no-print-directory config
 
-## image: (re)build the guest image and the host virtiofsd (a no-op when nothing changed)
+## image: (re)build the guest image, the host virtiofsd and vhost-device-vsock (no-op when unchanged)
 image: dev
 	$(PY) -m guest build
 	$(PY) -m guest host-virtiofsd
+	$(PY) -m guest host-vhost-vsock
 
 guest-selftest: image
 	$(PY) -m guest selftest

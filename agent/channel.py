@@ -90,7 +90,10 @@ async def detect(timeout: float = FIND_TIMEOUT) -> str:
     while True:
         if vsock_cid() is not None:
             try:
-                vsock_listener(AGENT_VSOCK_PORT).close()
+                # bind only: a listening probe would accept (then drop) a host's early
+                # CONNECT; unbound again, the port refuses until the real listener is up
+                with socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM) as probe:
+                    probe.bind((socket.VMADDR_CID_ANY, AGENT_VSOCK_PORT))
                 return f"vsock://{AGENT_VSOCK_PORT}"
             except OSError as exc:
                 log.debug("vsock: cannot bind port %d: %s", AGENT_VSOCK_PORT, exc)

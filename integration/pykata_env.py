@@ -28,7 +28,8 @@ def ensure_shim_on_path() -> str:
 
 
 def ensure_guest_assets() -> None:
-    """Build the guest kernel + initrd and the host virtiofsd once (cached by the builder)."""
+    """Build the guest kernel + initrd, and install the host's virtiofsd and
+    vhost-device-vsock, once each (cached by the builder)."""
     missing = [
         p
         for p in (
@@ -41,6 +42,8 @@ def ensure_guest_assets() -> None:
     if missing:
         for command in (["build"], ["host-virtiofsd"]):
             subprocess.run([sys.executable, "-m", "guest", *command], cwd=ROOT, check=True)
+    if not (ASSETS / "vhost-device-vsock" / "vhost-device-vsock").exists():
+        subprocess.run([sys.executable, "-m", "guest", "host-vhost-vsock"], cwd=ROOT, check=True)
 
 
 def leftovers() -> dict[str, list[str] | list[int]]:

@@ -98,7 +98,7 @@ def test_the_monitor_socket_serves_host_shim_agent_and_guest_metrics(pod):
     assert f'sandbox_id="{cid}"' in got.stdout
     agent_url = subprocess.run(["curl", "-sf", "--unix-socket", str(monitor_socket(cd, cid)),
                                 "http://x/agent-url"], capture_output=True, text=True, timeout=30)
-    assert agent_url.stdout.startswith(("unix://", "vsock://")), agent_url.stdout
+    assert agent_url.stdout.startswith(("unix://", "vsock://", "hvsock://")), agent_url.stdout
 
 
 def test_runtime_metrics_prints_the_same_families(pod):

@@ -1,8 +1,9 @@
 """The VM lives in the pod's cgroup ([runtime] sandbox_cgroup_only, on by default): QEMU,
-virtiofsd and the shim daemon are in the cgroup containerd (`ctr run`) or CRI (the pod's
-cgroup_parent, both sandboxers) names for the sandbox, so the pod's limits bound the
-whole VM; the cgroup goes with the pod. When the VM outgrows the pod's memory limit the
-host's OOM killer ends QEMU inside that cgroup, and the pod dies as a VM death does."""
+virtiofsd, vhost-device-vsock and the shim daemon are in the cgroup containerd (`ctr
+run`) or CRI (the pod's cgroup_parent, both sandboxers) names for the sandbox, so the
+pod's limits bound the whole VM; the cgroup goes with the pod. When the VM outgrows the
+pod's memory limit the host's OOM killer ends QEMU inside that cgroup, and the pod dies
+as a VM death does."""
 
 from __future__ import annotations
 
@@ -42,13 +43,17 @@ def memory_cgroup(pid: int) -> str:
 
 
 def pod_processes(namespace: str, sandbox_id: str) -> dict[str, int]:
-    """The shim daemon, QEMU and virtiofsd of a sandbox, from its state files."""
+    """The shim daemon, QEMU, virtiofsd and (with hybrid vsock, what `auto` picks where
+    the daemon is installed) vhost-device-vsock of a sandbox, from its state files."""
     state = STATE_ROOT / namespace / sandbox_id
     record = json.loads((state / "sandbox.json").read_text())
     vm = json.loads((state / "vm.json").read_text())
     found = {"shim": record["shim_pid"]}
     found.update({name: p["pid"] for name, p in vm["processes"].items()})
-    assert set(found) == {"shim", "qemu", "virtiofsd"}, found
+    expected = {"shim", "qemu", "virtiofsd"}
+    if vm["agent"]["address"].startswith("hvsock://"):
+        expected.add("vhost-vsock")
+    assert set(found) == expected, found
     return found
 
 

@@ -1,7 +1,8 @@
 """The shim's client of the guest agent: Kata's agent API over our ttrpc.
 
-One interface for both transports: the host end of a virtio-serial port (a Unix
-socket that QEMU serves, these hosts) or AF_VSOCK to the guest's port 1024.
+One interface for three transports: the host end of a virtio-serial port (a Unix
+socket that QEMU serves), AF_VSOCK to the guest's port 1024 (vhost-vsock), or hybrid
+vsock (a Unix socket where `CONNECT 1024` opens the guest's port: shim.hybrid_vsock).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import ttrpc
 from protos.kata import agent_pb2, health_pb2
 from protos.pykata import forward_pb2
 from pykata_common.contract import AGENT_VSOCK_PORT
+from shim import hybrid_vsock
 from ttrpc.service import Metadata
 
 log = structlog.get_logger(__name__)
@@ -61,19 +63,24 @@ class BadAnswer(ttrpc.TTRPCError):
 
 @dataclass(frozen=True)
 class AgentAddress:
-    """Where the agent listens, seen from the host."""
+    """Where the agent listens, seen from the host: a Unix socket, a vsock CID, or a
+    hybrid vsock socket (both vsock kinds at `vsock_port`)."""
 
     unix_path: str | None = None
     vsock_cid: int | None = None
     vsock_port: int = AGENT_VSOCK_PORT
+    hvsock_path: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.unix_path is None) == (self.vsock_cid is None):
-            raise ValueError("give exactly one of unix_path and vsock_cid")
+        given = (self.unix_path, self.vsock_cid, self.hvsock_path)
+        if sum(value is not None for value in given) != 1:
+            raise ValueError("give exactly one of unix_path, vsock_cid and hvsock_path")
 
     def __str__(self) -> str:
         if self.unix_path is not None:
             return f"unix://{self.unix_path}"
+        if self.hvsock_path is not None:
+            return f"{hybrid_vsock.SCHEME}://{self.hvsock_path}:{self.vsock_port}"
         return f"vsock://{self.vsock_cid}:{self.vsock_port}"
 
 
@@ -119,6 +126,15 @@ class AgentClient:
             return await ttrpc.Client.connect(
                 self.address.unix_path, timeout=self.connect_timeout, observer=self._observer
             )
+        if self.address.hvsock_path is not None:
+            stream = await hybrid_vsock.connect(
+                self.address.hvsock_path, self.address.vsock_port, self.connect_timeout
+            )
+            try:
+                return await ttrpc.Client.from_socket(stream, observer=self._observer)
+            except BaseException:
+                stream.close()
+                raise
         sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)

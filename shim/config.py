@@ -17,6 +17,7 @@ SEARCH_PATHS = (
 )
 SHARED_FS = ("virtio-fs", "none")
 ACCELS = ("auto", "kvm", "tcg")
+AGENT_TRANSPORTS = ("auto", "vsock", "hvsock", "serial")  # shim.vmm.vm_config.AgentTransport
 NETWORK_MODELS = ("tcfilter", "macvtap", "none")
 VIRTIOFSD_SANDBOX_FLOORS = tuple(reversed(VIRTIOFSD_SANDBOX_RANK))  # strongest first
 VIRTIOFSD_SECCOMP_FLOORS = tuple(reversed(VIRTIOFSD_SECCOMP_RANK))
@@ -45,6 +46,10 @@ class HypervisorConfig:
     virtio_fs_cache: str = "auto"
     virtio_fs_extra_args: list[str] = field(default_factory=list)
     accel: str = "auto"
+    # the agent's channel: auto (vsock where /dev/vhost-vsock works, else hybrid vsock
+    # where vhost_user_vsock_daemon is installed, else serial), vsock, hvsock, serial
+    agent_transport: str = "auto"
+    vhost_user_vsock_daemon: str = "/usr/share/pykata/vhost-device-vsock/vhost-device-vsock"
     enable_debug: bool = False
     reclaim_guest_freed_memory: bool = True  # virtio-balloon free page reporting (Kata's key)
     # the confinement floor: a pod refuses to start below it (shim.vmm.confinement)
@@ -173,6 +178,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             VIRTIOFSD_SECCOMP_FLOORS,
         ),
         ("hypervisor.qemu.accel", config.hypervisor.accel, ACCELS),
+        ("hypervisor.qemu.agent_transport", config.hypervisor.agent_transport, AGENT_TRANSPORTS),
         ("runtime.internetworking_model", config.runtime.internetworking_model, NETWORK_MODELS),
     )
     for key, value, allowed in checks:

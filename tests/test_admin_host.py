@@ -96,3 +96,26 @@ def test_usage_errors_exit_2(tmp_path):
     result = admin(tmp_path, "iptables", config=tmp_path / "none.toml")
     assert result.returncode == 2
     assert "{get,set}" in result.stderr
+
+
+def test_check_and_env_name_the_kernel_from_the_builds_manifest(tmp_path):
+    """The manifest.json beside the configured kernel says which kernel it is; a kernel
+    the manifest does not name (or no manifest) is said to be undescribed."""
+    from shim.admin.host import kernel_record, kernel_words
+
+    (tmp_path / "vmlinuz-6.1.192-pykata").write_bytes(b"k")
+    (tmp_path / "vmlinuz").symlink_to("vmlinuz-6.1.192-pykata")
+    (tmp_path / "manifest.json").write_text(json.dumps({"kernel": {
+        "file": "vmlinuz-6.1.192-pykata", "flavour": "pykata", "release": "6.1.192-pykata",
+        "package": "linux-source-6.1"}}))
+    assert kernel_record(str(tmp_path / "vmlinuz"))["flavour"] == "pykata"
+    assert kernel_words(str(tmp_path / "vmlinuz")) == (
+        "pykata's own, 6.1.192-pykata (linux-source-6.1)")
+    # an older manifest has no flavour: it was Debian's cloud kernel
+    (tmp_path / "manifest.json").write_text(json.dumps({"kernel": {
+        "file": "vmlinuz-6.1.192-pykata", "release": "6.1.0-57-cloud-amd64",
+        "package": "linux-image-6.1.0-57-cloud-amd64"}}))
+    assert kernel_words(str(tmp_path / "vmlinuz")).startswith("Debian's cloud kernel, 6.1.0-57")
+    (tmp_path / "other").write_bytes(b"k")
+    assert kernel_record(str(tmp_path / "other")) is None
+    assert "not described" in kernel_words(str(tmp_path / "nowhere" / "vmlinuz"))

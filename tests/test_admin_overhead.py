@@ -158,6 +158,7 @@ def _running_sandbox(node, spawn, *, shim_started=None):
     qemu = spawn("sleep", "60")
     virtiofsd = spawn("sh", "-c", "sleep 60 & wait")  # forks the one that serves, as with
     wait_for(lambda: procs.children(virtiofsd.pid))  # --sandbox=namespace
+    vsock = spawn("sleep", "60")  # hybrid vsock's daemon
     state = node.state_dir(
         "pod1",
         shim_pid=shim.pid,
@@ -168,7 +169,7 @@ def _running_sandbox(node, spawn, *, shim_started=None):
         "agent": {},
         "processes": {
             name: {"pid": p.pid, "start_time": procs.start_time(p.pid), "argv0": name}
-            for name, p in (("qemu", qemu), ("virtiofsd", virtiofsd))
+            for name, p in (("qemu", qemu), ("virtiofsd", virtiofsd), ("vhost-vsock", vsock))
         },
     }
     (state / "vm.json").write_text(json.dumps(record))
@@ -180,6 +181,7 @@ def test_sandbox_pids_come_from_the_state_dir(node, spawn):
     pids = sandbox_pids(state)
     assert pids["shim"] == [shim.pid] and pids["qemu"] == [qemu.pid]
     assert pids["virtiofsd"][0] == virtiofsd.pid and len(pids["virtiofsd"]) == 2
+    assert len(pids["vhost-vsock"]) == 1
 
 
 def test_a_recycled_shim_pid_is_not_measured(node, spawn):
@@ -215,7 +217,7 @@ class FakeSandbox:
 
     def __init__(self, namespace, sandbox_id, config, *, qemu=None, virtiofsd=None, fail=False):
         self.namespace, self.id, self.config = namespace, sandbox_id, config
-        self.vm = types.SimpleNamespace(pid=qemu, virtiofsd=virtiofsd)
+        self.vm = types.SimpleNamespace(pid=qemu, virtiofsd=virtiofsd, vhost_vsock=None)
         self.fail = fail
         self.calls: list[str] = []
         FakeSandbox.made.append(self)

@@ -8,7 +8,9 @@ import pytest
 
 from shim.vmm.layout import VMPaths
 from shim.vmm.qemu_args import (
+    HybridVsockChannel,
     SerialChannel,
+    TemplateLayout,
     VsockChannel,
     build_argv,
     kernel_cmdline,
@@ -94,6 +96,37 @@ def test_vsock_agent_channel_with_and_without_fd():
     argv = argv_for(channel=VsockChannel(cid=5))
     assert "vhost-vsock-pci,id=vsock0,guest-cid=5" in devices(argv)
     assert passed_fds(VMConfig(), VsockChannel(cid=5, vhostfd=9)) == [9]
+
+
+HVSOCK = HybridVsockChannel(PATHS.vhost_vsock_socket, PATHS.hvsock_socket)
+
+
+@pytest.mark.parametrize("shared_fs", ["virtio-fs", "none"])
+def test_hybrid_vsock_agent_channel_shares_memory_with_its_daemon(shared_fs):
+    argv = argv_for(VMConfig(memory_mib=512, shared_fs=shared_fs), channel=HVSOCK)
+    assert f"socket,id=vsock0,path={STATE}/vuvsock.sock" in opt(argv, "-chardev")
+    assert "vhost-user-vsock-pci,chardev=vsock0,id=vsock0" in devices(argv)
+    # vhost-device-vsock maps guest RAM, with or without virtiofsd
+    assert opt(argv, "-object").count("memory-backend-memfd,id=mem0,size=512M,share=on") == 1
+    assert opt(argv, "-numa") == ["node,memdev=mem0"]
+    assert ("vhost-user-fs-pci,chardev=vfs0,tag=kataShared,id=fs0" in devices(argv)) == (
+        shared_fs == "virtio-fs")
+    # no virtio-serial agent port, no vhost-vsock, nothing to inherit
+    assert not any("virtserialport" in d or "virtio-serial" in d for d in devices(argv))
+    assert not any(d.startswith("vhost-vsock-pci") for d in devices(argv))
+    assert passed_fds(VMConfig(), HVSOCK) == []
+
+
+def test_hybrid_vsock_with_the_debug_console_keeps_its_serial_port():
+    argv = argv_for(VMConfig(debug_console=True), channel=HVSOCK)
+    assert "virtio-serial-pci,id=serial0" in devices(argv)
+    assert not any("name=agent.channel.0" in d for d in devices(argv))
+
+
+def test_a_template_cannot_have_hybrid_vsock():
+    # QEMU refuses to migrate vhost-user-vsock ("non-migratable device")
+    with pytest.raises(ValueError, match="cannot migrate"):
+        argv_for(channel=HVSOCK, layout=TemplateLayout(Path("/tmp/memory")))
 
 
 def test_virtiofs_shares_memory():

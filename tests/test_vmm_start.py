@@ -61,12 +61,15 @@ async def _fake_qemu(mode: str, argv: list[str]) -> None:
     with open(chardevs["console0"]["logfile"], "a") as console:
         console.write("\x1bc\x1b[2Jfake firmware\r\nfake kernel: booting\n")
     held = []
-    if "vfs0" in chardevs:  # like vhost-user: virtiofsd leaves when we hang up
-        vfs = socket.socket(socket.AF_UNIX)
-        vfs.connect(chardevs["vfs0"]["path"])
-        held.append(vfs)
-    agent_path = chardevs["agent0"]["path"]
-    if mode == "agent-silent":
+    for vhost_user in ("vfs0", "vsock0"):  # virtiofsd leaves when we hang up
+        if vhost_user in chardevs:
+            backend = socket.socket(socket.AF_UNIX)
+            backend.connect(chardevs[vhost_user]["path"])
+            held.append(backend)
+    agent_path = chardevs.get("agent0", {}).get("path")
+    if agent_path is None:
+        pass  # hybrid vsock: the (fake) vhost-device-vsock serves the agent
+    elif mode == "agent-silent":
         silent = socket.socket(socket.AF_UNIX)
         silent.bind(agent_path)
         silent.listen()
@@ -172,6 +175,7 @@ from shim.vmm.confinement import ConfinementError, ConfinementFloor  # noqa: E40
 from shim.vmm.errors import (  # noqa: E402
     AgentTimeoutError,
     QemuExitedError,
+    VhostVsockError,
     VirtiofsdError,
     VMStartError,
 )
@@ -346,4 +350,137 @@ async def test_kill_from_state_after_a_shim_crash(tmp_path, files):
     assert await asyncio.wait_for(vm.wait_exited(), 5) == -signal.SIGTERM
     assert_nothing_left(files["state"], vm.pid)
     assert kill_from_state(files["state"]) == []
+    await vm.stop()
+
+
+# --------------------------------------------------------------------------- hybrid vsock
+FAKE_HVSOCK = ROOT / "tests" / "fake_hvsock.py"
+
+
+def hvsock_config(tmp_path: Path, files: dict[str, Path], daemon_mode: str = "ok",
+                  mode: str = "ok", **kw) -> VMConfig:
+    daemon = tmp_path / f"vhost-device-vsock-{daemon_mode}"
+    daemon.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_HVSOCK}" {daemon_mode} "$@"\n')
+    daemon.chmod(0o755)
+    return config(tmp_path, files, mode, agent_transport="hvsock",
+                  vhost_vsock_daemon=str(daemon), **kw)
+
+
+@pytest.fixture
+def unconfined(monkeypatch):
+    """The fake daemon runs as it is (the unshare + setpriv wrapper is tested apart)."""
+    from shim.vmm import vhost_vsock
+
+    monkeypatch.setattr(vhost_vsock, "confined", lambda argv: argv)
+
+
+def test_the_daemon_runs_confined():
+    from shim.vmm.vhost_vsock import confined, daemon_argv
+
+    argv = daemon_argv("/d", Path("/s/vuvsock.sock"), Path("/s/hvsock.sock"))
+    assert argv == ["/d", "--guest-cid=3", "--socket=/s/vuvsock.sock",
+                    "--uds-path=/s/hvsock.sock"]
+    wrapped = confined(argv)
+    assert wrapped[0].endswith("unshare") and wrapped[1:3] == ["--net", "--"]
+    assert wrapped[3].endswith("setpriv")
+    assert {"--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"} <= set(wrapped)
+    assert wrapped[-len(argv):] == argv
+
+
+async def test_hybrid_vsock_start_check_stop(tmp_path, files, unconfined):
+    vm = await start_vm(hvsock_config(tmp_path, files), files["state"], files["shared"],
+                        cache_dir=files["cache"])
+    daemon = vm.vhost_vsock
+    try:
+        assert daemon is not None and vm.channel == "hvsock"
+        record = json.loads((files["state"] / "vm.json").read_text())
+        assert record["processes"]["vhost-vsock"]["pid"] == daemon.pid
+        assert record["agent"]["address"] == f"hvsock://{files['state']}/hvsock.sock:1024"
+        assert f"--uds-path={files['state']}/hvsock.sock" in procs.cmdline(daemon.pid)
+        assert (await vm.agent.check()).status == 1
+        assert "vhost_vsock_ready" in vm.timings and "port_open" not in vm.timings
+    finally:
+        await vm.stop()
+    assert_nothing_left(files["state"], vm.pid, daemon.pid)
+
+
+async def test_a_stream_the_guest_never_serves_is_dialled_again(tmp_path, files, unconfined):
+    vm = await start_vm(hvsock_config(tmp_path, files, "stall-first"), files["state"],
+                        files["shared"], cache_dir=files["cache"])
+    try:
+        assert (await vm.agent.check()).status == 1
+        assert 1.0 <= vm.timings["agent_ready"] < 5.0  # one Check's deadline, then a new stream
+    finally:
+        await vm.stop()
+
+
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+async def test_a_daemon_start_that_times_out_or_is_cancelled_leaves_no_daemon(
+        tmp_path, unconfined, how):
+    from shim.vmm import vhost_vsock
+
+    mute = tmp_path / "mute-daemon"  # never makes its sockets
+    mute.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nexec sleep 60\n")
+    mute.chmod(0o755)
+    start = vhost_vsock.start(str(mute), tmp_path / "v.sock", tmp_path / "h.sock",
+                              log_path=tmp_path / "log", timeout=0.5)
+    if how == "timeout":
+        with pytest.raises(VhostVsockError, match="did not create"):
+            await start
+    else:
+        task = asyncio.ensure_future(start)
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    pid = int((tmp_path / "pid").read_text())
+    assert not procs.is_running(pid, None)
+
+
+async def test_a_missing_daemon_starts_nothing(tmp_path, files):
+    cfg = hvsock_config(tmp_path, files)
+    cfg.vhost_vsock_daemon = str(tmp_path / "none")
+    with pytest.raises(VhostVsockError, match="pykata-image host-vhost-vsock"):
+        await start_vm(cfg, files["state"], files["shared"], cache_dir=files["cache"])
+    assert_nothing_left(files["state"])
+
+
+async def test_a_daemon_that_fails_at_start(tmp_path, files, unconfined):
+    cfg = hvsock_config(tmp_path, files, "exit", shared_fs="virtio-fs",
+                        virtiofsd_path=wrapper(tmp_path, "virtiofsd", "--fake-virtiofsd"))
+    cfg.confinement = ConfinementFloor(virtiofsd_sandbox="none", virtiofsd_seccomp="none")
+    with pytest.raises(VhostVsockError) as err:
+        await start_vm(cfg, files["state"], files["shared"], cache_dir=files["cache"])
+    assert err.value.exit_code == 2 and "could not create the listener" in str(err.value)
+    assert_nothing_left(files["state"])  # virtiofsd, started first, is gone too
+
+
+async def test_a_daemon_that_dies_while_the_vm_starts(tmp_path, files, unconfined):
+    cfg = hvsock_config(tmp_path, files, "die-after-qemu", "port-never-opens")
+    with pytest.raises(VhostVsockError, match="exited with status 7"):
+        await start_vm(cfg, files["state"], files["shared"], cache_dir=files["cache"])
+    assert_nothing_left(files["state"])
+
+
+async def test_deaths_of_qemu_or_daemon_end_both(tmp_path, files, unconfined):
+    for victim in ("daemon", "qemu"):
+        vm = await start_vm(hvsock_config(tmp_path, files), files["state"], files["shared"],
+                            cache_dir=files["cache"])
+        daemon = vm.vhost_vsock
+        os.kill(daemon.pid if victim == "daemon" else vm.pid, signal.SIGKILL)
+        why = await asyncio.wait_for(vm.wait_death(), 10)
+        expect = "vhost-device-vsock" if victim == "daemon" else "QEMU"
+        assert why is not None and why.startswith(expect), why
+        await vm.stop()
+        assert_nothing_left(files["state"], vm.pid, daemon.pid)
+
+
+async def test_kill_from_state_ends_the_daemon(tmp_path, files, unconfined):
+    vm = await start_vm(hvsock_config(tmp_path, files), files["state"], files["shared"],
+                        cache_dir=files["cache"])
+    daemon = vm.vhost_vsock
+    done = await asyncio.to_thread(kill_from_state, files["state"])  # the `delete` path
+    assert f"vhost-vsock pid {daemon.pid}: terminated" in done
+    assert {"removed hvsock.sock", "removed vuvsock.sock"} <= set(done)
+    assert_nothing_left(files["state"], vm.pid, daemon.pid)
     await vm.stop()

@@ -75,6 +75,30 @@ def _protections(hv: HypervisorConfig, cache: Any) -> list[Finding]:
     return found
 
 
+def kernel_record(kernel: str) -> dict[str, Any] | None:
+    """The manifest.json record (pykata-image build) of the guest kernel at ``kernel``:
+    flavour (pykata or debian-cloud), release, package; None when no manifest beside
+    it names that file."""
+    real = os.path.realpath(kernel)
+    try:
+        with open(os.path.join(os.path.dirname(real), "manifest.json")) as f:
+            record = json.load(f).get("kernel") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    if record.get("file") != os.path.basename(real):
+        return None
+    return {"flavour": "debian-cloud", **record}
+
+
+def kernel_words(kernel: str) -> str:
+    """Which kernel runs, in words, for `check`."""
+    record = kernel_record(kernel)
+    if record is None:
+        return "not described by a manifest.json beside it"
+    what = "pykata's own" if record["flavour"] == "pykata" else "Debian's cloud kernel"
+    return f"{what}, {record.get('release', '?')} ({record.get('package', '?')})"
+
+
 def findings(config_path: str) -> list[Finding]:
     """Everything `check` reports, in order."""
     try:
@@ -88,13 +112,20 @@ def findings(config_path: str) -> list[Finding]:
         ("guest kernel", hv.kernel),
         ("guest initrd", hv.initrd),
         ("virtiofsd", hv.virtio_fs_daemon if hv.shared_fs == "virtio-fs" else None),
+        # required only when configured; `auto` falls back to virtio-serial without it
+        (
+            "vhost-device-vsock",
+            hv.vhost_user_vsock_daemon if hv.agent_transport == "hvsock" else None,
+        ),
         ("containerd", shutil.which("containerd")),
         ("shim on PATH", shutil.which("containerd-shim-pykata-v2")),
     ):
-        if path is None and name == "virtiofsd":
+        if path is None and name in ("virtiofsd", "vhost-device-vsock"):
             continue
         ok = bool(path) and os.path.exists(path)
         fix = "" if ok else "  (make setup installs it)"
+        if ok and name == "guest kernel":
+            fix = f": {kernel_words(path)}"
         found.append(Finding(name, OK if ok else FAIL, f"{path or 'not found'}{fix}"))
     from shim.vmm.accel import choose_accel
     from shim.vmm.hostcaps import HostCapsCache
@@ -105,14 +136,21 @@ def findings(config_path: str) -> list[Finding]:
         paths.private_dir(root)
     choice = asyncio.run(choose_accel(hv.accel, hv.path, hv.kernel, cache=cache))
     found.append(Finding("accelerator", INFO, f"{choice.accel} ({choice.reason})"))
-    vsock = os.path.exists("/dev/vhost-vsock")
-    channel = "vsock" if vsock else "virtio-serial (no /dev/vhost-vsock)"
-    found.append(Finding("agent channel", INFO, channel))
+    found.append(Finding("agent channel", INFO, str(agent_channel(config))))
     vhost_net = "yes" if os.path.exists("/dev/vhost-net") else "no"
     found.append(Finding("vhost-net", INFO, vhost_net))
     found.extend(_protections(hv, cache))
     found.append(_template(config))
     return found
+
+
+def agent_channel(config: Any) -> Any:
+    """The agent channel (shim.vmm.channel.Choice) a pod booted now would get."""
+    from shim.vmm.channel import choose
+
+    hv = config.hypervisor
+    return choose(hv.agent_transport, hv.vhost_user_vsock_daemon,
+                  templated=config.factory.enable_template)
 
 
 def _template(config: Any) -> Finding:
@@ -152,6 +190,10 @@ def env(args: argparse.Namespace) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 1
     document = asdict(config)
+    channel = agent_channel(config)
+    document["agent_channel"] = {"transport": channel.kind, "reason": channel.reason}
+    # which guest kernel runs: the record pykata-image wrote beside it (null if none)
+    document["hypervisor"]["kernel_build"] = kernel_record(config.hypervisor.kernel)
     from shim.admin.factory_command import verdict
 
     judged, facts = verdict(config)

@@ -25,7 +25,7 @@ NAMESPACE = "pykata-overhead"
 
 
 def pod_pids(sandbox: Any) -> dict[str, list[int]]:
-    """shim / qemu / virtiofsd pids of a started Sandbox held by this process."""
+    """shim / qemu / virtiofsd / vhost-vsock pids of a started Sandbox held by this process."""
     from shim.vmm import procs
 
     pids = {"shim": [os.getpid()], "qemu": [sandbox.vm.pid]}
@@ -33,6 +33,8 @@ def pod_pids(sandbox: Any) -> dict[str, list[int]]:
     if virtiofsd is not None:
         # with --sandbox=namespace the process we started forks the one that serves
         pids["virtiofsd"] = [virtiofsd.pid, *procs.children(virtiofsd.pid)]
+    if sandbox.vm.vhost_vsock is not None:  # hybrid vsock's daemon
+        pids["vhost-vsock"] = [sandbox.vm.vhost_vsock.pid]
     return pids
 
 

@@ -26,7 +26,8 @@ DEFAULT_SETTLE = 5.0  # after boot, before measuring: the guest's boot-time CPU 
 
 
 def sandbox_pids(state_dir: Path) -> dict[str, list[int]]:
-    """shim / qemu / virtiofsd pids of a running sandbox, from its state directory.
+    """shim / qemu / virtiofsd / vhost-vsock pids of a running sandbox, from its state
+    directory.
 
     Trusts a pid only while its /proc start time is the one recorded (a recycled
     pid is not the sandbox's).
@@ -49,6 +50,9 @@ def sandbox_pids(state_dir: Path) -> dict[str, list[int]]:
     virtiofsd = vm.processes.get("virtiofsd") if vm else None
     if virtiofsd is not None and procs.is_running(virtiofsd.pid, virtiofsd.start_time):
         pids["virtiofsd"] = [virtiofsd.pid, *procs.children(virtiofsd.pid)]
+    vsock = vm.processes.get("vhost-vsock") if vm else None  # hybrid vsock's daemon
+    if vsock is not None and procs.is_running(vsock.pid, vsock.start_time):
+        pids["vhost-vsock"] = [vsock.pid]
     return pids
 
 

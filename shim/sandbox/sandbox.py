@@ -64,6 +64,8 @@ def vm_config(
         virtiofsd_extra_args=list(hv.virtio_fs_extra_args),
         virtiofs_cache=hv.virtio_fs_cache,
         accel=hv.accel,
+        agent_transport=hv.agent_transport,
+        vhost_vsock_daemon=hv.vhost_user_vsock_daemon,
         netns=netns,
         nics=list(nics or []),
         agent_timeout=config.agent.dial_timeout,

@@ -40,3 +40,7 @@ class AgentTimeoutError(VMStartError):
 
 class VirtiofsdError(VMStartError):
     """virtiofsd did not start."""
+
+
+class VhostVsockError(VMStartError):
+    """vhost-device-vsock (hybrid vsock's daemon) did not start, or died while the VM did."""

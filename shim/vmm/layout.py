@@ -39,6 +39,20 @@ class VMPaths:
         return self.state_dir / "vfs.sock"
 
     @property
+    def hvsock_socket(self) -> Path:
+        """Hybrid vsock: the host's door to the guest's vsock ports (`CONNECT <port>`)."""
+        return self.state_dir / "hvsock.sock"
+
+    @property
+    def vhost_vsock_socket(self) -> Path:
+        """vhost-device-vsock's vhost-user socket, which QEMU connects to."""
+        return self.state_dir / "vuvsock.sock"
+
+    @property
+    def vhost_vsock_log(self) -> Path:
+        return self.state_dir / "vhost-vsock.log"
+
+    @property
     def console_log(self) -> Path:
         return self.state_dir / "console.log"
 
@@ -75,6 +89,8 @@ class VMPaths:
             self.console_socket,
             self.virtiofsd_socket,
             self.debug_console_socket,
+            self.hvsock_socket,
+            self.vhost_vsock_socket,
         ]
 
     def too_long(self) -> list[Path]:

@@ -12,6 +12,7 @@ from pykata_common.contract import (
     DEBUG_CONSOLE_PORT_NAME,
     SHARED_FS_TAG,
 )
+from shim.vmm.channel import NO_MIGRATION
 from shim.vmm.layout import VMPaths
 from shim.vmm.vm_config import NicSpec, VMConfig
 
@@ -52,7 +53,17 @@ class VsockChannel:
     vhostfd: int | None = None
 
 
-AgentChannel = SerialChannel | VsockChannel
+@dataclass(frozen=True)
+class HybridVsockChannel:
+    """Agent over vsock through vhost-user-vsock-pci: vhost-device-vsock serves the
+    device on `backend` (QEMU connects to it) and the host's door, `uds`, where the
+    shim says `CONNECT 1024`. The backend maps guest RAM: it must be shared."""
+
+    backend: Path
+    uds: Path
+
+
+AgentChannel = SerialChannel | VsockChannel | HybridVsockChannel
 
 # PCIe root ports a template VM keeps free: the shared filesystem and the NICs
 # are hot-plugged into them after a restore (q35's root bus cannot hot-plug).
@@ -261,24 +272,39 @@ def build_argv(
         ]
         for i in range(HOTPLUG_PORTS):
             argv += ["-device", f"pcie-root-port,id=rp{i},bus=pcie.0,chassis={i + 1},slot={i + 1}"]
-    elif config.shared_fs == "virtio-fs":
-        argv += [
-            "-object",
-            f"memory-backend-memfd,id=mem0,size={mem},share=on",
-            "-numa",
-            "node,memdev=mem0",
-            "-chardev",
-            f"socket,id=vfs0,path={q(paths.virtiofsd_socket)}",
-            "-device",
-            f"vhost-user-fs-pci,chardev=vfs0,tag={SHARED_FS_TAG},id=fs0",
-        ]
-    elif config.shared_fs != "none":
+    elif config.shared_fs not in ("virtio-fs", "none"):
         raise ValueError(f"shared_fs must be virtio-fs or none, not {config.shared_fs!r}")
+    else:
+        if config.shared_fs == "virtio-fs" or isinstance(channel, HybridVsockChannel):
+            # vhost-user backends (virtiofsd, vhost-device-vsock) map the guest's RAM
+            argv += [
+                "-object",
+                f"memory-backend-memfd,id=mem0,size={mem},share=on",
+                "-numa",
+                "node,memdev=mem0",
+            ]
+        if config.shared_fs == "virtio-fs":
+            argv += [
+                "-chardev",
+                f"socket,id=vfs0,path={q(paths.virtiofsd_socket)}",
+                "-device",
+                f"vhost-user-fs-pci,chardev=vfs0,tag={SHARED_FS_TAG},id=fs0",
+            ]
     if isinstance(channel, VsockChannel):
         dev = f"vhost-vsock-pci,id=vsock0,guest-cid={channel.cid}"
         if channel.vhostfd is not None:
             dev += f",vhostfd={channel.vhostfd}"
         argv += ["-device", dev]
+    if isinstance(channel, HybridVsockChannel):
+        if layout is not None:
+            raise ValueError(f"a VM template cannot have hybrid vsock: {NO_MIGRATION}")
+        # the guest's CID is the daemon's --guest-cid (the device reads it from there)
+        argv += [
+            "-chardev",
+            f"socket,id=vsock0,path={q(channel.backend)}",
+            "-device",
+            "vhost-user-vsock-pci,chardev=vsock0,id=vsock0",
+        ]
     if isinstance(channel, SerialChannel) or config.debug_console:
         argv += ["-device", "virtio-serial-pci,id=serial0"]
     if isinstance(channel, SerialChannel):

@@ -21,12 +21,19 @@ import ttrpc
 from pykata_common.contract import AGENT_VSOCK_PORT
 from shim.agent_client import AgentAddress, AgentClient
 from shim.guest_agent import GuestAgent
-from shim.vmm import hotplug, procs, qemu_args, restore
+from shim.vmm import channel as channels
+from shim.vmm import hotplug, procs, qemu_args, restore, vhost_vsock
 from shim.vmm.accel import AccelChoice, choose_accel
 from shim.vmm.child import ChildProcess
 from shim.vmm.clone import Clone
 from shim.vmm.confinement import QEMU_KEY, ConfinementError, refuse
-from shim.vmm.errors import AgentTimeoutError, QemuExitedError, VMError, VMStartError
+from shim.vmm.errors import (
+    AgentTimeoutError,
+    QemuExitedError,
+    VhostVsockError,
+    VMError,
+    VMStartError,
+)
 from shim.vmm.hostcaps import (
     DEFAULT_CACHE_DIR,
     HostCapsCache,
@@ -40,7 +47,7 @@ from shim.vmm.qmp import QMP, port_open_event
 from shim.vmm.virtiofsd import exit_reason, option_value, start_virtiofsd
 from shim.vmm.vm_config import QBOOT, VMConfig
 from shim.vmm.vm_record import StateWriter, kill_from_state, load_record
-from shim.vmm.vsock import open_vhost_vsock, vsock_available
+from shim.vmm.vsock import open_vhost_vsock
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -69,11 +76,15 @@ class RunningVM:
         accel: AccelChoice,
         timings: dict[str, float],
         restored: bool = False,
+        vhost_vsock: ChildProcess | None = None,
+        channel: str = channels.SERIAL,
     ) -> None:
         self.paths = paths
         self.config = config
         self.qemu = qemu
         self.virtiofsd = virtiofsd
+        self.vhost_vsock = vhost_vsock  # hybrid vsock's daemon
+        self.channel = channel  # the agent's: shim.vmm.channel.VSOCK, HVSOCK or SERIAL
         self.qmp = qmp
         self.agent = agent
         self.accel = accel
@@ -140,7 +151,8 @@ class RunningVM:
         return added_cpus, added_memory
 
     async def wait_death(self) -> str | None:
-        """Wait until QEMU or virtiofsd ends by itself; why, or None when stop() ended it.
+        """Wait until QEMU, virtiofsd or vhost-device-vsock ends by itself; why, or None
+        when stop() ended it.
 
         A guest kernel panic is a QEMU exit too: the guest runs with `panic=-1`
         and QEMU with `-no-reboot`, so the panic's reboot ends QEMU.
@@ -148,6 +160,8 @@ class RunningVM:
         watched = {self.qemu.exited}
         if self.virtiofsd is not None:
             watched.add(self.virtiofsd.exited)
+        if self.vhost_vsock is not None:
+            watched.add(self.vhost_vsock.exited)
         await asyncio.wait(
             {asyncio.shield(f) for f in watched}, return_when=asyncio.FIRST_COMPLETED
         )
@@ -172,6 +186,11 @@ class RunningVM:
             if status == 0:
                 return "QEMU exited by itself (status 0): the guest rebooted or powered off"
             return f"QEMU (pid {self.pid}) exited with status {status}"
+        if self.vhost_vsock is not None and self.vhost_vsock.exited.done():
+            return (
+                f"vhost-device-vsock (pid {self.vhost_vsock.pid}) exited with status "
+                f"{self.vhost_vsock.returncode}: the guest lost its agent channel"
+            )
         assert self.virtiofsd is not None
         return (
             f"virtiofsd (pid {self.virtiofsd.pid}) exited with "
@@ -184,7 +203,8 @@ class RunningVM:
 
     async def stop(self, timeout: float | None = None) -> None:
         """QMP quit, wait, SIGKILL after `timeout` (config.stop_timeout); then virtiofsd,
-        sockets and records. Idempotent; safe if the guest powered itself off."""
+        vhost-device-vsock, sockets and records. Idempotent; safe if the guest powered
+        itself off."""
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(
                 self._stop(self.config.stop_timeout if timeout is None else timeout)
@@ -199,7 +219,7 @@ class RunningVM:
             if await self.qemu.wait(timeout) is None:
                 log.warning("qemu did not quit, killing it", pid=self.pid, timeout=timeout)
                 await self.qemu.terminate(1.0)
-        await _teardown(self.paths, self.qemu, self.virtiofsd, self.qmp, None)
+        await _teardown(self.paths, self.qemu, self.virtiofsd, self.qmp, None, self.vhost_vsock)
         log.info(
             "vm stopped",
             pid=self.pid,
@@ -214,8 +234,11 @@ async def _teardown(
     virtiofsd: ChildProcess | None,
     qmp: QMP | None,
     agent: AgentClient | None,
+    vhost_vsock: ChildProcess | None = None,
 ) -> None:
-    """Stop whatever of a VM exists, quickly, then remove its sockets and records."""
+    """Stop whatever of a VM exists, quickly, then remove its sockets and records.
+
+    vhost-device-vsock goes after QEMU: it waits for the next QEMU, never leaving itself."""
     if agent is not None:
         with contextlib.suppress(Exception):
             await agent.close()
@@ -228,6 +251,9 @@ async def _teardown(
         if await virtiofsd.wait(VIRTIOFSD_EXIT_GRACE) is None:
             await virtiofsd.terminate(1.0)
         virtiofsd.close()
+    if vhost_vsock is not None:
+        await vhost_vsock.terminate(1.0)
+        vhost_vsock.close()
     for line in await asyncio.to_thread(kill_from_state, paths.state_dir):
         log.debug("cleanup", action=line, state_dir=str(paths.state_dir))
 
@@ -279,10 +305,12 @@ class _Start:
         self.timings: dict[str, float] = {}
         self.qemu: ChildProcess | None = None
         self.virtiofsd: ChildProcess | None = None
+        self.vhost_vsock: ChildProcess | None = None
         self.qmp: QMP | None = None
         self.agent: AgentClient | None = None
         self.vhostfd: int | None = None
         self.port_opened = False
+        self.channel = channels.SERIAL
 
     def mark(self, name: str) -> None:
         self.timings[name] = round(self.loop.time() - self.t0, 4)
@@ -301,11 +329,12 @@ class _Start:
         )
 
     def timeout_error(self, what: str) -> AgentTimeoutError:
-        port = (
-            "the agent port was opened by the guest"
-            if self.port_opened
-            else "the guest never opened the agent port"
-        )
+        if self.channel != channels.SERIAL:
+            port = f"agent channel {channels.LABELS[self.channel]}"
+        elif self.port_opened:
+            port = "the agent port was opened by the guest"
+        else:
+            port = "the guest never opened the agent port"
         console = tail(self.paths.console_log, max_lines=30)
         if not console:
             port += "; the guest console is empty (boot with debug for kernel and init logs)"
@@ -327,11 +356,12 @@ class _Start:
         `agent=False`: a timeout is QEMU's fault (QMP), not the agent's."""
         assert self.qemu is not None
         task = asyncio.ensure_future(aw)
+        watched = {task, self.qemu.exited}
+        if self.vhost_vsock is not None:
+            watched.add(self.vhost_vsock.exited)
         try:
             done, _ = await asyncio.wait(
-                {task, self.qemu.exited},
-                timeout=self.remaining(),
-                return_when=asyncio.FIRST_COMPLETED,
+                watched, timeout=self.remaining(), return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             if not task.done():
@@ -342,27 +372,36 @@ class _Start:
             return task.result()
         if self.qemu.exited.done():
             raise self.exited_error(what)
+        if self.vhost_vsock is not None and self.vhost_vsock.exited.done():
+            raise VhostVsockError(
+                f"vhost-device-vsock (pid {self.vhost_vsock.pid}) exited with status "
+                f"{self.vhost_vsock.returncode} while {what}:\n"
+                f"{tail(self.paths.vhost_vsock_log)}",
+                exit_code=self.vhost_vsock.returncode,
+            )
         raise self.timeout_error(what) if agent else self.qmp_error(what)
 
     async def abort(self) -> None:
-        await _teardown(self.paths, self.qemu, self.virtiofsd, self.qmp, self.agent)
+        await _teardown(
+            self.paths, self.qemu, self.virtiofsd, self.qmp, self.agent, self.vhost_vsock
+        )
         if self.vhostfd is not None:
             os.close(self.vhostfd)
             self.vhostfd = None
 
 
-def channel_kind(config: VMConfig) -> str:
-    """"vsock" or "serial": the agent channel this config gets on this host."""
-    if config.agent_transport == "vsock" or (
-        config.agent_transport == "auto" and vsock_available()
-    ):
-        return "vsock"
-    return "serial"
+def channel_kind(config: VMConfig, *, templated: bool | None = None) -> str:
+    """"vsock", "hvsock" or "serial": the agent channel this config gets on this host
+    (shim.vmm.channel; `templated`: the VM is a template or a clone of one, by default
+    when the config names a template)."""
+    return channels.for_config(config, templated=templated).kind
 
 
-def _channel(config: VMConfig, paths: VMPaths, st: _Start) -> qemu_args.AgentChannel:
-    if channel_kind(config) == "serial":
+def _channel(kind: str, config: VMConfig, paths: VMPaths, st: _Start) -> qemu_args.AgentChannel:
+    if kind == channels.SERIAL:
         return qemu_args.SerialChannel(paths.agent_socket)
+    if kind == channels.HVSOCK:
+        return qemu_args.HybridVsockChannel(paths.vhost_vsock_socket, paths.hvsock_socket)
     try:
         st.vhostfd, cid = open_vhost_vsock(config.vsock_cid)
     except OSError as e:
@@ -380,8 +419,9 @@ async def _wait_port(st: _Start, listener: Any) -> None:
 
 
 async def _wait_agent(st: _Start, agent: AgentClient) -> Any:
-    """Health/Check until it answers; retried on the same connection (stale answers to
-    earlier tries are ignored by stream id) and reconnected if the connection drops."""
+    """Health/Check until it answers; retried on the same virtio-serial connection (stale
+    answers to earlier tries are ignored by stream id), on a new vsock one, and
+    reconnected if the connection drops."""
     per_try = 1.0
     while True:
         try:
@@ -389,6 +429,12 @@ async def _wait_agent(st: _Start, agent: AgentClient) -> Any:
         except ttrpc.TTRPCError as e:
             if e.code == ttrpc.Code.DEADLINE_EXCEEDED:
                 per_try = min(per_try * 2, 5.0)
+                if st.channel != channels.SERIAL:
+                    # a vsock stream the guest took but does not serve (e.g. one a
+                    # listener accepted just before it closed): dial a new one
+                    log.info("the agent did not answer on its vsock stream: dialing again",
+                             channel=st.channel, state_dir=str(st.paths.state_dir))
+                    await agent.reset()
                 continue
             if e.code != ttrpc.Code.UNAVAILABLE:
                 raise
@@ -503,6 +549,12 @@ async def launch_vm(
     cache = HostCapsCache(cache_dir)
     clone: Clone | None = None
     virtiofs = config.shared_fs == "virtio-fs" and not as_template
+    choice = channels.for_config(
+        config, templated=as_template or config.template_path is not None
+    )
+    st.channel = choice.kind
+    if channels.NO_MIGRATION in choice.reason:
+        log.info("agent channel: virtio-serial, not hybrid vsock", reason=choice.reason)
     try:
         accel = await choose_accel(
             config.accel, config.qemu_path, config.kernel, config.cpu_model, cache=cache
@@ -514,7 +566,7 @@ async def launch_vm(
         st.mark("probed")
         firmware = resolve_firmware(config.firmware)
         if clone_source is not None and not as_template:
-            clone = await clone_source(accel, firmware, channel_kind(config))
+            clone = await clone_source(accel, firmware, choice.kind)
         writer = StateWriter(paths)
         if virtiofs:
             assert shared_dir is not None
@@ -530,7 +582,17 @@ async def launch_vm(
             )
             writer.add_process("virtiofsd", st.virtiofsd.pid, config.virtiofsd_path)
             st.mark("virtiofsd_ready")
-        channel = _channel(config, paths, st)
+        if choice.kind == channels.HVSOCK:
+            st.vhost_vsock = await vhost_vsock.start(
+                config.vhost_vsock_daemon,
+                paths.vhost_vsock_socket,
+                paths.hvsock_socket,
+                log_path=paths.vhost_vsock_log,
+                timeout=min(10.0, st.remaining()),
+            )
+            writer.add_process("vhost-vsock", st.vhost_vsock.pid, config.vhost_vsock_daemon)
+            st.mark("vhost_vsock_ready")
+        channel = _channel(choice.kind, config, paths, st)
         layout = None
         if as_template:
             layout = qemu_args.TemplateLayout(paths.state_dir / "memory")
@@ -562,6 +624,8 @@ async def launch_vm(
             st.vhostfd = None
         if isinstance(channel, qemu_args.VsockChannel):
             address = AgentAddress(vsock_cid=channel.cid, vsock_port=AGENT_VSOCK_PORT)
+        elif isinstance(channel, qemu_args.HybridVsockChannel):
+            address = AgentAddress(hvsock_path=str(channel.uds), vsock_port=AGENT_VSOCK_PORT)
         else:
             address = AgentAddress(unix_path=str(channel.socket))
         writer.set_agent(address=str(address))
@@ -614,11 +678,16 @@ async def launch_vm(
         accel=accel,
         timings=st.timings,
         restored=clone is not None,
+        vhost_vsock=st.vhost_vsock,
+        channel=choice.kind,
     )
+    if st.vhost_vsock is not None:
+        confinement["vhost_vsock"] = vhost_vsock.CONFINEMENT
     log.info(
         "vm started",
         pid=vm.pid,
         accel=accel.accel,
+        agent_channel=choice.kind,
         restored_from=str(clone.tdir.path) if clone is not None else None,
         state_dir=str(state_dir),
         **confinement,

@@ -10,11 +10,14 @@ from shim.vmm.confinement import ConfinementFloor
 
 Accel = Literal["auto", "kvm", "tcg"]
 SharedFS = Literal["virtio-fs", "none"]
-AgentTransport = Literal["auto", "vsock", "serial"]
+# vsock: vhost-vsock (/dev/vhost-vsock); hvsock: hybrid vsock, a vhost-user-vsock device
+# whose host side is vhost-device-vsock's Unix socket; serial: a virtio-serial port
+AgentTransport = Literal["auto", "vsock", "hvsock", "serial"]
 
 DEFAULT_ASSETS = Path("/usr/share/pykata")
 DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"
 DEFAULT_VIRTIOFSD = str(DEFAULT_ASSETS / "virtiofsd" / "virtiofsd")
+DEFAULT_VHOST_VSOCK = str(DEFAULT_ASSETS / "vhost-device-vsock" / "vhost-device-vsock")
 QBOOT = "/usr/share/qemu/qboot.rom"
 # x86-64-v2 plus rdrand: under TCG boots ~0.8 s faster than "max" (fewer features to
 # emulate), and rdrand feeds the guest's entropy early.
@@ -63,7 +66,12 @@ class VMConfig:
     firmware: str = "auto"  # "auto": qboot if installed, else QEMU's default; "": default
     netns: str | None = None  # path of the pod's network namespace (QEMU runs inside it)
     nics: list[NicSpec] = field(default_factory=list)
-    agent_transport: AgentTransport = "auto"  # auto: vsock when /dev/vhost-vsock exists
+    # auto: vsock where /dev/vhost-vsock works, else hvsock where the daemon is installed,
+    # else serial (shim.vmm.channel)
+    agent_transport: AgentTransport = "auto"
+    # hvsock's vhost-device-vsock; "": none (the sandbox layer gives [hypervisor.qemu]'s,
+    # DEFAULT_VHOST_VSOCK unless configured)
+    vhost_vsock_daemon: str = ""
     vsock_cid: int | None = None  # None: pick a free one
     seccomp_sandbox: bool = True  # QEMU -sandbox on (if this QEMU supports it)
     # the weakest confinement a pod may start with (below it: ConfinementError)

@@ -16,8 +16,8 @@ from shim.vmm import procs
 from shim.vmm.layout import VMPaths
 
 FORMAT = 1
-# kill order: QEMU first (it holds virtiofsd's socket), then its helpers
-KILL_ORDER = ("qemu", "virtiofsd")
+# kill order: QEMU first (it holds the vhost-user sockets), then its helpers
+KILL_ORDER = ("qemu", "virtiofsd", "vhost-vsock")
 
 
 @dataclass
