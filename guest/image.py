@@ -61,8 +61,11 @@ def build_image(root: Path, dest: Path) -> int:
     return size
 
 
-def build_stage1(kroot: Path, busybox: Path, init_script: Path) -> bytes:
-    """The first-stage initrd (cpio): busybox, the modules that reach virtio-pmem, /init."""
+def build_stage1(kroot: Path | None, busybox: Path, init_script: Path) -> bytes:
+    """The first-stage initrd (cpio): busybox, the modules that reach virtio-pmem, /init.
+
+    ``kroot``: the unpacked kernel package whose modules to take; None for a kernel
+    that has them built in (then the load list is empty)."""
     with tempfile.TemporaryDirectory(prefix="pykata-stage1-") as tmp:
         root = Path(tmp)
         for d in ("bin", "proc", "dev", "etc/pykata", "usr/lib"):
@@ -72,5 +75,8 @@ def build_stage1(kroot: Path, busybox: Path, init_script: Path) -> bytes:
         os.chmod(root / "bin" / "busybox", 0o755)
         shutil.copy2(init_script, root / "init")
         os.chmod(root / "init", 0o755)
-        kernel.stage_modules(kroot, root, STAGE1_MODULES, "etc/pykata/modules")
+        if kroot is None:
+            kernel.no_modules(root, "etc/pykata/modules")
+        else:
+            kernel.stage_modules(kroot, root, STAGE1_MODULES, "etc/pykata/modules")
         return initrd.pack(initrd.tree_entries(root))

@@ -112,6 +112,14 @@ def stage_modules(kroot: Path, staging: Path, wanted: list[str], list_file: str,
     return [module_name(rel) for rel in order], [module_name(rel) for rel in extra]
 
 
+def no_modules(staging: Path, list_file: str) -> None:
+    """The boot load list of a kernel that has everything built in: empty (and no
+    modules tree: the kernel has no module support to ask /sbin/modprobe with)."""
+    listing = staging / list_file
+    listing.parent.mkdir(parents=True, exist_ok=True)
+    listing.write_text("")
+
+
 def vmlinuz(kroot: Path) -> Path:
     """The kernel image inside an unpacked kernel package."""
     found = sorted((kroot / "boot").glob("vmlinuz-*"))

@@ -61,7 +61,7 @@ def test_the_spec_version_each_line_writes_runs_in_the_guest(containerd_of_line,
             run.wait(timeout=60)
     assert run.returncode == 5, (err, cd.log_tail())
     kernel = out.strip()
-    assert kernel.startswith("6.1.0-") and kernel != platform.release(), kernel
+    assert kernel.startswith("6.1.") and kernel != platform.release(), kernel
 
 
 def test_containerd_2_introspects_the_runtime_with_info(containerd_of_line):

@@ -88,7 +88,7 @@ def test_containerd_in_any_directory_runs_a_working_shim(assets, where, tmp_path
                          "sh", "-c", "uname -r; exit 5", timeout=120)
             assert run.returncode == 5, (run.stderr, cd.log_tail())
             kernel = run.stdout.strip()
-            assert kernel.startswith("6.1.0-") and kernel != platform.release(), kernel
+            assert kernel.startswith("6.1.") and kernel != platform.release(), kernel
         finally:
             _remove(cd, cid)
     assert_nothing_left()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 import subprocess
@@ -167,11 +168,17 @@ def dial_in(netns: str, family: int, address: str, port: int, line: bytes) -> by
             with sock:
                 sock.settimeout(10)
                 sock.connect((address, port))
-                sock.sendall(line)
-                sock.shutdown(socket.SHUT_WR)
                 chunks = []
-                while chunk := sock.recv(4096):
-                    chunks.append(chunk)
+                try:  # a relay that ends the connection may reset it under our feet
+                    sock.sendall(line)
+                    sock.shutdown(socket.SHUT_WR)
+                    while chunk := sock.recv(4096):
+                        chunks.append(chunk)
+                except (ConnectionResetError, BrokenPipeError):
+                    pass
+                except OSError as exc:
+                    if exc.errno != errno.ENOTCONN:
+                        raise
                 result.append(b"".join(chunks))
         except BaseException as exc:
             result.append(exc)

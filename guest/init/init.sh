@@ -63,12 +63,15 @@ else
 fi
 read -r PYKATA_T_MOUNTS _ < /proc/uptime
 
-# kernel modules, dependencies first (the list is computed at build time)
-# (after the image's first stage, some are loaded already)
-while read -r ko; do
-    name=$(basename "$ko" .ko | tr - _)
-    [ -d "/sys/module/$name" ] || insmod "$ko" || say "insmod $ko failed"
-done < /etc/pykata/modules
+# kernel modules, dependencies first (the list is computed at build time; empty for
+# pykata's own kernel, which has everything built in and no module support at all:
+# no /proc/modules). After the image's first stage, some are loaded already.
+if [ -e /proc/modules ]; then
+    while read -r ko; do
+        name=$(basename "$ko" .ko | tr - _)
+        [ -d "/sys/module/$name" ] || insmod "$ko" || say "insmod $ko failed"
+    done < /etc/pykata/modules
+fi
 read -r PYKATA_T_MODULES _ < /proc/uptime
 
 ip link set lo up

@@ -178,6 +178,36 @@ def check_system() -> None:
         key, _, value = line.partition(":")
         mem[key] = int(value.split()[0]) if value.split() else 0
     fields["mem_used_kb"] = str(mem.get("MemTotal", 0) - mem.get("MemAvailable", 0))
+    fields.update(kernel_memory())
+
+
+def kernel_memory() -> dict[str, str]:
+    """The guest RAM the kernel keeps for itself, from its boot line "Memory: A/TK
+    available (CK kernel code, ..., RK reserved, ...)" (read from /dev/kmsg, which
+    has it even with `quiet`): kmem_reserved_kb, kmem_code_kb, kmem_total_kb."""
+    import re
+
+    memory_line = re.compile(r"Memory: (\d+)K/(\d+)K available \((\d+)K kernel code.*?"
+                             r"(\d+)K reserved")
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return {}
+    try:
+        for _ in range(5000):
+            try:
+                record = os.read(fd, 8192).decode(errors="replace")
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE: a record was overwritten; go on reading
+                continue
+            m = memory_line.search(record)
+            if m:
+                return {"kmem_total_kb": m.group(2), "kmem_code_kb": m.group(3),
+                        "kmem_reserved_kb": m.group(4)}
+    finally:
+        os.close(fd)
+    return {}
 
 
 _RULES = """*filter

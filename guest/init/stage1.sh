@@ -6,9 +6,12 @@
 BB=/bin/busybox
 $BB mount -t proc proc /proc
 $BB mount -t devtmpfs devtmpfs /dev
-while read -r ko; do
-    $BB insmod "$ko" || echo "pykata-stage1: insmod $ko failed"
-done < /etc/pykata/modules
+# (an empty list, and no /proc/modules, with pykata's own kernel: all built in)
+if [ -e /proc/modules ]; then
+    while read -r ko; do
+        $BB insmod "$ko" || echo "pykata-stage1: insmod $ko failed"
+    done < /etc/pykata/modules
+fi
 i=0
 while [ ! -b /dev/pmem0 ] && [ $i -lt 1000 ]; do $BB usleep 5000; i=$((i + 1)); done
 $BB mkdir -p /lower /upper /newroot
