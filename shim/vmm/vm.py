@@ -54,6 +54,7 @@ T = TypeVar("T")
 
 QMP_CONNECT_TIMEOUT = 10.0
 VIRTIOFSD_EXIT_GRACE = 2.0  # virtiofsd leaves by itself once QEMU hangs up
+CANCEL_GRACE = 2.0  # s a cancelled start step may take to end
 
 # (accelerator, firmware, agent channel) -> the clone to restore, or None to boot. Asked
 # once those are probed (they are the template's key), so that the clone's RAM copy
@@ -366,8 +367,14 @@ class _Start:
         finally:
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+                # bounded: Python 3.11's wait_for can swallow a cancel that races the
+                # inner call's completion, and the start must not hang on that
+                await asyncio.wait({task}, timeout=CANCEL_GRACE)
+                if not task.done():
+                    log.warning("a start step ignored its cancellation", step=what,
+                                state_dir=str(self.paths.state_dir))
+                elif not task.cancelled():
+                    task.exception()  # retrieved: no "never retrieved" warning
         if task in done:
             return task.result()
         if self.qemu.exited.done():
@@ -423,7 +430,10 @@ async def _wait_agent(st: _Start, agent: AgentClient) -> Any:
     answers to earlier tries are ignored by stream id), on a new vsock one, and
     reconnected if the connection drops."""
     per_try = 1.0
+    me = asyncio.current_task()
     while True:
+        if me is not None and me.cancelling():  # a cancel a wait_for swallowed
+            raise asyncio.CancelledError()
         try:
             return await agent.check(timeout=max(0.05, min(per_try, st.remaining())))
         except ttrpc.TTRPCError as e:
