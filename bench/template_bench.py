@@ -4,7 +4,8 @@
     python3 bench/template_bench.py [--runs 5] [--pods 10]
 
 In one run, medians of:
-  - the floor: bare QEMU booting the pods' kernel with a ~1 MB busybox initrd whose
+  - the floor: bare QEMU booting Debian's cloud kernel (the reference every ratio is
+    quoted against; `--floor-kernel` for another) with a ~1 MB busybox initrd whose
     init powers off at once, with start_vm's fastest flags (qboot, the fast-boot kernel
     arguments, its TCG CPU model, no legacy devices): what any VM that boots pays;
   - `ctr run --rm IMAGE true` with templates on, and with them off (booted);
@@ -49,6 +50,7 @@ from shim.vmm.qemu_args import FAST_BOOT_PARAMS, MACHINE_TRIMS  # noqa: E402
 from shim.vmm.vm_config import QBOOT, TCG_CPU_MODEL  # noqa: E402
 
 ASSETS = Path("/usr/share/pykata")
+CLOUD_GUEST = Path("/var/cache/pykata/cloud-guest")  # integration/test_cloud_kernel.py's
 BUSYBOX = Path("/bin/busybox")
 
 
@@ -69,15 +71,15 @@ def tiny_initrd(path: Path) -> int:
     return len(buf.getvalue())
 
 
-def floor(runs: int, memory_mib: int, initrd: Path) -> list[float]:
-    """Bare QEMU boots of the pods' kernel to an init that powers off."""
+def floor(runs: int, memory_mib: int, initrd: Path, kernel: Path) -> list[float]:
+    """Bare QEMU boots of `kernel` to an init that powers off."""
     argv = [
         "qemu-system-x86_64",
         "-machine", ",".join(["q35", "accel=tcg", *MACHINE_TRIMS]),
         "-cpu", TCG_CPU_MODEL,
         "-m", str(memory_mib),
         "-nodefaults", "-nographic", "-no-user-config", "-no-reboot",
-        "-kernel", str(ASSETS / "vmlinuz"),
+        "-kernel", str(kernel),
         "-initrd", str(initrd),
         "-append", " ".join(["console=ttyS0", "quiet", "panic=-1", *FAST_BOOT_PARAMS]),
     ]
@@ -209,11 +211,19 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=10)
     parser.add_argument("--image", action="store_true",
                         help="pods on the guest image (virtio-pmem, DAX) instead of the initrd")
+    parser.add_argument("--floor-kernel", type=Path, default=None,
+                        help="the floor's kernel (default: Debian's cloud kernel, built with "
+                             f"--kernel debian-cloud into {CLOUD_GUEST}, the reference the "
+                             "ratios are quoted against)")
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds idle pods sit before their PSS is read")
     options = parser.parse_args()
     ensure_shim_on_path()
     ensure_guest_assets()
+    floor_kernel = options.floor_kernel or CLOUD_GUEST / "vmlinuz"
+    if options.floor_kernel is None and not floor_kernel.exists():
+        subprocess.run([sys.executable, "-m", "guest", "build", "--kernel", "debian-cloud",
+                        "--out", str(CLOUD_GUEST)], cwd=ROOT, check=True, timeout=1800)
     work = Path(tempfile.mkdtemp(prefix="pykata-tb-", dir="/dev/shm"))
     try:
         template = work / "template"
@@ -238,10 +248,10 @@ def main() -> int:
             image = import_busybox(cd)
             ctr_run_true(cd, image, on, 1)  # warm the page cache and the image
             offset = os.path.getsize(cd.log_path)
-            bare = floor(options.runs, memory, initrd)
+            bare = floor(options.runs, memory, initrd, floor_kernel)
             cloned = ctr_run_true(cd, image, on, options.runs)
             booted = ctr_run_true(cd, image, off, options.runs)
-            bare += floor(options.runs, memory, initrd)
+            bare += floor(options.runs, memory, initrd, floor_kernel)
             answers = first_answers(Path(cd.log_path).read_text(errors="replace")[offset:])
             _, one_clone = idle_pods(cd, image, on, 1, options.settle)
             _, one_boot = idle_pods(cd, image, off, 1, options.settle)
@@ -256,6 +266,8 @@ def main() -> int:
     print(f"guest root: {'ext4 image on virtio-pmem (DAX)' if options.image else 'initrd'}")
     print(f"template: {meta['build_seconds']} s to make, "
           f"{meta['ram_mib']:.1f} MiB of guest RAM in use, {memory} MiB VMs")
+    print(f"floor kernel: {floor_kernel.resolve().name}; pods' kernel: "
+          f"{(ASSETS / 'vmlinuz').resolve().name}")
     print(line(f"floor: bare boot, {size // 1024} KiB busybox initrd", bare))
     print(line("ctr run --rm true, template", cloned))
     print(line("ctr run --rm true, booted", booted))

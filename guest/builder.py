@@ -20,7 +20,7 @@ KERNEL_LINK = "vmlinuz"
 #: ``--kernel``: Debian's cloud kernel (virtio as modules, loaded by /init) or our own,
 #: built from Debian's kernel source with guest/kernel-config (everything built in).
 KERNELS = ("debian-cloud", "pykata")
-DEFAULT_KERNEL = "debian-cloud"
+DEFAULT_KERNEL = "pykata"
 #: Kernel command line knobs /init understands (documented in guest/init/init.sh).
 INIT_KNOBS = {
     "pykata.selftest=1": "run the self-test, print PYKATA-SELFTEST-OK/FAIL, power off",

@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--compression", choices=("gzip", "none"), default="none")
     # pykata: our kernel from Debian's linux-source with guest/kernel-config, built once
     # (minutes) and cached in --kernel-cache; debian-cloud: Debian's cloud kernel + modules
-    b.add_argument("--kernel", choices=("debian-cloud", "pykata"), default="debian-cloud")
+    b.add_argument("--kernel", choices=("debian-cloud", "pykata"), default="pykata")
     b.add_argument("--kernel-cache", type=Path, default=Path("/var/cache/pykata/kernel"),
                    help="built kernels, the kernel source and its object tree")
 
