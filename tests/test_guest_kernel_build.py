@@ -12,6 +12,7 @@ from guest.ui import BuildError
 #: Options the agent, /init, the VMM's devices and the tests cannot do without, each
 #: with the reason. The fragments must ask for every one of them (as built in).
 MUST_HAVE = {
+    "CONFIG_MAGIC_SYSRQ": "/proc/sysrq-trigger: test_deaths panics a guest with it",
     # the VM
     "CONFIG_64BIT": "x86_64 userland (python3.11, crun, busybox are 64-bit)",
     "CONFIG_SMP": "more than one vCPU",
