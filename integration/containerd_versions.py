@@ -9,11 +9,9 @@ sources are never touched), unpacked with `dpkg-deb -x` and cached.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,47 +52,13 @@ def host_containerd() -> ContainerdBinaries:
     return ContainerdBinaries(".".join(version.split(".")[:2]), containerd, ctr, version)
 
 
-def _apt(apt_dir: Path, *args: str, cwd: Path | None = None) -> None:
-    options = [
-        "-o", f"Dir::Etc::sourcelist={apt_dir / 'sources.list'}",
-        "-o", "Dir::Etc::sourceparts=-",
-        "-o", f"Dir::State::Lists={apt_dir / 'lists'}",
-        "-o", f"Dir::Cache={apt_dir / 'cache'}",
-        "-o", f"Dir::State::status={apt_dir / 'status'}",  # empty: the host's installs ignored
-        "-o", "APT::Get::List-Cleanup=0",
-        "-o", "Debug::NoLocking=1",
-    ]
-    result = subprocess.run(["apt-get", "-q", *options, *args], cwd=cwd, capture_output=True,
-                            text=True, timeout=900)
-    if result.returncode != 0:
-        raise RuntimeError(f"apt-get {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-
-
 def _fetch(suite: str, dest: Path, packages: Sequence[str] = PACKAGES) -> None:
     """Download `packages` from Debian `suite` with a private apt set-up and unpack them
     all into `dest` (replaced)."""
-    from guest.virtiofsd import debian_mirror
+    from guest.private_apt import SuiteApt
 
-    uri, keyring = debian_mirror()
-    work = Path(tempfile.mkdtemp(prefix=f".fetch-{suite}-", dir=dest.parent))
-    try:
-        apt_dir = work / "apt"
-        for sub in ("lists/partial", "cache/archives/partial"):
-            (apt_dir / sub).mkdir(parents=True)
-        (apt_dir / "status").write_text("")
-        (apt_dir / "sources.list").write_text(f"deb [signed-by={keyring}] {uri} {suite} main\n")
-        _apt(apt_dir, "update")
-        debs = work / "debs"
-        debs.mkdir()
-        _apt(apt_dir, "download", *(f"{p}/{suite}" for p in packages), cwd=debs)
-        root = work / "root"
-        for deb in sorted(debs.glob("*.deb")):
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, timeout=300)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(root, dest)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with SuiteApt(suite, dest.parent) as apt:
+        apt.unpack(packages, dest)
 
 
 def suite_packages(
