@@ -28,7 +28,7 @@ def host(monkeypatch):
 @pytest.mark.parametrize("vhost_vsock, daemon, templated, kind", [
     (True, True, False, VSOCK),  # production hosts: vhost-vsock first
     (True, False, True, VSOCK),
-    (False, True, False, HVSOCK),  # these hosts, once the daemon is installed
+    (False, True, False, SERIAL),  # these hosts: hybrid vsock only when configured
     (False, True, True, SERIAL),  # templates: QEMU cannot migrate vhost-user-vsock
     (False, False, False, SERIAL),
     (False, False, True, SERIAL),
@@ -37,10 +37,8 @@ def test_auto(host, vhost_vsock, daemon, templated, kind):
     host.update(vhost_vsock=vhost_vsock, daemon=daemon)
     choice = choose("auto", DAEMON, templated=templated)
     assert choice.kind == kind
-    if daemon and templated and not vhost_vsock:
-        assert "cannot migrate a vhost-user-vsock device" in choice.reason
-    if not (daemon or vhost_vsock):
-        assert "pykata-image host-vhost-vsock" in choice.reason
+    if not vhost_vsock:
+        assert 'agent_transport = "hvsock"' in choice.reason
 
 
 @pytest.mark.parametrize("transport", ["serial", "vsock", "hvsock"])
@@ -57,7 +55,7 @@ def test_configured_hvsock_with_templates_is_serial(host):
 
 def test_a_config_that_names_a_template_is_templated(host):
     host.update(daemon=True)
-    config = VMConfig(vhost_vsock_daemon=DAEMON)
+    config = VMConfig(vhost_vsock_daemon=DAEMON, agent_transport="hvsock")
     assert for_config(config).kind == HVSOCK == channel_kind(config)
     config.template_path = "/run/pykata-factory/template"
     assert for_config(config).kind == SERIAL == channel_kind(config)
@@ -93,14 +91,16 @@ def test_check_and_env_say_which_channel_a_pod_gets(host, tmp_path, capsys):
 
     host.update(daemon=True)
     path = tmp_path / "configuration.toml"
-    path.write_text(f'[hypervisor.qemu]\nvhost_user_vsock_daemon = "{DAEMON}"\n')
+    path.write_text(f'[hypervisor.qemu]\nagent_transport = "hvsock"\n'
+                    f'vhost_user_vsock_daemon = "{DAEMON}"\n')
     lines = {f.name: f for f in admin_host.findings(str(path))}
     assert lines["agent channel"].detail.startswith("hybrid vsock (vhost-user-vsock)")
     assert admin_host.env(argparse.Namespace(config=str(path), json=True)) == 0
     out = capsys.readouterr().out
     document = json.loads(out[out.index("\n{\n") + 1:])  # after the probes' log lines
     assert document["agent_channel"]["transport"] == "hvsock"
-    path.write_text(f'[hypervisor.qemu]\nvhost_user_vsock_daemon = "{DAEMON}"\n'
+    path.write_text(f'[hypervisor.qemu]\nagent_transport = "hvsock"\n'
+                    f'vhost_user_vsock_daemon = "{DAEMON}"\n'
                     '[factory]\nenable_template = true\n')
     lines = {f.name: f for f in admin_host.findings(str(path))}
     assert lines["agent channel"].detail.startswith("virtio-serial")
