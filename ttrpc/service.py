@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import message_factory
@@ -14,15 +13,29 @@ from google.protobuf.message import Message
 Metadata = Mapping[str, str | list[str] | tuple[str, ...]]
 
 
-@dataclass(slots=True)
+# Plain classes with slots rather than dataclasses: a dataclass compiles its methods
+# at import, and a VM's agent imports this on every boot (~20 ms under TCG).
 class CallContext:
     """What a handler knows about the call besides its request."""
 
-    service: str
-    method: str
-    stream_id: int
-    metadata: dict[str, list[str]] = field(default_factory=dict)
-    timeout: float | None = None  # seconds, as the caller asked; None = no deadline
+    __slots__ = ("metadata", "method", "service", "stream_id", "timeout")
+
+    def __init__(
+        self,
+        service: str,
+        method: str,
+        stream_id: int,
+        metadata: dict[str, list[str]] | None = None,
+        timeout: float | None = None,  # seconds, as the caller asked; None = no deadline
+    ) -> None:
+        self.service = service
+        self.method = method
+        self.stream_id = stream_id
+        self.metadata = {} if metadata is None else metadata
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"CallContext({self.service}/{self.method}, stream {self.stream_id})"
 
     def get(self, key: str, default: str | None = None) -> str | None:
         """First value of a metadata key (keys are lower-case)."""
@@ -33,14 +46,22 @@ class CallContext:
 Handler = Callable[[Message, CallContext], Awaitable[Message | None]]
 
 
-@dataclass(slots=True, frozen=True)
 class Method:
     """One registered method: how to parse its request, build its answer, and run it."""
 
-    name: str
-    request_type: type[Message]
-    response_type: type[Message]
-    handler: Handler
+    __slots__ = ("handler", "name", "request_type", "response_type")
+
+    def __init__(
+        self,
+        name: str,
+        request_type: type[Message],
+        response_type: type[Message],
+        handler: Handler,
+    ) -> None:
+        self.name = name
+        self.request_type = request_type
+        self.response_type = response_type
+        self.handler = handler
 
 
 def message_class(descriptor: Any) -> type[Message]:
