@@ -44,6 +44,7 @@ from integration.pykata_env import (  # noqa: E402
     ensure_guest_assets,
     ensure_shim_on_path,
 )
+from shim.config import parse_config  # noqa: E402
 from shim.monitor.procfs import pss_bytes, rollup_bytes  # noqa: E402
 from shim.vmm.procs import cmdline  # noqa: E402
 from shim.vmm.qemu_args import FAST_BOOT_PARAMS, MACHINE_TRIMS  # noqa: E402
@@ -215,9 +216,17 @@ def main() -> int:
                         help="the floor's kernel (default: Debian's cloud kernel, built with "
                              f"--kernel debian-cloud into {CLOUD_GUEST}, the reference the "
                              "ratios are quoted against)")
+    parser.add_argument("--tcg-cache", type=int, default=None, metavar="MIB",
+                        help="[hypervisor.qemu] tcg_cache_size for the pods (default: the "
+                             "configuration's)")
+    parser.add_argument("--initrd", action="store_true",
+                        help="pods on the initrd (the guest's whole tree unpacked into RAM) "
+                             "instead of the configuration's default")
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds idle pods sit before their PSS is read")
     options = parser.parse_args()
+    if options.image and options.initrd:
+        parser.error("--image and --initrd are each other's opposite")
     ensure_shim_on_path()
     ensure_guest_assets()
     floor_kernel = options.floor_kernel or CLOUD_GUEST / "vmlinuz"
@@ -228,10 +237,14 @@ def main() -> int:
     try:
         template = work / "template"
         on = work / "template.toml"
-        base = ""
+        base = "[hypervisor.qemu]\n"
         if options.image:
-            base = (f'[hypervisor.qemu]\nimage = "{ASSETS / "pykata-rootfs.img"}"\n'
-                    f'initrd = "{ASSETS / "pykata-image-initrd.img"}"\n')
+            base += (f'image = "{ASSETS / "pykata-rootfs.img"}"\n'
+                     f'initrd = "{ASSETS / "pykata-image-initrd.img"}"\n')
+        if options.initrd:
+            base += f'image = ""\ninitrd = "{ASSETS / "pykata-initrd.img"}"\n'
+        if options.tcg_cache is not None:
+            base += f"tcg_cache_size = {options.tcg_cache}\n"
         on.write_text(base + f'[factory]\nenable_template = true\ntemplate_path = "{template}"\n')
         off = work / "boot.toml"
         off.write_text(base)
@@ -263,7 +276,9 @@ def main() -> int:
                         "factory", "destroy"], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     floor_med = statistics.median(bare)
-    print(f"guest root: {'ext4 image on virtio-pmem (DAX)' if options.image else 'initrd'}")
+    pods = parse_config(base, "the bench's configuration").hypervisor
+    print(f"guest root: {'ext4 image on virtio-pmem (DAX)' if pods.image else 'initrd'}; "
+          f"TCG translation cache: {pods.tcg_cache_size or 'QEMU default'} MiB")
     print(f"template: {meta['build_seconds']} s to make, "
           f"{meta['ram_mib']:.1f} MiB of guest RAM in use, {memory} MiB VMs")
     print(f"floor kernel: {floor_kernel.resolve().name}; pods' kernel: "

@@ -46,6 +46,9 @@ class HypervisorConfig:
     virtio_fs_cache: str = "auto"
     virtio_fs_extra_args: list[str] = field(default_factory=list)
     accel: str = "auto"
+    # TCG's translation cache in MiB, where there is no KVM (0: QEMU's default, which a
+    # VM fills to 64 MiB and more: host memory each pod holds)
+    tcg_cache_size: int = 0
     # the agent's channel: auto (vsock where /dev/vhost-vsock works, else hybrid vsock
     # where vhost_user_vsock_daemon is installed, else serial), vsock, hvsock, serial
     agent_transport: str = "auto"
@@ -186,6 +189,9 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             raise ConfigError(f"{source}: {key} = {value!r}; expected one of {', '.join(allowed)}")
     if config.hypervisor.default_vcpus < 1 or config.hypervisor.default_memory < 64:
         raise ConfigError(f"{source}: default_vcpus must be >= 1 and default_memory >= 64 (MiB)")
+    if not 0 <= config.hypervisor.tcg_cache_size <= 4096:
+        raise ConfigError(f"{source}: hypervisor.qemu.tcg_cache_size must be 0 (QEMU's "
+                          "default) or a size in MiB up to 4096")
     if not os.path.isabs(config.factory.template_path):
         raise ConfigError(f"{source}: factory.template_path must be an absolute path")
     return config

@@ -46,6 +46,8 @@ def test_kata_key_names_are_read():
         ("[hypervisor.qemu]\nshared_fs = 'nfs'", "expected one of virtio-fs, none"),
         ("[runtime]\ninternetworking_model = 'bridge'", "expected one of tcfilter"),
         ("[hypervisor.qemu]\ndefault_memory = 16", "default_memory >= 64"),
+        ("[hypervisor.qemu]\ntcg_cache_size = -1", "tcg_cache_size must be 0"),
+        ("[hypervisor.qemu]\ntcg_cache_size = 99999", "tcg_cache_size must be 0"),
         ("not toml [", "x.toml"),
     ],
 )
@@ -78,3 +80,11 @@ def test_debug_console_key_reaches_the_vm_config():
     assert vm_config(config, None).debug_console is True
     with pytest.raises(ConfigError, match="debug_console_enabled must be true or false"):
         parse_config("[agent.kata]\ndebug_console_enabled = 'yes'\n", "x.toml")
+
+
+def test_tcg_cache_size_reaches_the_vm_config():
+    from shim.sandbox.sandbox import vm_config
+
+    assert vm_config(Config(), None).tcg_cache_mib == 0
+    config = parse_config("[hypervisor.qemu]\ntcg_cache_size = 48\n")
+    assert vm_config(config, None).tcg_cache_mib == 48

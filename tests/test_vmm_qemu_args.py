@@ -44,7 +44,8 @@ def test_tcg_machine_cpu_and_basics():
     cfg = VMConfig(vcpus=2, memory_mib=1024)
     argv = argv_for(cfg)
     assert argv[0] == cfg.qemu_path
-    assert opt(argv, "-machine") == ["q35,accel=tcg,sata=off,smbus=off,vmport=off"]
+    assert opt(argv, "-machine") == ["q35,sata=off,smbus=off,vmport=off"]
+    assert opt(argv, "-accel") == ["tcg"]
     assert opt(argv, "-cpu") == [TCG_CPU_MODEL]
     assert opt(argv, "-m") == ["1024M"]
     assert opt(argv, "-smp") == ["2"]
@@ -62,8 +63,14 @@ def test_tcg_machine_cpu_and_basics():
 
 def test_kvm_uses_host_cpu():
     argv = argv_for(accel="kvm", cpu="host")
-    assert opt(argv, "-machine")[0].startswith("q35,accel=kvm,")
+    assert opt(argv, "-accel") == ["kvm"]
     assert opt(argv, "-cpu") == ["host"]
+
+
+def test_tcg_translation_cache_is_capped_where_configured():
+    assert opt(argv_for(VMConfig(tcg_cache_mib=32)), "-accel") == ["tcg,tb-size=32"]
+    # KVM translates nothing: the cap does not apply
+    assert opt(argv_for(VMConfig(tcg_cache_mib=32), accel="kvm", cpu="host"), "-accel") == ["kvm"]
 
 
 def test_bad_accel_rejected():

@@ -64,6 +64,7 @@ def vm_config(
         virtiofsd_extra_args=list(hv.virtio_fs_extra_args),
         virtiofs_cache=hv.virtio_fs_cache,
         accel=hv.accel,
+        tcg_cache_mib=hv.tcg_cache_size,
         agent_transport=hv.agent_transport,
         vhost_vsock_daemon=hv.vhost_user_vsock_daemon,
         netns=netns,

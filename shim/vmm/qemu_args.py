@@ -190,6 +190,14 @@ def _nic_args(index: int, nic: NicSpec) -> list[str]:
     return ["-netdev", option_list(netdev_type, netdev), "-device", option_list(driver, device)]
 
 
+def accel_arg(config: VMConfig, accel: str) -> str:
+    """-accel: KVM, or TCG with its translation cache capped where configured (QEMU's
+    default cache is sized for the host, and a VM's vCPUs fill tens of MiB of it)."""
+    if accel == "tcg" and config.tcg_cache_mib > 0:
+        return f"tcg,tb-size={config.tcg_cache_mib}"
+    return accel
+
+
 def build_argv(
     config: VMConfig,
     paths: VMPaths,
@@ -216,13 +224,15 @@ def build_argv(
         raise ValueError("a guest image needs its size (image_bytes)")
     mem = f"{config.memory_mib}M"
     memory = memory_arg(config, image_bytes)
-    machine = ",".join([config.machine_type, f"accel={accel}", *MACHINE_TRIMS])
+    machine = ",".join([config.machine_type, *MACHINE_TRIMS])
     argv = [
         config.qemu_path,
         "-name",
         q(name or f"pykata-{paths.state_dir.name}"),
         "-machine",
         machine,
+        "-accel",
+        accel_arg(config, accel),
         "-cpu",
         cpu,  # a model plus comma-separated features: not escaped
         "-m",

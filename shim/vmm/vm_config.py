@@ -63,6 +63,7 @@ class VMConfig:
     virtiofsd_extra_args: list[str] = field(default_factory=list)
     accel: Accel = "auto"
     cpu_model: str | None = None  # None: "host" with KVM, TCG_CPU_MODEL with TCG
+    tcg_cache_mib: int = 0  # TCG's translation cache (tb-size); 0: QEMU's default
     firmware: str = "auto"  # "auto": qboot if installed, else QEMU's default; "": default
     netns: str | None = None  # path of the pod's network namespace (QEMU runs inside it)
     nics: list[NicSpec] = field(default_factory=list)
