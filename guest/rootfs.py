@@ -24,6 +24,9 @@ _ETC = {
     "etc/hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
     "etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
     "etc/hostname": "pykata\n",
+    # the agent writes the pod's DNS here; on a read-only root, /init binds a file of
+    # /run over it (it must exist to be a mount point)
+    "etc/resolv.conf": "",
 }
 
 

@@ -35,6 +35,7 @@ def ensure_guest_assets() -> None:
         for p in (
             ASSETS / "vmlinuz",
             ASSETS / "pykata-initrd.img",
+            ASSETS / "pykata-rootfs.img",
             ASSETS / "virtiofsd" / "virtiofsd",
         )
         if not p.exists()

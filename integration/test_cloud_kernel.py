@@ -39,8 +39,9 @@ def test_a_pod_boots_debians_cloud_kernel_when_configured(containerd, busybox_im
     manifest = json.loads((cloud_guest / "manifest.json").read_text())
     assert manifest["kernel"]["flavour"] == "debian-cloud"
     config = tmp_path / "configuration.toml"
+    # the whole guest as the initrd: no image (the default one is our kernel's build)
     config.write_text(f'[hypervisor.qemu]\nkernel = "{cloud_guest / "vmlinuz"}"\n'
-                      f'initrd = "{cloud_guest / "pykata-initrd.img"}"\n')
+                      f'initrd = "{cloud_guest / "pykata-initrd.img"}"\nimage = ""\n')
     cid = f"cloud-{uuid.uuid4().hex[:6]}"
     result = containerd.ctr("run", "--rm", "--runtime", RUNTIME, "--runtime-config-path",
                             str(config), busybox_image, cid,

@@ -33,8 +33,11 @@ class HypervisorConfig:
 
     path: str = "/usr/bin/qemu-system-x86_64"
     kernel: str = "/usr/share/pykata/vmlinuz"
-    initrd: str = "/usr/share/pykata/pykata-initrd.img"
-    image: str = ""  # guest image on virtio-pmem (DAX); then initrd is its first stage
+    # the guest's root: an ext4 image on virtio-pmem, mounted read-only with DAX by the
+    # kernel itself, or by `initrd` as its first stage (a modular kernel's); with no
+    # image, the initrd is the whole guest, unpacked into guest RAM
+    image: str = "/usr/share/pykata/pykata-rootfs.img"
+    initrd: str = ""
     machine_type: str = "q35"
     kernel_params: str = ""
     default_vcpus: int = 1
@@ -189,6 +192,9 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             raise ConfigError(f"{source}: {key} = {value!r}; expected one of {', '.join(allowed)}")
     if config.hypervisor.default_vcpus < 1 or config.hypervisor.default_memory < 64:
         raise ConfigError(f"{source}: default_vcpus must be >= 1 and default_memory >= 64 (MiB)")
+    if not config.hypervisor.image and not config.hypervisor.initrd:
+        raise ConfigError(f"{source}: hypervisor.qemu has neither image nor initrd: the "
+                          "guest needs one of them (pykata-image build makes both)")
     if not 0 <= config.hypervisor.tcg_cache_size <= 4096:
         raise ConfigError(f"{source}: hypervisor.qemu.tcg_cache_size must be 0 (QEMU's "
                           "default) or a size in MiB up to 4096")

@@ -47,6 +47,7 @@ def test_kata_key_names_are_read():
         ("[runtime]\ninternetworking_model = 'bridge'", "expected one of tcfilter"),
         ("[hypervisor.qemu]\ndefault_memory = 16", "default_memory >= 64"),
         ("[hypervisor.qemu]\ntcg_cache_size = -1", "tcg_cache_size must be 0"),
+        ("[hypervisor.qemu]\nimage = ''\ninitrd = ''", "neither image nor initrd"),
         ("[hypervisor.qemu]\ntcg_cache_size = 99999", "tcg_cache_size must be 0"),
         ("not toml [", "x.toml"),
     ],

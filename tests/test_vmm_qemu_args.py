@@ -239,3 +239,21 @@ def test_a_vm_that_may_grow_has_room_for_cpus_and_dimms():
     assert "memhp_default_state=online" in kernel_cmdline(growing).split()
     with_image = VMConfig(vcpus=1, memory_mib=512, max_memory_mib=1024, image="/i.img")
     assert memory_arg(with_image, image_bytes=128 << 20) == "512M,slots=9,maxmem=1152M"
+
+
+def test_an_image_without_a_first_stage_is_the_root_the_kernel_mounts():
+    direct = VMConfig(image="/i.img", initrd=None)
+    argv = argv_for(direct, image_bytes=128 << 20)
+    assert "-initrd" not in argv
+    words = opt(argv, "-append")[0].split()
+    for word in ("root=/dev/pmem0", "rootfstype=ext4", "rootflags=dax=always", "ro",
+                 "rootwait", "init=/init"):
+        assert word in words
+    # read-only and shared on the host, whatever the guest mounts
+    assert any("readonly=on" in o and "share=on" in o for o in opt(argv, "-object"))
+    # with a first stage (a modular kernel's initrd), that stage mounts the image
+    staged = argv_for(VMConfig(image="/i.img", initrd="/stage1.img"), image_bytes=128 << 20)
+    assert opt(staged, "-initrd") == ["/stage1.img"]
+    assert "root=/dev/pmem0" not in opt(staged, "-append")[0]
+    # no image: the initrd is the root
+    assert "root=/dev/pmem0" not in opt(argv_for(VMConfig()), "-append")[0]

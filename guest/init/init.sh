@@ -19,9 +19,10 @@ PYTHON="/usr/bin/python3.11 -S"
 mount -t proc -o nosuid,nodev,noexec proc /proc
 read -r PYKATA_T_INIT _ < /proc/uptime
 read -r cmdline < /proc/cmdline
-SELFTEST=0 DEBUG=0 SHELL_ON_CONSOLE=0 CGROUP=hybrid
+SELFTEST=0 DEBUG=0 SHELL_ON_CONSOLE=0 CGROUP=hybrid ROOT_RO=0
 for arg in $cmdline; do
     case "$arg" in
+        ro) ROOT_RO=1 ;;
         pykata.selftest=1) SELFTEST=1 ;;
         pykata.debug=1) DEBUG=1 ;;
         pykata.shell=1) SHELL_ON_CONSOLE=1 ;;
@@ -42,6 +43,12 @@ mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o nosuid,nodev,mode=1777 shm /dev/shm
 mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp
+if [ "$ROOT_RO" = 1 ]; then
+    # the root is the guest image, read-only: the one file outside tmpfs that the agent
+    # writes is /etc/resolv.conf, so a file of /run stands in for it
+    : > /run/resolv.conf
+    mount --bind /run/resolv.conf /etc/resolv.conf
+fi
 ln -sf /proc/self/fd /dev/fd
 ln -sf /proc/self/fd/0 /dev/stdin
 ln -sf /proc/self/fd/1 /dev/stdout

@@ -110,7 +110,9 @@ def findings(config_path: str) -> list[Finding]:
     for name, path in (
         ("QEMU", hv.path),
         ("guest kernel", hv.kernel),
-        ("guest initrd", hv.initrd),
+        ("guest image", hv.image or None),
+        # with an image, an initrd is only its optional first stage (a modular kernel's)
+        ("guest initrd", hv.initrd or (None if hv.image else "")),
         ("virtiofsd", hv.virtio_fs_daemon if hv.shared_fs == "virtio-fs" else None),
         # required only when configured; `auto` falls back to virtio-serial without it
         (
@@ -120,7 +122,8 @@ def findings(config_path: str) -> list[Finding]:
         ("containerd", shutil.which("containerd")),
         ("shim on PATH", shutil.which("containerd-shim-pykata-v2")),
     ):
-        if path is None and name in ("virtiofsd", "vhost-device-vsock"):
+        if path is None and name in ("virtiofsd", "vhost-device-vsock", "guest image",
+                                     "guest initrd"):
             continue
         ok = bool(path) and os.path.exists(path)
         fix = "" if ok else "  (make setup installs it)"

@@ -35,6 +35,17 @@ FAST_BOOT_PARAMS = (
     "net.ifnames=0",
     "pci=lastbus=0",
 )
+# A guest image without a first-stage initrd: the kernel (pmem, ext4 and DAX built in)
+# mounts it as the root itself, read-only, its files read in place from the host's page
+# cache; rootwait because the pmem namespace is probed asynchronously.
+IMAGE_ROOT_PARAMS = (
+    "root=/dev/pmem0",
+    "rootfstype=ext4",
+    "rootflags=dax=always",
+    "ro",
+    "rootwait",
+    "init=/init",
+)
 SECCOMP = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 
@@ -124,6 +135,8 @@ def kernel_cmdline(config: VMConfig) -> str:
         # which makes the kernel set 64 MiB aside for bounce buffers (swiotlb) that
         # virtio never uses
         params.append("swiotlb=noforce")
+    if config.image and not config.initrd:
+        params += list(IMAGE_ROOT_PARAMS)
     if hotplugs_memory(config):
         params.append("memhp_default_state=online")  # hot-plugged memory: online at once
     # pykata.debug=1: /init traces and kernel messages; agent.log=debug: Kata's agent knob
