@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """VM templates: pods restored from a template against booted ones and against the floor.
 
-    python3 bench/template_bench.py [--runs 5] [--pods 10]
+    python3 bench/template_bench.py [--runs 5] [--pods 10] [--root image|initrd|first-stage]
+                                    [--tcg-cache MIB]
 
 In one run, medians of:
   - the floor: bare QEMU booting Debian's cloud kernel (the reference every ratio is
@@ -53,6 +54,12 @@ from shim.vmm.vm_config import QBOOT, TCG_CPU_MODEL  # noqa: E402
 ASSETS = Path("/usr/share/pykata")
 CLOUD_GUEST = Path("/var/cache/pykata/cloud-guest")  # integration/test_cloud_kernel.py's
 BUSYBOX = Path("/bin/busybox")
+ROOTS = {  # --root: [hypervisor.qemu] lines
+    "image": f'image = "{ASSETS / "pykata-rootfs.img"}"\ninitrd = ""\n',
+    "initrd": f'image = ""\ninitrd = "{ASSETS / "pykata-initrd.img"}"\n',
+    "first-stage": f'image = "{ASSETS / "pykata-rootfs.img"}"\n'
+                   f'initrd = "{ASSETS / "pykata-image-initrd.img"}"\n',
+}
 
 
 def tiny_initrd(path: Path) -> int:
@@ -210,8 +217,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--pods", type=int, default=10)
-    parser.add_argument("--image", action="store_true",
-                        help="pods on the guest image (virtio-pmem, DAX) instead of the initrd")
+    parser.add_argument("--root", choices=ROOTS, default="image",
+                        help="the pods' guest root: the image on virtio-pmem mounted by the "
+                             "kernel (the default configuration), the whole guest as an "
+                             "initrd, or the image behind a first-stage initrd")
     parser.add_argument("--floor-kernel", type=Path, default=None,
                         help="the floor's kernel (default: Debian's cloud kernel, built with "
                              f"--kernel debian-cloud into {CLOUD_GUEST}, the reference the "
@@ -219,14 +228,9 @@ def main() -> int:
     parser.add_argument("--tcg-cache", type=int, default=None, metavar="MIB",
                         help="[hypervisor.qemu] tcg_cache_size for the pods (default: the "
                              "configuration's)")
-    parser.add_argument("--initrd", action="store_true",
-                        help="pods on the initrd (the guest's whole tree unpacked into RAM) "
-                             "instead of the configuration's default")
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds idle pods sit before their PSS is read")
     options = parser.parse_args()
-    if options.image and options.initrd:
-        parser.error("--image and --initrd are each other's opposite")
     ensure_shim_on_path()
     ensure_guest_assets()
     floor_kernel = options.floor_kernel or CLOUD_GUEST / "vmlinuz"
@@ -237,12 +241,7 @@ def main() -> int:
     try:
         template = work / "template"
         on = work / "template.toml"
-        base = "[hypervisor.qemu]\n"
-        if options.image:
-            base += (f'image = "{ASSETS / "pykata-rootfs.img"}"\n'
-                     f'initrd = "{ASSETS / "pykata-image-initrd.img"}"\n')
-        if options.initrd:
-            base += f'image = ""\ninitrd = "{ASSETS / "pykata-initrd.img"}"\n'
+        base = "[hypervisor.qemu]\n" + ROOTS[options.root]
         if options.tcg_cache is not None:
             base += f"tcg_cache_size = {options.tcg_cache}\n"
         on.write_text(base + f'[factory]\nenable_template = true\ntemplate_path = "{template}"\n')
@@ -277,7 +276,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     floor_med = statistics.median(bare)
     pods = parse_config(base, "the bench's configuration").hypervisor
-    print(f"guest root: {'ext4 image on virtio-pmem (DAX)' if pods.image else 'initrd'}; "
+    print(f"guest root: {options.root} (image {pods.image or '-'}, initrd {pods.initrd or '-'}); "
           f"TCG translation cache: {pods.tcg_cache_size or 'QEMU default'} MiB")
     print(f"template: {meta['build_seconds']} s to make, "
           f"{meta['ram_mib']:.1f} MiB of guest RAM in use, {memory} MiB VMs")

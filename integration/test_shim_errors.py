@@ -67,8 +67,9 @@ def test_agent_that_never_answers_hits_the_deadline(pykata, tmp_path):
     result = run_with_config(
         pykata,
         tmp_path,
-        # the guest sleeps instead of starting the agent
-        '[hypervisor.qemu]\nkernel_params = "rdinit=/bin/sleep -- 600"\n'
+        # the guest sleeps instead of starting the agent (init= on the image, the
+        # default root; rdinit= on an initrd)
+        '[hypervisor.qemu]\nkernel_params = "init=/bin/sleep rdinit=/bin/sleep -- 600"\n'
         "[agent.kata]\ndial_timeout = 8\n",
     )
     assert result.returncode != 0
