@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """VM templates: pods restored from a template against booted ones and against the floor.
 
-    python3 bench/template_bench.py [--runs 5] [--pods 10] [--root image|initrd|first-stage]
-                                    [--tcg-cache MIB]
+    python3 bench/template_bench.py [--runs 5] [--pods 10] [--kernel pykata|debian-cloud]
+                                    [--root image|initrd|first-stage] [--tcg-cache MIB]
 
 In one run, medians of:
   - the floor: bare QEMU booting Debian's cloud kernel (the reference every ratio is
@@ -54,12 +54,18 @@ from shim.vmm.vm_config import QBOOT, TCG_CPU_MODEL  # noqa: E402
 ASSETS = Path("/usr/share/pykata")
 CLOUD_GUEST = Path("/var/cache/pykata/cloud-guest")  # integration/test_cloud_kernel.py's
 BUSYBOX = Path("/bin/busybox")
-ROOTS = {  # --root: [hypervisor.qemu] lines
-    "image": f'image = "{ASSETS / "pykata-rootfs.img"}"\ninitrd = ""\n',
-    "initrd": f'image = ""\ninitrd = "{ASSETS / "pykata-initrd.img"}"\n',
-    "first-stage": f'image = "{ASSETS / "pykata-rootfs.img"}"\n'
-                   f'initrd = "{ASSETS / "pykata-image-initrd.img"}"\n',
-}
+ROOTS = ("image", "initrd", "first-stage")
+GUESTS = {"pykata": ASSETS, "debian-cloud": CLOUD_GUEST}  # --kernel: a build's folder
+
+
+def guest_lines(guest: Path, root: str) -> str:
+    """[hypervisor.qemu] lines for pods that boot `guest`'s kernel on `root`."""
+    image, initrd = {
+        "image": (guest / "pykata-rootfs.img", ""),
+        "initrd": ("", guest / "pykata-initrd.img"),
+        "first-stage": (guest / "pykata-rootfs.img", guest / "pykata-image-initrd.img"),
+    }[root]
+    return f'kernel = "{guest / "vmlinuz"}"\nimage = "{image}"\ninitrd = "{initrd}"\n'
 
 
 def tiny_initrd(path: Path) -> int:
@@ -217,6 +223,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--pods", type=int, default=10)
+    parser.add_argument("--kernel", choices=GUESTS, default="pykata",
+                        help="the pods' kernel (and its build): ours, or Debian's cloud "
+                             f"kernel built into {CLOUD_GUEST} (with --root initrd or "
+                             "first-stage: it cannot mount the image itself)")
     parser.add_argument("--root", choices=ROOTS, default="image",
                         help="the pods' guest root: the image on virtio-pmem mounted by the "
                              "kernel (the default configuration), the whole guest as an "
@@ -233,15 +243,21 @@ def main() -> int:
     options = parser.parse_args()
     ensure_shim_on_path()
     ensure_guest_assets()
+    if options.kernel == "debian-cloud" and options.root == "image":
+        parser.error("Debian's cloud kernel has pmem and ext4 as modules: it cannot mount "
+                     "the image itself (--root initrd or --root first-stage)")
     floor_kernel = options.floor_kernel or CLOUD_GUEST / "vmlinuz"
-    if options.floor_kernel is None and not floor_kernel.exists():
+    # (re)built when the pods boot it, so that it carries this checkout's agent (a no-op
+    # when nothing changed)
+    if options.kernel == "debian-cloud" or (
+            options.floor_kernel is None and not floor_kernel.exists()):
         subprocess.run([sys.executable, "-m", "guest", "build", "--kernel", "debian-cloud",
                         "--out", str(CLOUD_GUEST)], cwd=ROOT, check=True, timeout=1800)
     work = Path(tempfile.mkdtemp(prefix="pykata-tb-", dir="/dev/shm"))
     try:
         template = work / "template"
         on = work / "template.toml"
-        base = "[hypervisor.qemu]\n" + ROOTS[options.root]
+        base = "[hypervisor.qemu]\n" + guest_lines(GUESTS[options.kernel], options.root)
         if options.tcg_cache is not None:
             base += f"tcg_cache_size = {options.tcg_cache}\n"
         on.write_text(base + f'[factory]\nenable_template = true\ntemplate_path = "{template}"\n')
@@ -281,7 +297,7 @@ def main() -> int:
     print(f"template: {meta['build_seconds']} s to make, "
           f"{meta['ram_mib']:.1f} MiB of guest RAM in use, {memory} MiB VMs")
     print(f"floor kernel: {floor_kernel.resolve().name}; pods' kernel: "
-          f"{(ASSETS / 'vmlinuz').resolve().name}")
+          f"{Path(pods.kernel).resolve().name}")
     print(line(f"floor: bare boot, {size // 1024} KiB busybox initrd", bare))
     print(line("ctr run --rm true, template", cloned))
     print(line("ctr run --rm true, booted", booted))
