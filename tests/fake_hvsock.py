@@ -81,7 +81,9 @@ class FakeHybridVsock:
         self.sock.close()
 
 
-def _agent_server():
+def agent_server(version: str = "fake-hvsock"):
+    """A ttrpc server answering Check and GetGuestDetails (reporting `version`): the
+    least of an agent the shim's start needs."""
     from protos.kata import agent_pb2, health_pb2
     from ttrpc import Server
 
@@ -91,7 +93,7 @@ def _agent_server():
 
         async def GetGuestDetails(self, request, context):
             return agent_pb2.GuestDetailsResponse(
-                agent_details=agent_pb2.AgentDetails(version="fake-hvsock"))
+                agent_details=agent_pb2.AgentDetails(version=version))
 
     server = Server()
     server.register(health_pb2.DESCRIPTOR.services_by_name["Health"], Agent())
@@ -106,7 +108,7 @@ async def _daemon(mode: str, options: dict[str, str]) -> None:
     # die-after-qemu: the guest never answers, and the daemon dies while the VM starts;
     # stall-first: the first stream is accepted and never served
     reply = b"" if mode == "die-after-qemu" else OK
-    fake = FakeHybridVsock(options["--uds-path"], _agent_server(), reply=reply,
+    fake = FakeHybridVsock(options["--uds-path"], agent_server(), reply=reply,
                            stall=1 if mode == "stall-first" else 0)
     loop = asyncio.get_running_loop()
     qemu, _ = await loop.sock_accept(backend)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fake_hvsock import OK, FakeHybridVsock, _agent_server
+from fake_hvsock import OK, FakeHybridVsock, agent_server
 
 import ttrpc
 from shim import hybrid_vsock
@@ -90,7 +90,7 @@ def test_address():
 
 
 async def test_agent_client_calls_and_reconnects_over_hybrid_vsock(path):
-    fake = FakeHybridVsock(path, _agent_server())
+    fake = FakeHybridVsock(path, agent_server())
     client = AgentClient(AgentAddress(hvsock_path=path), connect_timeout=2)
     try:
         assert (await client.check()).status == 1

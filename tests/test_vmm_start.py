@@ -52,9 +52,6 @@ async def _json_stream(reader: asyncio.StreamReader):
 
 
 async def _fake_qemu(mode: str, argv: list[str]) -> None:
-    from protos.kata import agent_pb2, health_pb2
-    from ttrpc import Server
-
     chardevs = _chardevs(argv)
     qmp_path = re.match(r"unix:(.*?),server", _opts(argv, "-qmp")[0]).group(1)
     Path(_opts(argv, "-pidfile")[0]).write_text(f"{os.getpid()}\n")
@@ -75,18 +72,9 @@ async def _fake_qemu(mode: str, argv: list[str]) -> None:
         silent.listen()
         held.append(silent)
     else:
-        class Agent:
-            async def Check(self, request, context):
-                return health_pb2.HealthCheckResponse(
-                    status=health_pb2.HealthCheckResponse.SERVING)
+        from fake_hvsock import agent_server  # tests/ is this script's sys.path[0]
 
-            async def GetGuestDetails(self, request, context):
-                return agent_pb2.GuestDetailsResponse(
-                    agent_details=agent_pb2.AgentDetails(version="fake-qemu"))
-
-        server = Server()
-        server.register(health_pb2.DESCRIPTOR.services_by_name["Health"], Agent())
-        server.register(agent_pb2.DESCRIPTOR.services_by_name["AgentService"], Agent())
+        server = agent_server(version="fake-qemu")
         await server.serve_unix(agent_path)
     if mode == "ignore-quit":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
