@@ -110,9 +110,9 @@ def findings(config_path: str) -> list[Finding]:
     for name, path in (
         ("QEMU", hv.path),
         ("guest kernel", hv.kernel),
+        # the configuration has one or both (with an image, an initrd is its first stage)
         ("guest image", hv.image or None),
-        # with an image, an initrd is only its optional first stage (a modular kernel's)
-        ("guest initrd", hv.initrd or (None if hv.image else "")),
+        ("guest initrd", hv.initrd or None),
         ("virtiofsd", hv.virtio_fs_daemon if hv.shared_fs == "virtio-fs" else None),
         # required only when configured; `auto` falls back to virtio-serial without it
         (

@@ -45,8 +45,8 @@ class VMConfig:
     qemu_path: str = DEFAULT_QEMU
     kernel: str = str(DEFAULT_ASSETS / "vmlinuz")
     initrd: str | None = str(DEFAULT_ASSETS / "pykata-initrd.img")
-    # the guest's root as an ext4 image on a virtio-pmem device, mounted with DAX (the
-    # initrd is then only the first stage that mounts it); None: the initrd is the root
+    # the guest's root as an ext4 image on a virtio-pmem device, mounted with DAX by the
+    # kernel (initrd None) or by the initrd as its first stage; None: the initrd is the root
     image: str | None = None
     machine_type: str = "q35"
     vcpus: int = 1
