@@ -11,8 +11,10 @@ at all (QEMU's command line), the shim's address is `hvsock://`, and the agent l
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -105,3 +107,36 @@ def test_a_cri_pod_with_the_agent_over_hybrid_vsock(tmp_path):
             cri.remove_pod(pod_id)
         assert_pod_gone(node, pod_id)
         assert not (STATE_ROOT / "k8s.io" / pod_id).exists()
+
+
+async def test_dials_given_up_on_leave_the_hybrid_vsock_daemon_serving(tmp_path):
+    """vhost-device-vsock 0.3 loses its one worker thread when its `OK` meets a socket
+    the dialer closed (and then never answers that VM again): a dial the shim gives up
+    on after its CONNECT is closed only once answered (hybrid_vsock.abandon), and the
+    daemon goes on serving."""
+    from shim import hybrid_vsock
+    from shim.vmm import VMConfig, start_vm
+
+    state, shared = tmp_path / "state", tmp_path / "shared"
+    shared.mkdir()
+    config = VMConfig(memory_mib=512, agent_transport="hvsock",
+                      vhost_vsock_daemon=DEFAULT_VHOST_VSOCK)
+    vm = await start_vm(config, state, shared)
+    try:
+        uds = str(state / "hvsock.sock")
+        for _ in range(3):  # what connect() does with a dial that timed out or was cancelled
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(uds)
+            sock.sendall(b"CONNECT 1024\n")
+            sock.setblocking(False)
+            hybrid_vsock.abandon(sock, 1024)
+        deadline = time.monotonic() + 60
+        while hybrid_vsock.abandoned():
+            assert time.monotonic() < deadline, "the guest never answered the CONNECTs"
+            await asyncio.sleep(0.05)
+        sock = await hybrid_vsock.connect(uds, 1024, timeout=30)  # answered: still serving
+        sock.close()
+        assert (await vm.agent.check()).status == 1
+        assert "panicked" not in (state / "vhost-vsock.log").read_text(errors="replace")
+    finally:
+        await vm.stop()

@@ -8,6 +8,12 @@ port's. Kata's name for such an address is `hvsock://<path>:<port>`.
 Neither the daemon nor the guest is trusted: the answer is read a byte at a time (so
 nothing after its newline is taken from the stream that follows), at most MAX_REPLY
 bytes, and anything but `OK <digits>\\n` is refused.
+
+A stream that has sent `CONNECT` is never closed before its answer: vhost-device-vsock
+0.3 writes `OK` with an unwrap, so an `OK` that meets a closed socket (a dial given up
+on, e.g. timed out while a slow guest accepted) kills its one worker thread, and from
+then on no connection to that VM is ever answered. A handshake abandoned after its
+`CONNECT` went out is left to finish in the background (`abandon`), then closed.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ SCHEME = "hvsock"
 MAX_REPLY = 64
 _REPLY = re.compile(rb"OK ([0-9]{1,10})\n")
 MAX_PORT = 0xFFFFFFFF
+#: How long an abandoned handshake may wait for its answer before it is closed anyway.
+ABANDON_WAIT = 60.0
+_abandoned: set[asyncio.Task[None]] = set()
 
 
 class HandshakeError(ConnectionError):
@@ -52,23 +61,56 @@ async def read_reply(sock: socket.socket, port: int) -> bytes:
     raise HandshakeError(f"hybrid vsock: no answer line within {MAX_REPLY} bytes")
 
 
-async def _handshake(sock: socket.socket, path: str, port: int) -> int:
-    loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, path)
-    await loop.sock_sendall(sock, f"CONNECT {port}\n".encode())
-    return parse_reply(await read_reply(sock, port))
+async def _finish_abandoned(sock: socket.socket, port: int) -> None:
+    try:
+        async with asyncio.timeout(ABANDON_WAIT):
+            await read_reply(sock, port)
+    except (OSError, TimeoutError, HandshakeError):
+        pass
+    finally:
+        sock.close()
+
+
+def abandon(sock: socket.socket, port: int) -> None:
+    """Close `sock`, whose CONNECT went out, only once its answer came (or never will)."""
+    task = asyncio.get_running_loop().create_task(_finish_abandoned(sock, port))
+    _abandoned.add(task)
+    task.add_done_callback(_abandoned.discard)
+
+
+def abandoned() -> int:
+    """Handshakes left to finish in the background (for tests and logs)."""
+    return len(_abandoned)
 
 
 async def connect(path: str, port: int, timeout: float) -> socket.socket:
     """A stream to the guest's vsock `port` through the hybrid vsock socket at `path`.
 
     Raises HandshakeError (a ConnectionError), OSError or TimeoutError (the whole
-    exchange has `timeout` seconds)."""
+    exchange has `timeout` seconds). A timeout or a cancellation after CONNECT was
+    sent leaves the socket to `abandon`."""
+    loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sending = False
     try:
         sock.setblocking(False)
-        await asyncio.wait_for(_handshake(sock, path, port), timeout)
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, path)
+            sending = True
+            await loop.sock_sendall(sock, f"CONNECT {port}\n".encode())
+            line = await read_reply(sock, port)
+    except (TimeoutError, asyncio.CancelledError):
+        if sending:
+            abandon(sock, port)
+        else:
+            sock.close()
+        raise
     except BaseException:
+        sock.close()
+        raise
+    try:
+        parse_reply(line)
+    except HandshakeError:
         sock.close()
         raise
     return sock

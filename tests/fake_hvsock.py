@@ -23,13 +23,17 @@ class FakeHybridVsock:
     up; b"": say nothing), then serves `server` on the stream after an OK."""
 
     def __init__(self, path: str, server=None, reply: bytes | None = OK,
-                 stall: int = 0) -> None:
+                 stall: int = 0, answer_after: float = 0.0) -> None:
         from ttrpc.transport import listen_unix
 
         self.sock = listen_unix(path)
         self.server = server
         self.reply = reply
         self.stall = stall  # the first `stall` streams are answered OK, then never served
+        self.answer_after = answer_after  # a slow guest: seconds before the answer
+        # answers written into a socket the dialer had closed: what kills the real
+        # daemon's worker thread (vhost-device-vsock 0.3 unwraps that write)
+        self.answers_into_closed = 0
         self.requests: list[bytes] = []
         self.held: list[socket.socket] = []
         self.serving: set[asyncio.Future] = set()
@@ -52,8 +56,15 @@ class FakeHybridVsock:
         if self.reply is None:
             conn.close()
             return
+        if self.answer_after:
+            await asyncio.sleep(self.answer_after)
         if self.reply:
-            await loop.sock_sendall(conn, self.reply)
+            try:
+                await loop.sock_sendall(conn, self.reply)
+            except (BrokenPipeError, ConnectionResetError):
+                self.answers_into_closed += 1
+                conn.close()
+                return
         if len(self.requests) <= self.stall:
             self.held.append(conn)
         elif self.server is not None and self.reply.startswith(b"OK ") and \

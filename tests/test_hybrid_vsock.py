@@ -75,6 +75,36 @@ async def test_a_silent_or_unfinished_answer_times_out(path, reply):
         await fake.close()
 
 
+@pytest.mark.parametrize("give_up", ["timeout", "cancel"])
+async def test_a_dial_given_up_on_is_closed_only_after_its_answer(path, give_up):
+    """vhost-device-vsock 0.3 dies (its worker thread) writing OK into a closed socket:
+    a dial that times out or is cancelled after CONNECT went out leaves its socket open
+    until the answer came, and the next dial is answered."""
+    fake = FakeHybridVsock(path, reply=OK, answer_after=0.3)
+    try:
+        if give_up == "timeout":
+            with pytest.raises(TimeoutError):
+                await hybrid_vsock.connect(path, 1024, timeout=0.1)
+        else:
+            dial = asyncio.ensure_future(hybrid_vsock.connect(path, 1024, timeout=5))
+            await asyncio.sleep(0.1)
+            dial.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await dial
+        assert fake.requests == [b"CONNECT 1024\n"]
+        assert hybrid_vsock.abandoned() == 1  # still waiting for its answer
+        for _ in range(100):
+            if not hybrid_vsock.abandoned():
+                break
+            await asyncio.sleep(0.02)
+        assert hybrid_vsock.abandoned() == 0  # answered, then closed
+        assert fake.answers_into_closed == 0
+        sock = await hybrid_vsock.connect(path, 1024, timeout=5)
+        sock.close()
+    finally:
+        await fake.close()
+
+
 async def test_no_daemon_is_an_oserror(path):
     with pytest.raises(OSError):
         await hybrid_vsock.connect(path, 1024, timeout=1)

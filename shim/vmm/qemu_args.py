@@ -17,6 +17,9 @@ from shim.vmm.layout import VMPaths
 from shim.vmm.vm_config import NicSpec, VMConfig
 
 AGENT_PORT_ID = "channel0"  # QMP VSERPORT_CHANGE names the port by this id
+VSOCK_DEVICE_ID = "vsock0"
+#: QOM path of the vsock device's virtio backend (QMP x-query-virtio-status takes it)
+VSOCK_VIRTIO_PATH = f"/machine/peripheral/{VSOCK_DEVICE_ID}/virtio-backend"
 DEBUG_CONSOLE_PORT_ID = "dbgcon0"
 # Legacy devices a sandbox never uses; leaving them out saves probing time in the guest.
 MACHINE_TRIMS = ("sata=off", "smbus=off", "vmport=off")
@@ -314,7 +317,7 @@ def build_argv(
                 f"vhost-user-fs-pci,chardev=vfs0,tag={SHARED_FS_TAG},id=fs0",
             ]
     if isinstance(channel, VsockChannel):
-        dev = f"vhost-vsock-pci,id=vsock0,guest-cid={channel.cid}"
+        dev = f"vhost-vsock-pci,id={VSOCK_DEVICE_ID},guest-cid={channel.cid}"
         if channel.vhostfd is not None:
             dev += f",vhostfd={channel.vhostfd}"
         argv += ["-device", dev]
@@ -326,7 +329,7 @@ def build_argv(
             "-chardev",
             f"socket,id=vsock0,path={q(channel.backend)}",
             "-device",
-            "vhost-user-vsock-pci,chardev=vsock0,id=vsock0",
+            f"vhost-user-vsock-pci,chardev=vsock0,id={VSOCK_DEVICE_ID}",
         ]
     if isinstance(channel, SerialChannel) or config.debug_console:
         argv += ["-device", "virtio-serial-pci,id=serial0"]

@@ -43,7 +43,7 @@ from shim.vmm.hostcaps import (
 )
 from shim.vmm.layout import VMPaths
 from shim.vmm.qemu import launch, tail
-from shim.vmm.qmp import QMP, port_open_event
+from shim.vmm.qmp import QMP, QMPError, port_open_event
 from shim.vmm.virtiofsd import exit_reason, option_value, start_virtiofsd
 from shim.vmm.vm_config import QBOOT, VMConfig
 from shim.vmm.vm_record import StateWriter, kill_from_state, load_record
@@ -55,6 +55,7 @@ T = TypeVar("T")
 QMP_CONNECT_TIMEOUT = 10.0
 VIRTIOFSD_EXIT_GRACE = 2.0  # virtiofsd leaves by itself once QEMU hangs up
 CANCEL_GRACE = 2.0  # s a cancelled start step may take to end
+VHOST_POLL = 0.05  # s between looks at whether the guest started its vsock device
 
 # (accelerator, firmware, agent channel) -> the clone to restore, or None to boot. Asked
 # once those are probed (they are the template's key), so that the clone's RAM copy
@@ -719,6 +720,33 @@ async def _boot(st: _Start, channel: qemu_args.AgentChannel) -> None:
         st.qmp.unlisten(listener)
         st.port_opened = True
         st.mark("port_open")
+    if isinstance(channel, qemu_args.HybridVsockChannel):
+        await st.guard(_wait_vhost_started(st), "waiting for the guest's vsock device")
+        st.mark("vsock_started")
+
+
+async def _wait_vhost_started(st: _Start, poll: float = VHOST_POLL) -> None:
+    """Until the guest's driver has started the vhost-user vsock device, then one poll more.
+
+    vhost-device-vsock 0.3 takes host connections once it has the guest's memory table,
+    but its queues are usable only from their kick fds on: a CONNECT in between fails
+    its queue handling and ends its one worker thread, and then no connection is ever
+    answered. So the first dial waits until QEMU has sent the device all of it (QMP
+    `vhost-started`) and the daemon has had a poll's time to take it in."""
+    assert st.qmp is not None
+    while True:
+        try:
+            status = await st.qmp.execute(
+                "x-query-virtio-status", {"path": qemu_args.VSOCK_VIRTIO_PATH}
+            )
+        except QMPError as exc:  # a QEMU without the command: dial as soon as it is up
+            log.info("cannot tell when the vsock device starts; dialing now", error=str(exc),
+                     state_dir=str(st.paths.state_dir))
+            return
+        if status.get("vhost-started"):
+            await asyncio.sleep(poll)
+            return
+        await asyncio.sleep(poll)
 
 
 async def _resume_clone(st: _Start, clone: Clone, virtiofs: bool) -> None:
