@@ -117,8 +117,9 @@ async def _daemon(mode: str, options: dict[str, str]) -> None:
 
     backend = listen_unix(options["--socket"])  # QEMU's vhost-user connection
     # die-after-qemu: the guest never answers, and the daemon dies while the VM starts;
-    # stall-first: the first stream is accepted and never served
-    reply = b"" if mode == "die-after-qemu" else OK
+    # stall-first: the first stream is accepted and never served;
+    # worker-panics: as the real one once its worker thread died: alive, never answering
+    reply = b"" if mode in ("die-after-qemu", "worker-panics") else OK
     fake = FakeHybridVsock(options["--uds-path"], agent_server(), reply=reply,
                            stall=1 if mode == "stall-first" else 0)
     loop = asyncio.get_running_loop()
@@ -126,6 +127,10 @@ async def _daemon(mode: str, options: dict[str, str]) -> None:
     if mode == "die-after-qemu":
         await asyncio.sleep(0.5)
         os._exit(7)
+    if mode == "worker-panics":
+        sys.stderr.write("thread 'vring_worker' panicked at src/vsock_conn.rs:238:64:\n"
+                         "called `Result::unwrap()` on an `Err` value: BrokenPipe\n")
+        sys.stderr.flush()
     await asyncio.Event().wait()  # like the real one: never leaves by itself
     qemu.close()
     await fake.close()

@@ -28,7 +28,7 @@ def host(monkeypatch):
 @pytest.mark.parametrize("vhost_vsock, daemon, templated, kind", [
     (True, True, False, VSOCK),  # production hosts: vhost-vsock first
     (True, False, True, VSOCK),
-    (False, True, False, SERIAL),  # these hosts: hybrid vsock only when configured
+    (False, True, False, HVSOCK),  # these hosts: the daemon serves hybrid vsock
     (False, True, True, SERIAL),  # templates: QEMU cannot migrate vhost-user-vsock
     (False, False, False, SERIAL),
     (False, False, True, SERIAL),
@@ -38,7 +38,10 @@ def test_auto(host, vhost_vsock, daemon, templated, kind):
     choice = choose("auto", DAEMON, templated=templated)
     assert choice.kind == kind
     if not vhost_vsock:
-        assert 'agent_transport = "hvsock"' in choice.reason
+        assert "no usable /dev/vhost-vsock" in choice.reason
+        why = {(True, False): DAEMON, (True, True): "cannot migrate",
+               (False, False): "no vhost-device-vsock", (False, True): "cannot migrate"}
+        assert why[daemon, templated] in choice.reason
 
 
 @pytest.mark.parametrize("transport", ["serial", "vsock", "hvsock"])

@@ -399,6 +399,19 @@ async def test_hybrid_vsock_start_check_stop(tmp_path, files, unconfined):
     assert_nothing_left(files["state"], vm.pid, daemon.pid)
 
 
+async def test_a_hybrid_vsock_daemon_whose_worker_died_fails_the_start_at_once(
+        tmp_path, files, unconfined):
+    """vhost-device-vsock's process outlives its panicked worker thread, and then never
+    answers: the start fails on the first unanswered dial, saying so, not at its deadline."""
+    t0 = time.monotonic()
+    with pytest.raises(VMStartError, match="worker thread died") as raised:
+        await start_vm(hvsock_config(tmp_path, files, "worker-panics"), files["state"],
+                       files["shared"], cache_dir=files["cache"], timeout=60)
+    assert "vring_worker' panicked" in str(raised.value)
+    assert time.monotonic() - t0 < 20  # one Check deadline or two, not the start's 60 s
+    assert_nothing_left(files["state"])
+
+
 async def test_a_stream_the_guest_never_serves_is_dialled_again(tmp_path, files, unconfined):
     vm = await start_vm(hvsock_config(tmp_path, files, "stall-first"), files["state"],
                         files["shared"], cache_dir=files["cache"])

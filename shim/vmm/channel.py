@@ -1,10 +1,9 @@
 """Which channel a VM's agent gets: vhost-vsock, hybrid vsock or a virtio-serial port.
 
 `auto` takes vhost-vsock where /dev/vhost-vsock can be opened (production hosts), else
-virtio-serial. Hybrid vsock (QEMU's vhost-user-vsock-pci served by vhost-device-vsock)
-is taken only when configured: here about one start in seventy over it got no answer
-from an agent that was listening, which is not understood yet. A VM template
-and its clones never use hybrid vsock: QEMU cannot migrate a vhost-user-vsock device.
+hybrid vsock (QEMU's vhost-user-vsock-pci served by vhost-device-vsock) where that
+daemon is installed, else virtio-serial. A VM template and its clones never use hybrid
+vsock: QEMU cannot migrate a vhost-user-vsock device.
 """
 
 from __future__ import annotations
@@ -58,8 +57,13 @@ def choose(transport: str, daemon: str, *, templated: bool) -> Choice:
         raise ValueError(f"unknown agent transport {transport!r}")
     if vhost_vsock_usable():
         return Choice(VSOCK, f"{VHOST_VSOCK_DEV} is usable")
-    return Choice(SERIAL, f"no usable {VHOST_VSOCK_DEV}; hybrid vsock only when configured "
-                          '(agent_transport = "hvsock")')
+    if templated:
+        return Choice(SERIAL, f"no usable {VHOST_VSOCK_DEV}, and VM templates are on: "
+                              f"{NO_MIGRATION}")
+    if daemon_installed(daemon):
+        return Choice(HVSOCK, f"no usable {VHOST_VSOCK_DEV}; vhost-device-vsock at {daemon}")
+    return Choice(SERIAL, f"no usable {VHOST_VSOCK_DEV}, and no vhost-device-vsock at "
+                          f"{daemon or '(vhost_user_vsock_daemon is empty)'}")
 
 
 def for_config(config: VMConfig, *, templated: bool | None = None) -> Choice:

@@ -438,6 +438,8 @@ async def _wait_agent(st: _Start, agent: AgentClient) -> Any:
         try:
             return await agent.check(timeout=max(0.05, min(per_try, st.remaining())))
         except ttrpc.TTRPCError as e:
+            if st.channel == channels.HVSOCK:
+                _raise_if_vhost_vsock_worker_died(st)
             if e.code == ttrpc.Code.DEADLINE_EXCEEDED:
                 per_try = min(per_try * 2, 5.0)
                 if st.channel != channels.SERIAL:
@@ -451,6 +453,16 @@ async def _wait_agent(st: _Start, agent: AgentClient) -> Any:
                 raise
             await agent.reset()
             await asyncio.sleep(0.05)
+
+
+def _raise_if_vhost_vsock_worker_died(st: _Start) -> None:
+    """VhostVsockError, at once, when vhost-device-vsock's worker thread panicked: the
+    process lives on, but no CONNECT to this VM would ever be answered again."""
+    log_tail = tail(st.paths.vhost_vsock_log)
+    if "panicked" in log_tail:
+        raise VhostVsockError(
+            "vhost-device-vsock's worker thread died, so the agent cannot be reached over "
+            f"hybrid vsock (set agent_transport = \"serial\" to avoid it):\n{log_tail}")
 
 
 async def _virtiofsd_confinement(config: VMConfig, cache: HostCapsCache) -> list[str]:
