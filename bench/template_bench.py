@@ -11,7 +11,8 @@ In one run, medians of:
     arguments, its TCG CPU model, no legacy devices): what any VM that boots pays;
   - `ctr run --rm IMAGE true` with templates on, and with them off (booted);
   - from the shim's log: QEMU's launch to the restored agent's first answer;
-  - PSS of each of a pod's processes (shim daemon, QEMU, virtiofsd) for idle pods,
+  - PSS of each of a pod's processes (shim daemon, QEMU, virtiofsd, and the hybrid vsock
+    daemon where the agent channel is hybrid vsock) for idle pods,
     booted and cloned, one at a time and `--pods` at once;
   - `--pods` clones started at once: until every one ran.
 """
@@ -134,6 +135,7 @@ def pod_processes(cid: str) -> dict[str, list[int]]:
         "shim": [int(p) for p in shim],
         "qemu": [p for p in vm if "qemu-system" in argv[p]],
         "virtiofsd": [p for p in vm if "virtiofsd" in argv[p]],
+        "vhost-vsock": [p for p in vm if "vhost-device-vsock" in argv[p]],
     }
 
 
@@ -160,7 +162,8 @@ def unmapped_ram(processes: dict[str, list[int]]) -> int:
     copy of the template's RAM, until its guest touches each page."""
     qemu = processes["qemu"]
     held = max((memfd_held(p) for p in qemu), default=0)
-    mapped = sum(rollup_bytes(p, "Pss_Shmem") or 0 for p in qemu + processes["virtiofsd"])
+    backends = processes["virtiofsd"] + processes["vhost-vsock"]  # they map guest RAM too
+    mapped = sum(rollup_bytes(p, "Pss_Shmem") or 0 for p in qemu + backends)
     return max(0, held - mapped)
 
 
@@ -178,7 +181,7 @@ def idle_pods(cd: PrivateContainerd, image: str, config: Path, count: int,
     try:
         time.sleep(settle)
         totals: dict[str, float] = {"shim": 0.0, "qemu": 0.0, "virtiofsd": 0.0,
-                                    "unmapped guest RAM": 0.0}
+                                    "vhost-vsock": 0.0, "unmapped guest RAM": 0.0}
         for cid in cids:
             processes = pod_processes(cid)
             for kind, pids in processes.items():
