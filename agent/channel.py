@@ -168,5 +168,15 @@ async def serve(server: object, listen: str | None, *, pause: float = RETRY) -> 
         return
     else:
         raise ValueError(f"unknown --listen scheme {scheme!r} (unix, vsock, serial)")
-    log.info("listening on %s", listen)
+    announce(listen)
     await asyncio.Event().wait()
+
+
+def announce(listen: str) -> None:
+    """Say on the console (stderr) where the agent listens: through the log at INFO, or
+    as a bare line where the log level hides INFO. Over hybrid vsock the host dials only
+    once it read VSOCK_LISTENING_NOTICE there."""
+    if log.isEnabledFor(logging.INFO):
+        log.info("listening on %s", listen)
+    else:
+        os.write(2, f"agent: listening on {listen}\n".encode())

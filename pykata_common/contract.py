@@ -9,6 +9,9 @@ from __future__ import annotations
 
 #: The agent's ttrpc port on vsock.
 AGENT_VSOCK_PORT = 1024
+#: What the agent prints on the guest console once it listens on vsock, whatever its log
+#: level: over hybrid vsock the shim dials only after it (shim.vmm.vm._wait_listening).
+VSOCK_LISTENING_NOTICE = "listening on vsock://"
 #: The virtio-serial port the agent listens on when the VM has no vsock.
 AGENT_PORT_NAME = "agent.channel.0"
 #: The virtio-serial port the shim adds for the debug console; the agent serves a shell on it.

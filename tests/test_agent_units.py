@@ -221,6 +221,26 @@ async def test_reaper_statuses_and_late_watchers():
     assert exit_status(0) == 0 and exit_status(9) == 137 and exit_status(3 << 8) == 3
 
 
+def test_the_vsock_listening_notice_reaches_the_console_at_any_log_level(capfd):
+    """The host dials hybrid vsock only once the console says the agent listens."""
+    import logging
+
+    from pykata_common.contract import VSOCK_LISTENING_NOTICE
+
+    logger = logging.getLogger("agent.channel")
+    handler = logging.StreamHandler(sys.stderr)
+    logger.addHandler(handler)
+    old = logger.level
+    try:
+        for level in (logging.INFO, logging.WARNING):
+            logger.setLevel(level)
+            channel.announce("vsock://1024")
+            assert VSOCK_LISTENING_NOTICE + "1024" in capfd.readouterr().err
+    finally:
+        logger.setLevel(old)
+        logger.removeHandler(handler)
+
+
 # -- the channel: a host that goes and comes back -----------------------------------------------
 async def test_serial_style_channel_serves_the_next_host_session():
     """serve_reconnecting: each session on a fresh fd; the host side closes and reconnects.

@@ -64,8 +64,9 @@ async def _fake_qemu(mode: str, argv: list[str]) -> None:
             backend.connect(chardevs[vhost_user]["path"])
             held.append(backend)
     agent_path = chardevs.get("agent0", {}).get("path")
-    if agent_path is None:
-        pass  # hybrid vsock: the (fake) vhost-device-vsock serves the agent
+    if agent_path is None:  # hybrid vsock: the (fake) vhost-device-vsock serves the agent
+        with open(chardevs["console0"]["logfile"], "a") as console:  # what the agent says
+            console.write("00:00:00.000 agent[1] INFO agent.channel: listening on vsock://1024\n")
     elif mode == "agent-silent":
         silent = socket.socket(socket.AF_UNIX)
         silent.bind(agent_path)
@@ -394,6 +395,7 @@ async def test_hybrid_vsock_start_check_stop(tmp_path, files, unconfined):
         assert (await vm.agent.check()).status == 1
         assert "vhost_vsock_ready" in vm.timings and "port_open" not in vm.timings
         assert vm.timings["qmp_ready"] < vm.timings["vsock_started"] < vm.timings["agent_ready"]
+        assert vm.timings["vsock_started"] <= vm.timings["vsock_listening"]
     finally:
         await vm.stop()
     assert_nothing_left(files["state"], vm.pid, daemon.pid)
@@ -524,3 +526,34 @@ async def test_hybrid_vsock_is_dialled_only_once_the_guest_started_its_vsock_dev
     st = SimpleNamespace(qmp=qmp, paths=SimpleNamespace(state_dir=tmp_path))
     await vm_module._wait_vhost_started(st, poll=0.01)
     assert len(qmp.calls) == 1
+
+
+async def test_hybrid_vsock_is_dialled_once_the_console_says_the_agent_listens(tmp_path):
+    """The first dial waits for the agent's notice on the console, read as it grows (the
+    notice may arrive in pieces); without it the dialing starts after the limit."""
+    from types import SimpleNamespace
+
+    from shim.vmm import vm as vm_module
+
+    console = tmp_path / "console.log"
+    st = SimpleNamespace(paths=SimpleNamespace(console_log=console, state_dir=tmp_path))
+
+    async def guest() -> None:
+        await asyncio.sleep(0.1)
+        console.write_bytes(b"kernel noise\n" * 1000 + b"12:00:00.000 agent[1] INFO agent.chan")
+        await asyncio.sleep(0.1)
+        with console.open("ab") as out:
+            out.write(b"nel: listening on vso")
+        await asyncio.sleep(0.1)
+        with console.open("ab") as out:
+            out.write(b"ck://1024\n")
+
+    writer = asyncio.ensure_future(guest())
+    t0 = time.monotonic()
+    assert await vm_module._wait_listening(st, poll=0.01, limit=10)
+    assert time.monotonic() - t0 >= 0.3  # not before the notice was whole
+    await writer
+    console.write_bytes(b"a guest that never says it\n")
+    t0 = time.monotonic()
+    assert not await vm_module._wait_listening(st, poll=0.01, limit=0.3)
+    assert time.monotonic() - t0 < 5

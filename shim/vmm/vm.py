@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import structlog
 
 import ttrpc
-from pykata_common.contract import AGENT_VSOCK_PORT
+from pykata_common.contract import AGENT_VSOCK_PORT, VSOCK_LISTENING_NOTICE
 from shim.agent_client import AgentAddress, AgentClient
 from shim.guest_agent import GuestAgent
 from shim.vmm import channel as channels
@@ -56,6 +56,9 @@ QMP_CONNECT_TIMEOUT = 10.0
 VIRTIOFSD_EXIT_GRACE = 2.0  # virtiofsd leaves by itself once QEMU hangs up
 CANCEL_GRACE = 2.0  # s a cancelled start step may take to end
 VHOST_POLL = 0.05  # s between looks at whether the guest started its vsock device
+CONSOLE_POLL = 0.02  # s between looks at the console for the agent's listening notice
+LISTENING_WAIT = 20.0  # s after which hybrid vsock is dialled without the notice
+LISTENING_SCAN = 16 << 20  # console bytes read looking for it, at most
 
 # (accelerator, firmware, agent channel) -> the clone to restore, or None to boot. Asked
 # once those are probed (they are the template's key), so that the clone's RAM copy
@@ -735,6 +738,42 @@ async def _boot(st: _Start, channel: qemu_args.AgentChannel) -> None:
     if isinstance(channel, qemu_args.HybridVsockChannel):
         await st.guard(_wait_vhost_started(st), "waiting for the guest's vsock device")
         st.mark("vsock_started")
+        await st.guard(_wait_listening(st), "waiting for the agent to listen on vsock")
+        st.mark("vsock_listening")
+
+
+async def _wait_listening(
+    st: _Start, *, poll: float = CONSOLE_POLL, limit: float = LISTENING_WAIT
+) -> bool:
+    """Until the guest console says the agent listens on vsock (VSOCK_LISTENING_NOTICE);
+    False, and the dialing starts anyway, after `limit` seconds or LISTENING_SCAN bytes.
+
+    vhost-device-vsock takes the queues' kick fds some time after QEMU sent them, on a
+    busy host long after `vhost-started`, and a CONNECT before that ends its worker
+    thread. By the time the agent listens the guest has booted on that device for a
+    second or more. The console is the guest's word, so it only says when to start
+    dialing: a guest that lies early can break only its own channel."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    notice = VSOCK_LISTENING_NOTICE.encode()
+    offset, carry = 0, b""
+    while loop.time() < deadline and offset < LISTENING_SCAN:
+        try:
+            with st.paths.console_log.open("rb") as console:
+                console.seek(offset)
+                chunk = console.read(min(1 << 20, LISTENING_SCAN - offset))
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            if notice in carry + chunk:
+                return True
+            carry = (carry + chunk)[-len(notice):]
+            offset += len(chunk)
+            continue
+        await asyncio.sleep(poll)
+    log.info("the console never said the agent listens on vsock; dialing anyway",
+             waited=round(limit, 1), read_bytes=offset, state_dir=str(st.paths.state_dir))
+    return False
 
 
 async def _wait_vhost_started(st: _Start, poll: float = VHOST_POLL) -> None:
