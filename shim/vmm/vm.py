@@ -761,7 +761,7 @@ async def _wait_listening(
         try:
             with st.paths.console_log.open("rb") as console:
                 console.seek(offset)
-                chunk = console.read(min(1 << 20, LISTENING_SCAN - offset))
+                chunk = console.read(min(64 << 10, LISTENING_SCAN - offset))
         except FileNotFoundError:
             chunk = b""
         if chunk:
