@@ -782,8 +782,9 @@ async def _wait_vhost_started(st: _Start, poll: float = VHOST_POLL) -> None:
     vhost-device-vsock 0.3 takes host connections once it has the guest's memory table,
     but its queues are usable only from their kick fds on: a CONNECT in between fails
     its queue handling and ends its one worker thread, and then no connection is ever
-    answered. So the first dial waits until QEMU has sent the device all of it (QMP
-    `vhost-started`) and the daemon has had a poll's time to take it in."""
+    answered. So no dial goes out before QEMU has sent the device all of it (QMP
+    `vhost-started`); the wait for the agent's notice (_wait_listening) follows, and
+    covers a daemon that takes the messages in late."""
     assert st.qmp is not None
     while True:
         try:
