@@ -18,8 +18,6 @@ from shim.vmm.vm_config import NicSpec, VMConfig
 
 AGENT_PORT_ID = "channel0"  # QMP VSERPORT_CHANGE names the port by this id
 VSOCK_DEVICE_ID = "vsock0"
-#: QOM path of the vsock device's virtio backend (QMP x-query-virtio-status takes it)
-VSOCK_VIRTIO_PATH = f"/machine/peripheral/{VSOCK_DEVICE_ID}/virtio-backend"
 DEBUG_CONSOLE_PORT_ID = "dbgcon0"
 # Legacy devices a sandbox never uses; leaving them out saves probing time in the guest.
 MACHINE_TRIMS = ("sata=off", "smbus=off", "vmport=off")

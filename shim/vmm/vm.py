@@ -43,7 +43,7 @@ from shim.vmm.hostcaps import (
 )
 from shim.vmm.layout import VMPaths
 from shim.vmm.qemu import launch, tail
-from shim.vmm.qmp import QMP, QMPError, port_open_event
+from shim.vmm.qmp import QMP, port_open_event
 from shim.vmm.virtiofsd import exit_reason, option_value, start_virtiofsd
 from shim.vmm.vm_config import QBOOT, VMConfig
 from shim.vmm.vm_record import StateWriter, kill_from_state, load_record
@@ -55,7 +55,6 @@ T = TypeVar("T")
 QMP_CONNECT_TIMEOUT = 10.0
 VIRTIOFSD_EXIT_GRACE = 2.0  # virtiofsd leaves by itself once QEMU hangs up
 CANCEL_GRACE = 2.0  # s a cancelled start step may take to end
-VHOST_POLL = 0.05  # s between looks at whether the guest started its vsock device
 CONSOLE_POLL = 0.02  # s between looks at the console for the agent's listening notice
 LISTENING_WAIT = 20.0  # s after which hybrid vsock is dialled without the notice
 LISTENING_SCAN = 16 << 20  # console bytes read looking for it, at most
@@ -736,8 +735,6 @@ async def _boot(st: _Start, channel: qemu_args.AgentChannel) -> None:
         st.port_opened = True
         st.mark("port_open")
     if isinstance(channel, qemu_args.HybridVsockChannel):
-        await st.guard(_wait_vhost_started(st), "waiting for the guest's vsock device")
-        st.mark("vsock_started")
         await st.guard(_wait_listening(st), "waiting for the agent to listen on vsock")
         st.mark("vsock_listening")
 
@@ -748,11 +745,13 @@ async def _wait_listening(
     """Until the guest console says the agent listens on vsock (VSOCK_LISTENING_NOTICE);
     False, and the dialing starts anyway, after `limit` seconds or LISTENING_SCAN bytes.
 
-    vhost-device-vsock takes the queues' kick fds some time after QEMU sent them, on a
-    busy host long after `vhost-started`, and a CONNECT before that ends its worker
-    thread. By the time the agent listens the guest has booted on that device for a
-    second or more. The console is the guest's word, so it only says when to start
-    dialing: a guest that lies early can break only its own channel."""
+    vhost-device-vsock 0.3 takes host connections once it has the guest's memory table,
+    but its queues are usable only from their kick fds on, which QEMU sends without
+    waiting and a busy daemon takes in late: a CONNECT in between ends its one worker
+    thread, and then no connection to this VM is ever answered. By the time the agent
+    listens the guest has run on that device for a second or more. The console is the
+    guest's word, so it only says when to start dialing: a guest that lies early can
+    break only its own channel."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     notice = VSOCK_LISTENING_NOTICE.encode()
@@ -774,31 +773,6 @@ async def _wait_listening(
     log.info("the console never said the agent listens on vsock; dialing anyway",
              waited=round(limit, 1), read_bytes=offset, state_dir=str(st.paths.state_dir))
     return False
-
-
-async def _wait_vhost_started(st: _Start, poll: float = VHOST_POLL) -> None:
-    """Until the guest's driver has started the vhost-user vsock device, then one poll more.
-
-    vhost-device-vsock 0.3 takes host connections once it has the guest's memory table,
-    but its queues are usable only from their kick fds on: a CONNECT in between fails
-    its queue handling and ends its one worker thread, and then no connection is ever
-    answered. So no dial goes out before QEMU has sent the device all of it (QMP
-    `vhost-started`); the wait for the agent's notice (_wait_listening) follows, and
-    covers a daemon that takes the messages in late."""
-    assert st.qmp is not None
-    while True:
-        try:
-            status = await st.qmp.execute(
-                "x-query-virtio-status", {"path": qemu_args.VSOCK_VIRTIO_PATH}
-            )
-        except QMPError as exc:  # a QEMU without the command: dial as soon as it is up
-            log.info("cannot tell when the vsock device starts; dialing now", error=str(exc),
-                     state_dir=str(st.paths.state_dir))
-            return
-        if status.get("vhost-started"):
-            await asyncio.sleep(poll)
-            return
-        await asyncio.sleep(poll)
 
 
 async def _resume_clone(st: _Start, clone: Clone, virtiofs: bool) -> None:
