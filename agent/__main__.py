@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     log = logging.getLogger("agent")
-    log.debug("start-up: arguments parsed at %.3fs", since_process_start())
+    log.debug("start-up: /init at %s, mounts done at %s, python exec at %s, arguments parsed "
+              "at %.3fs", *(os.environ.get(f"PYKATA_T_{k}", "?") for k in ("INIT", "MOUNTS",
+              "PYEXEC")), since_process_start())
     import asyncio
 
     try:

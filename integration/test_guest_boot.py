@@ -75,6 +75,7 @@ def test_devices(selftest: boot.BootResult, image: Path) -> None:
     assert f["net"] == "eth0"
     assert f["vsock"] == "yes"  # the module loaded (the host has no vhost-vsock here)
     assert f["cgroups"] == "v1+v2"
+    assert f["mounts"] == "ok"  # every hierarchy /proc/cgroups enables, each option asked
     assert f["runc"].startswith("1.")
 
 

@@ -36,13 +36,20 @@ if [ "$DEBUG" = 1 ]; then
 fi
 say() { echo "pykata-init: $*"; }
 
-mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
-mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
+# Every command that is not a shell builtin is a process of its own, and under TCG each
+# costs a few ms: so the mounts go in batches, one `mount -a` each, the fstab on stdin.
+mounts() { mount -a -T /proc/self/fd/0 || say "mounting $1 failed"; }
+mounts "sysfs, /dev, /run, /tmp" <<'FSTAB'
+sysfs /sys sysfs nosuid,nodev,noexec 0 0
+devtmpfs /dev devtmpfs nosuid,mode=0755 0 0
+tmpfs /run tmpfs nosuid,nodev,mode=0755 0 0
+tmpfs /tmp tmpfs nosuid,nodev,mode=1777 0 0
+FSTAB
 mkdir -p /dev/pts /dev/shm
-mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=666 devpts /dev/pts
-mount -t tmpfs -o nosuid,nodev,mode=1777 shm /dev/shm
-mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run
-mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp
+mounts "/dev/pts, /dev/shm" <<'FSTAB'
+devpts /dev/pts devpts nosuid,noexec,gid=5,mode=620,ptmxmode=666 0 0
+shm /dev/shm tmpfs nosuid,nodev,mode=1777 0 0
+FSTAB
 if [ "$ROOT_RO" = 1 ]; then
     # the root is the guest image, read-only: the one file outside tmpfs that the agent
     # writes is /etc/resolv.conf, so a file of /run stands in for it
@@ -59,14 +66,19 @@ if [ "$CGROUP" = v2 ]; then
     mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
 else
     mount -t tmpfs -o nosuid,nodev,noexec,mode=0755 cgroup /sys/fs/cgroup
+    dirs="" fstab=""
     while read -r name _ _ enabled; do
         case "$name" in "#"*) continue ;; esac
         [ "$enabled" = 1 ] || continue
-        mkdir /sys/fs/cgroup/"$name"
-        mount -t cgroup -o nosuid,nodev,noexec,"$name" cgroup /sys/fs/cgroup/"$name"
+        dirs="$dirs /sys/fs/cgroup/$name"
+        fstab="${fstab}cgroup /sys/fs/cgroup/$name cgroup nosuid,nodev,noexec,$name 0 0
+"
     done < /proc/cgroups
-    mkdir /sys/fs/cgroup/unified
-    mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup/unified
+    # shellcheck disable=SC2086 # one word per directory
+    mkdir $dirs /sys/fs/cgroup/unified
+    mounts "the cgroup hierarchies" <<FSTAB
+${fstab}cgroup2 /sys/fs/cgroup/unified cgroup2 nosuid,nodev,noexec 0 0
+FSTAB
 fi
 read -r PYKATA_T_MOUNTS _ < /proc/uptime
 

@@ -164,6 +164,7 @@ def check_system() -> None:
     ):
         cg.append("v2")
     fields["cgroups"] = "+".join(cg) or "none"
+    fields["mounts"] = check_mounts()
     t = time.perf_counter()
     try:
         r = subprocess.run(["runc", "--version"], capture_output=True, text=True, check=False)
@@ -179,6 +180,57 @@ def check_system() -> None:
         mem[key] = int(value.split()[0]) if value.split() else 0
     fields["mem_used_kb"] = str(mem.get("MemTotal", 0) - mem.get("MemAvailable", 0))
     fields.update(kernel_memory())
+
+
+#: What /init mounts besides /proc: mount point -> (type, options each must carry)
+BASE_MOUNTS = {
+    "/sys": ("sysfs", {"nosuid", "nodev", "noexec"}),
+    "/dev": ("devtmpfs", {"nosuid"}),
+    "/dev/pts": ("devpts", {"nosuid", "noexec"}),
+    "/dev/shm": ("tmpfs", {"nosuid", "nodev"}),
+    "/run": ("tmpfs", {"nosuid", "nodev"}),
+    "/tmp": ("tmpfs", {"nosuid", "nodev"}),
+}
+
+
+def expected_mounts(cgroups: str) -> dict[str, tuple[str, set[str]]]:
+    """The mounts /init makes for this kernel: the base ones, one cgroup v1 hierarchy per
+    enabled controller of /proc/cgroups (text given) and cgroup2 beside them."""
+    want = dict(BASE_MOUNTS)
+    flags = {"nosuid", "nodev", "noexec"}
+    for line in cgroups.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and not parts[0].startswith("#") and parts[3] == "1":
+            want[f"/sys/fs/cgroup/{parts[0]}"] = ("cgroup", flags | {parts[0]})
+    want["/sys/fs/cgroup/unified"] = ("cgroup2", flags)
+    return want
+
+
+def missing_mounts(want: dict[str, tuple[str, set[str]]], mountinfo: str) -> list[str]:
+    """Mount points of `want` that mountinfo lacks, or has with another type or without
+    one of the options (mount and super-block options both count)."""
+    have = {}
+    for line in mountinfo.splitlines():
+        pre, _, post = line.partition(" - ")
+        fields_ = pre.split()
+        rest = post.split()
+        if len(fields_) >= 6 and len(rest) >= 3:
+            have[fields_[4]] = (rest[0], set(fields_[5].split(",")) | set(rest[2].split(",")))
+    return sorted(m for m, (fstype, opts) in want.items()
+                  if m not in have or have[m][0] != fstype or not opts <= have[m][1])
+
+
+def check_mounts() -> str:
+    """"ok", or the mount points /init should have mounted and did not (as it should)."""
+    if os.path.isdir("/sys/fs/cgroup/unified"):
+        want = expected_mounts(read("/proc/cgroups"))
+    else:  # pykata.cgroup=v2
+        want = dict(BASE_MOUNTS)
+        want["/sys/fs/cgroup"] = ("cgroup2", {"nosuid", "nodev", "noexec"})
+    bad = missing_mounts(want, read("/proc/self/mountinfo"))
+    if bad:
+        failures.append("mounts")
+    return "ok" if not bad else "missing:" + ",".join(bad)
 
 
 def kernel_memory() -> dict[str, str]:
