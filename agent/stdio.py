@@ -14,7 +14,6 @@ import errno
 import itertools
 import os
 import socket
-from dataclasses import dataclass, field
 
 DEFAULT_LIMIT = 1 << 20
 READ_CHUNK = 64 * 1024
@@ -146,14 +145,19 @@ class InputPipe:
             os.close(fd)
 
 
-@dataclass
 class PipeSet:
-    """Pipes for a non-terminal process: the child's ends and the agent's ends."""
+    """Pipes for a non-terminal process: the child's ends and the agent's ends.
 
-    child: tuple[int, int, int]
-    stdin: int
-    stdout: int
-    stderr: int
+    (Plain classes here, not dataclasses: see agent.children.Completed.)
+    """
+
+    __slots__ = ("child", "stderr", "stdin", "stdout")
+
+    def __init__(self, child: tuple[int, int, int], stdin: int, stdout: int, stderr: int) -> None:
+        self.child = child
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
 
     @classmethod
     def new(cls) -> PipeSet:
@@ -178,12 +182,14 @@ class PipeSet:
 _console_ids = itertools.count(1)
 
 
-@dataclass
 class ConsoleSocket:
     """A Unix socket runc sends a terminal's pty master to (`--console-socket`)."""
 
-    path: str
-    sock: socket.socket = field(repr=False)
+    __slots__ = ("path", "sock")
+
+    def __init__(self, path: str, sock: socket.socket) -> None:
+        self.path = path
+        self.sock = sock
 
     @classmethod
     def listen(cls, folder: str) -> ConsoleSocket:

@@ -302,6 +302,27 @@ def test_agent_help_imports_little():
     assert out.strip().splitlines()[-1] == "[]"
 
 
+def test_spec_conversion_keeps_protobuf_descriptor_messages_unloaded(tmp_path):
+    """Maps are told apart by their value, not by descriptor options: asking for options
+    imports descriptor_pb2 and builds its messages in every booted VM's first create."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from agent import oci\n"
+        "from protos.kata import oci_pb2\n"
+        "spec = oci_pb2.Spec(Annotations={'a': 'b'}, Linux=oci_pb2.Linux(Sysctl={'k': 'v'}))\n"
+        "out = oci.to_json(spec)\n"
+        "print(out['annotations'], out['linux']['sysctl'],"
+        " 'google.protobuf.descriptor_pb2' in sys.modules)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root
+    )
+    assert out.stdout.strip() == "{'a': 'b'} {'k': 'v'} False", out.stderr
+
+
 # -- OOM events (cgroup v2 layout, faked in a folder) ------------------------------------
 async def test_oom_watcher_v2_counts_new_kills(tmp_path, monkeypatch):
     from agent import oom
