@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 
 import pytest
@@ -281,10 +282,14 @@ def test_serial_port_lookup(tmp_path):
     assert channel.serial_port("nothing", str(tmp_path)) is None
 
 
+def python_in_checkout(code: str) -> subprocess.CompletedProcess[str]:
+    """`code` run by a fresh interpreter in the checkout: what it imports is its own."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+
+
 def test_agent_help_imports_little():
     """The entry point starts without the heavy modules (they load on first use)."""
-    import subprocess
-
     code = (
         "import sys, runpy\n"
         "sys.argv = ['agent', '--help']\n"
@@ -295,18 +300,12 @@ def test_agent_help_imports_little():
         "heavy = {'ctypes', 'json', 'agent.network', 'agent.container', 'asyncio'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root
-    ).stdout
-    assert out.strip().splitlines()[-1] == "[]"
+    assert python_in_checkout(code).stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_spec_conversion_keeps_protobuf_descriptor_messages_unloaded(tmp_path):
     """Maps are told apart by their value, not by descriptor options: asking for options
     imports descriptor_pb2 and builds its messages in every booted VM's first create."""
-    import subprocess
-
     code = (
         "import sys\n"
         "from agent import oci\n"
@@ -316,10 +315,7 @@ def test_spec_conversion_keeps_protobuf_descriptor_messages_unloaded(tmp_path):
         "print(out['annotations'], out['linux']['sysctl'],"
         " 'google.protobuf.descriptor_pb2' in sys.modules)\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root
-    )
+    out = python_in_checkout(code)
     assert out.stdout.strip() == "{'a': 'b'} {'k': 'v'} False", out.stderr
 
 
