@@ -38,6 +38,12 @@ def test_expected_mounts_follow_the_enabled_controllers() -> None:
     assert set(selftest.BASE_MOUNTS) <= set(want)
 
 
+def test_the_cgroup_v2_layout_wants_cgroup2_alone() -> None:
+    want = selftest.expected_mounts(None)
+    assert want["/sys/fs/cgroup"] == ("cgroup2", {"nosuid", "nodev", "noexec"})
+    assert not [m for m in want if m.startswith("/sys/fs/cgroup/")]
+
+
 def test_all_mounted_as_asked_reports_nothing() -> None:
     assert selftest.missing_mounts(selftest.expected_mounts(CGROUPS), MOUNTINFO) == []
 

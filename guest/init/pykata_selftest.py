@@ -193,16 +193,22 @@ BASE_MOUNTS = {
 }
 
 
-def expected_mounts(cgroups: str) -> dict[str, tuple[str, set[str]]]:
-    """The mounts /init makes for this kernel: the base ones, one cgroup v1 hierarchy per
-    enabled controller of /proc/cgroups (text given) and cgroup2 beside them."""
+CGROUP_FLAGS = {"nosuid", "nodev", "noexec"}
+
+
+def expected_mounts(cgroups: str | None) -> dict[str, tuple[str, set[str]]]:
+    """The mounts /init makes: the base ones, then for the hybrid layout one cgroup v1
+    hierarchy per enabled controller of /proc/cgroups (its text) and cgroup2 beside them,
+    or for ``cgroups=None`` (pykata.cgroup=v2) cgroup2 alone at /sys/fs/cgroup."""
     want = dict(BASE_MOUNTS)
-    flags = {"nosuid", "nodev", "noexec"}
+    if cgroups is None:
+        want["/sys/fs/cgroup"] = ("cgroup2", CGROUP_FLAGS)
+        return want
     for line in cgroups.splitlines():
         parts = line.split()
         if len(parts) == 4 and not parts[0].startswith("#") and parts[3] == "1":
-            want[f"/sys/fs/cgroup/{parts[0]}"] = ("cgroup", flags | {parts[0]})
-    want["/sys/fs/cgroup/unified"] = ("cgroup2", flags)
+            want[f"/sys/fs/cgroup/{parts[0]}"] = ("cgroup", CGROUP_FLAGS | {parts[0]})
+    want["/sys/fs/cgroup/unified"] = ("cgroup2", CGROUP_FLAGS)
     return want
 
 
@@ -221,12 +227,9 @@ def missing_mounts(want: dict[str, tuple[str, set[str]]], mountinfo: str) -> lis
 
 
 def check_mounts() -> str:
-    """"ok", or the mount points /init should have mounted and did not (as it should)."""
-    if os.path.isdir("/sys/fs/cgroup/unified"):
-        want = expected_mounts(read("/proc/cgroups"))
-    else:  # pykata.cgroup=v2
-        want = dict(BASE_MOUNTS)
-        want["/sys/fs/cgroup"] = ("cgroup2", {"nosuid", "nodev", "noexec"})
+    """"ok", or "missing:" and the mount points /init did not mount as it should."""
+    hybrid = os.path.isdir("/sys/fs/cgroup/unified")
+    want = expected_mounts(read("/proc/cgroups") if hybrid else None)
     bad = missing_mounts(want, read("/proc/self/mountinfo"))
     if bad:
         failures.append("mounts")
