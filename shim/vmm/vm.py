@@ -756,20 +756,20 @@ async def _wait_listening(
     deadline = loop.time() + limit
     notice = VSOCK_LISTENING_NOTICE.encode()
     offset, carry = 0, b""
-    while loop.time() < deadline and offset < LISTENING_SCAN:
-        try:
-            with st.paths.console_log.open("rb") as console:
-                console.seek(offset)
-                chunk = console.read(min(64 << 10, LISTENING_SCAN - offset))
-        except FileNotFoundError:
-            chunk = b""
-        if chunk:
-            if notice in carry + chunk:
-                return True
-            carry = (carry + chunk)[-len(notice):]
-            offset += len(chunk)
-            continue
-        await asyncio.sleep(poll)
+    with contextlib.ExitStack() as held:
+        console = None  # opened once it exists, then read as it grows (no trim runs yet)
+        while loop.time() < deadline and offset < LISTENING_SCAN:
+            if console is None:
+                with contextlib.suppress(FileNotFoundError):
+                    console = held.enter_context(st.paths.console_log.open("rb"))
+            chunk = console.read(min(64 << 10, LISTENING_SCAN - offset)) if console else b""
+            if chunk:
+                if notice in carry + chunk:
+                    return True
+                carry = (carry + chunk)[-len(notice):]
+                offset += len(chunk)
+                continue
+            await asyncio.sleep(poll)
     log.info("the console never said the agent listens on vsock; dialing anyway",
              waited=round(limit, 1), read_bytes=offset, state_dir=str(st.paths.state_dir))
     return False
